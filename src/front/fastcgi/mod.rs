@@ -1,0 +1,2 @@
+//! The FastCGI front.
+pub mod codec;
