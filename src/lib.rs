@@ -1,6 +1,19 @@
 //! fcgi-shim: run web applications on hosts that only offer FastCGI.
 //!
 //! The crate is a library so that the codecs can be fuzzed and tested on their
-//! own; `src/main.rs` is the thin executable. See README.md, "Architecture".
+//! own; `src/main.rs` is the thin executable. See README.md, "Architecture":
+//! `launch` (how we were started) → `server` (accept loop) → `front` (protocol)
+//! → [`request`] (the CGI-shaped request) → `back` (the application), with
+//! `supervise` owning application processes, `config` the settings, `log` the
+//! log lines and `sys` every unsafe call.
 
+pub mod back;
+pub mod cli;
+pub mod config;
 pub mod front;
+pub mod launch;
+pub mod log;
+pub mod request;
+pub mod server;
+pub mod supervise;
+pub mod sys;

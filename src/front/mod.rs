@@ -1,2 +1,4 @@
-//! Fronts: the downstream protocols a web server speaks to us.
+//! Fronts: the downstream protocols a web server speaks to us. Each turns its
+//! protocol into a [`crate::request::Request`] and an [`crate::request::Exchange`].
+pub mod cgi;
 pub mod fastcgi;

@@ -1,2 +1,637 @@
-//! The FastCGI front.
+//! The FastCGI front: drives one connection from a web server.
+//!
+//! Owns: reading records off the connection (through the sans-I/O [`codec`]),
+//! the per-connection state machine (BEGIN_REQUEST, PARAMS, STDIN, ABORT,
+//! management records, FCGI_KEEP_CONN, CANT_MPX_CONN for a second request id),
+//! the hard caps on what a peer may send, and writing the response as
+//! FCGI_STDOUT records and FCGI_END_REQUEST.
+//! Must not: run applications (it hands a [`Request`] to a [`Back`]) or decide
+//! about processes and signals beyond "stop reading, finish this request".
+
 pub mod codec;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use self::codec::{
+    BeginRequest, CodecError, Decoded, ProtocolStatus, RecordType, Role, ServerValues,
+};
+use crate::back::{Back, Context, Outcome};
+use crate::config::Limits;
+use crate::request::{Exchange, InputEvent, Request, ResponseHead};
+use crate::sys::Conn;
+
+/// Body bytes held for the application before we stop reading the socket.
+const BODY_BUFFER: usize = 256 * 1024;
+/// How long a peer may stay silent in the middle of a record or before its
+/// first request (mod_fcgid's own I/O timeout is 40 s).
+const IO_TIMEOUT: Duration = Duration::from_secs(40);
+/// After the response, how long we keep reading a request body nobody wanted
+/// before closing (closing with unread data can reset the connection).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What we tell GET_VALUES in the one-request-at-a-time mode.
+pub const SINGLE_VALUES: ServerValues = ServerValues {
+    max_conns: 1,
+    max_reqs: 1,
+    mpxs_conns: false,
+};
+
+/// Why a connection was closed early.
+#[derive(Debug)]
+pub enum ConnError {
+    Codec(CodecError),
+    /// A record that makes no sense where it came.
+    Protocol(String),
+    /// A cap from [`Limits`] was exceeded.
+    Limit(String),
+    /// The peer closed in the middle of a record.
+    Truncated(usize),
+    /// Nothing arrived for too long.
+    Timeout,
+    Io(io::Error),
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Codec(e) => write!(f, "{e}"),
+            ConnError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ConnError::Limit(m) => write!(f, "limit exceeded: {m}"),
+            ConnError::Truncated(n) => write!(
+                f,
+                "peer closed the connection in the middle of a record ({n} bytes pending)"
+            ),
+            ConnError::Timeout => write!(f, "no data from the peer for {}s", IO_TIMEOUT.as_secs()),
+            ConnError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<CodecError> for ConnError {
+    fn from(e: CodecError) -> Self {
+        ConnError::Codec(e)
+    }
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+/// A record copied out of the input buffer.
+struct Frame {
+    rtype: RecordType,
+    id: u16,
+    content: Vec<u8>,
+}
+
+/// The connection: buffered input, limits, output scratch space.
+struct Connection {
+    conn: Conn,
+    inbuf: Vec<u8>,
+    start: usize,
+    limits: Limits,
+    values: ServerValues,
+    management_records: usize,
+    out: Vec<u8>,
+}
+
+/// What waiting for the peer produced.
+enum Wait {
+    Readable,
+    /// Another connection is waiting in the listener's backlog.
+    OtherConnection,
+    Stop,
+    /// A signal that asks nothing of us; wait again.
+    Interrupted,
+    Timeout,
+}
+
+impl Connection {
+    fn new(conn: Conn, limits: Limits, values: ServerValues) -> Connection {
+        Connection {
+            conn,
+            inbuf: Vec::with_capacity(16 * 1024),
+            start: 0,
+            limits,
+            values,
+            management_records: 0,
+            out: Vec::new(),
+        }
+    }
+
+    fn has_partial_input(&self) -> bool {
+        self.inbuf.len() > self.start
+    }
+
+    /// Decode the next record already in the buffer.
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        match codec::decode_record(&self.inbuf[self.start..])? {
+            Decoded::Partial => Ok(None),
+            Decoded::Complete(record, used) => {
+                let frame = Frame {
+                    rtype: record.rtype,
+                    id: record.request_id,
+                    content: record.content.to_vec(),
+                };
+                self.start += used;
+                if self.start == self.inbuf.len() {
+                    self.inbuf.clear();
+                    self.start = 0;
+                }
+                Ok(Some(frame))
+            }
+        }
+    }
+
+    fn has_buffered_frame(&self) -> bool {
+        matches!(
+            codec::decode_record(&self.inbuf[self.start..]),
+            Ok(Decoded::Complete(..)) | Err(_)
+        )
+    }
+
+    /// One read(2) into the buffer. Ok(false) at end of stream.
+    fn fill(&mut self) -> Result<bool, ConnError> {
+        if self.start > 0 && self.start * 2 >= self.inbuf.len() {
+            self.inbuf.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.inbuf.len();
+        self.inbuf.resize(old + 65536 + codec::HEADER_LEN, 0);
+        let result = loop {
+            match self.conn.read(&mut self.inbuf[old..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.inbuf.truncate(old);
+                return Err(e.into());
+            }
+        };
+        self.inbuf.truncate(old + n);
+        if n == 0 && self.has_partial_input() {
+            return Err(ConnError::Truncated(self.inbuf.len() - self.start));
+        }
+        Ok(n > 0)
+    }
+
+    /// Wait until the peer sends something, a stop signal arrives, or (when
+    /// `listener` is given) another connection is waiting.
+    fn wait(
+        &self,
+        ctx: &Context<'_>,
+        listener: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> io::Result<Wait> {
+        let mut fds = vec![
+            PollFd::new(self.conn.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ctx.signals.fd(), PollFlags::POLLIN),
+        ];
+        if let Some(l) = listener {
+            fds.push(PollFd::new(l, PollFlags::POLLIN));
+        }
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Ok(Wait::Timeout),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {
+                return Ok(if crate::sys::stop_requested() {
+                    Wait::Stop
+                } else {
+                    Wait::Interrupted
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
+        if ready(0) {
+            Ok(Wait::Readable)
+        } else if ready(1) {
+            ctx.signals.drain();
+            Ok(if crate::sys::stop_requested() {
+                Wait::Stop
+            } else {
+                Wait::Interrupted
+            })
+        } else if ready(2) {
+            Ok(Wait::OtherConnection)
+        } else {
+            Ok(Wait::Timeout)
+        }
+    }
+
+    /// The next record, reading as needed, for the parts of the conversation
+    /// where nothing else runs (before the body). `Ok(None)`: the peer closed cleanly.
+    fn next_frame(&mut self, ctx: &Context<'_>) -> Result<Option<Frame>, ConnError> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(Some(frame));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnError::Timeout);
+            }
+            match self.wait(ctx, None, left)? {
+                Wait::Readable => {
+                    if !self.fill()? {
+                        return Ok(None);
+                    }
+                }
+                // A request has begun: a stop signal lets it finish (the back enforces the grace period).
+                Wait::Stop | Wait::OtherConnection | Wait::Interrupted => {}
+                Wait::Timeout => return Err(ConnError::Timeout),
+            }
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let result = self.conn.write_all(&self.out);
+        self.out.clear();
+        result
+    }
+
+    /// Answer a management record (request id 0).
+    fn management(&mut self, frame: &Frame) -> Result<(), ConnError> {
+        self.management_records += 1;
+        if self.management_records > self.limits.max_management_records {
+            return Err(ConnError::Limit(format!(
+                "more than {} management records on one connection",
+                self.limits.max_management_records
+            )));
+        }
+        match frame.rtype {
+            RecordType::GetValues => {
+                codec::encode_get_values_result(&mut self.out, &frame.content, &self.values)?
+            }
+            other => codec::encode_unknown_type(&mut self.out, other.as_u8()),
+        }
+        self.send()?;
+        Ok(())
+    }
+
+    fn end_request(&mut self, id: u16, status: ProtocolStatus) -> io::Result<()> {
+        codec::encode_end_request(&mut self.out, id, 0, status);
+        self.send()
+    }
+}
+
+/// Serve one accepted connection until it is finished. `listener` lets an
+/// idle keep-alive connection give way to a waiting one. Errors are logged here.
+pub fn serve_connection(
+    conn: Conn,
+    back: &mut dyn Back,
+    ctx: &mut Context<'_>,
+    limits: Limits,
+    listener: Option<BorrowedFd<'_>>,
+) {
+    let mut connection = Connection::new(conn, limits, SINGLE_VALUES);
+    if let Err(e) = serve(&mut connection, back, ctx, listener) {
+        match e {
+            ConnError::Io(ref io)
+                if io.kind() == io::ErrorKind::BrokenPipe
+                    || io.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                log::warn!("fastcgi: closing connection: the web server went away ({io})");
+            }
+            other => log::error!("fastcgi: closing connection: {other}"),
+        }
+    }
+}
+
+fn serve(
+    c: &mut Connection,
+    back: &mut dyn Back,
+    ctx: &mut Context<'_>,
+    listener: Option<BorrowedFd<'_>>,
+) -> Result<(), ConnError> {
+    let mut served_one = false;
+    loop {
+        // Between requests: wait for the next record; an idle keep-alive
+        // connection yields to a new one, and to a stop signal.
+        if !c.has_buffered_frame() {
+            let idle_listener = if served_one && !c.has_partial_input() {
+                listener
+            } else {
+                None
+            };
+            match c.wait(ctx, idle_listener, IO_TIMEOUT)? {
+                Wait::Readable => {
+                    if !c.fill()? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Wait::OtherConnection => return Ok(()),
+                Wait::Stop if !c.has_partial_input() => return Ok(()),
+                Wait::Stop | Wait::Interrupted => continue,
+                Wait::Timeout if served_one && !c.has_partial_input() => return Ok(()),
+                Wait::Timeout => return Err(ConnError::Timeout),
+            }
+        }
+        let Some(frame) = c.buffered_frame()? else {
+            continue;
+        };
+        if frame.id == 0 {
+            c.management(&frame)?;
+            continue;
+        }
+        match frame.rtype {
+            RecordType::BeginRequest => {
+                let begin = codec::decode_begin_request(&frame.content)?;
+                if begin.role != Role::Responder {
+                    log::warn!(
+                        "fastcgi: request {} asks for role {:?}; answering FCGI_UNKNOWN_ROLE",
+                        frame.id,
+                        begin.role
+                    );
+                    c.end_request(frame.id, ProtocolStatus::UnknownRole)?;
+                } else if !serve_request(c, back, ctx, frame.id, begin)? {
+                    return Ok(());
+                }
+                served_one = true;
+                if !begin.keep_conn {
+                    return Ok(());
+                }
+            }
+            // Records of requests that are no longer active (the rest of a body
+            // nobody read, an abort that crossed our END_REQUEST) are ignored.
+            RecordType::Stdin
+            | RecordType::Data
+            | RecordType::AbortRequest
+            | RecordType::Params => {
+                log::debug!(
+                    "fastcgi: ignoring {:?} record for inactive request {}",
+                    frame.rtype,
+                    frame.id
+                );
+            }
+            other => {
+                return Err(ConnError::Protocol(format!(
+                    "unexpected {other:?} record (request {})",
+                    frame.id
+                )));
+            }
+        }
+    }
+}
+
+/// Read PARAMS, hand the request to the back, finish with END_REQUEST.
+/// Returns whether the connection is still usable.
+fn serve_request(
+    c: &mut Connection,
+    back: &mut dyn Back,
+    ctx: &mut Context<'_>,
+    id: u16,
+    begin: BeginRequest,
+) -> Result<bool, ConnError> {
+    let mut params = Vec::new();
+    let mut records = 0usize;
+    loop {
+        let Some(frame) = c.next_frame(ctx)? else {
+            return Err(ConnError::Protocol(format!(
+                "connection closed while reading the parameters of request {id}"
+            )));
+        };
+        match (frame.rtype, frame.id) {
+            (_, 0) => c.management(&frame)?,
+            (RecordType::Params, fid) if fid == id => {
+                if frame.content.is_empty() {
+                    break;
+                }
+                records += 1;
+                if records > c.limits.max_param_records {
+                    return Err(ConnError::Limit(format!(
+                        "more than {} PARAMS records",
+                        c.limits.max_param_records
+                    )));
+                }
+                if params.len() + frame.content.len() > c.limits.max_params_bytes {
+                    return Err(ConnError::Limit(format!(
+                        "parameters larger than {} bytes",
+                        c.limits.max_params_bytes
+                    )));
+                }
+                params.extend_from_slice(&frame.content);
+            }
+            (RecordType::AbortRequest, fid) if fid == id => {
+                c.end_request(id, ProtocolStatus::RequestComplete)?;
+                return Ok(true);
+            }
+            (RecordType::BeginRequest, _) => reject_second_request(c, &frame)?,
+            (other, fid) => {
+                return Err(ConnError::Protocol(format!(
+                    "unexpected {other:?} record for request {fid} while reading parameters"
+                )));
+            }
+        }
+    }
+    let pairs = codec::decode_name_values(&params, c.limits.max_params)?;
+    let request = Request::new(
+        pairs
+            .into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect(),
+    );
+    let mut exchange = FcgiExchange {
+        c,
+        id,
+        request,
+        body: Vec::new(),
+        body_start: 0,
+        body_eof: false,
+        head_sent: false,
+        failure: None,
+    };
+    let outcome = back.serve(&mut exchange, ctx);
+    let failure = exchange.failure.take();
+    let body_eof = exchange.body_eof;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if outcome == Outcome::FrontGone {
+        return Ok(false);
+    }
+    codec::encode_record(&mut c.out, RecordType::Stdout, id, &[]);
+    c.end_request(id, ProtocolStatus::RequestComplete)?;
+    if !begin.keep_conn && !body_eof && outcome == Outcome::Done {
+        drain_body(c, ctx, id);
+    }
+    Ok(true)
+}
+
+/// FCGI_CANT_MPX_CONN for a BEGIN_REQUEST while another request is active.
+fn reject_second_request(c: &mut Connection, frame: &Frame) -> Result<(), ConnError> {
+    codec::decode_begin_request(&frame.content)?;
+    log::warn!(
+        "fastcgi: request {} arrived on a busy connection; answering FCGI_CANT_MPX_CONN",
+        frame.id
+    );
+    c.end_request(frame.id, ProtocolStatus::CantMpxConn)?;
+    Ok(())
+}
+
+/// Read (and drop) the rest of a body the application did not read, so that
+/// closing the socket does not reset the connection under the response.
+fn drain_body(c: &mut Connection, ctx: &Context<'_>, id: u16) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        match c.buffered_frame() {
+            Ok(Some(f)) if f.rtype == RecordType::Stdin && f.id == id && f.content.is_empty() => {
+                return;
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero()
+            || !matches!(c.wait(ctx, None, left), Ok(Wait::Readable))
+            || !matches!(c.fill(), Ok(true))
+        {
+            return;
+        }
+    }
+}
+
+/// One request as the back sees it.
+struct FcgiExchange<'c> {
+    c: &'c mut Connection,
+    id: u16,
+    request: Request,
+    body: Vec<u8>,
+    body_start: usize,
+    body_eof: bool,
+    head_sent: bool,
+    /// A protocol error found while the back was running; logged by the caller.
+    failure: Option<ConnError>,
+}
+
+impl FcgiExchange<'_> {
+    fn body_len(&self) -> usize {
+        self.body.len() - self.body_start
+    }
+
+    /// Handle buffered records while there is room for body bytes.
+    fn process_buffered(&mut self) -> Result<Option<InputEvent>, ConnError> {
+        while self.body_len() < BODY_BUFFER {
+            let Some(frame) = self.c.buffered_frame()? else {
+                return Ok(None);
+            };
+            match (frame.rtype, frame.id) {
+                (_, 0) => self.c.management(&frame)?,
+                (RecordType::Stdin, id) if id == self.id => {
+                    if self.body_eof {
+                        return Err(ConnError::Protocol(format!(
+                            "FCGI_STDIN after the end of the body (request {id})"
+                        )));
+                    }
+                    if frame.content.is_empty() {
+                        self.body_eof = true;
+                    } else {
+                        if self.body_start > 0 && self.body_start * 2 >= self.body.len() {
+                            self.body.drain(..self.body_start);
+                            self.body_start = 0;
+                        }
+                        self.body.extend_from_slice(&frame.content);
+                    }
+                }
+                (RecordType::AbortRequest, id) if id == self.id => {
+                    return Ok(Some(InputEvent::Aborted));
+                }
+                (RecordType::BeginRequest, _) => reject_second_request(self.c, &frame)?,
+                (RecordType::Data, id) if id == self.id => {}
+                (other, id) => {
+                    return Err(ConnError::Protocol(format!(
+                        "unexpected {other:?} record for request {id} during the body"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn fail(&mut self, e: ConnError) -> io::Error {
+        let err = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        self.failure = Some(e);
+        err
+    }
+}
+
+impl Exchange for FcgiExchange<'_> {
+    fn request(&self) -> &Request {
+        &self.request
+    }
+
+    fn input_fd(&self) -> Option<BorrowedFd<'_>> {
+        (self.body_len() < BODY_BUFFER && self.failure.is_none()).then(|| self.c.conn.as_fd())
+    }
+
+    fn input_pending(&self) -> bool {
+        self.body_len() < BODY_BUFFER && self.failure.is_none() && self.c.has_buffered_frame()
+    }
+
+    fn read_input(&mut self) -> io::Result<InputEvent> {
+        if !self.c.has_buffered_frame() {
+            match self.c.fill() {
+                Ok(true) => {}
+                Ok(false) => return Ok(InputEvent::Closed),
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        match self.process_buffered() {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Ok(InputEvent::Progress),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.body[self.body_start..]
+    }
+
+    fn consume_body(&mut self, n: usize) {
+        self.body_start = (self.body_start + n).min(self.body.len());
+        if self.body_start == self.body.len() {
+            self.body.clear();
+            self.body_start = 0;
+        }
+    }
+
+    fn body_finished(&self) -> bool {
+        self.body_eof
+    }
+
+    fn send_head(&mut self, head: &ResponseHead) -> io::Result<()> {
+        let mut text = Vec::with_capacity(256);
+        head.write_cgi(&mut text);
+        self.head_sent = true;
+        self.send_body(&text)
+    }
+
+    fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
+        codec::encode_stream(&mut self.c.out, RecordType::Stdout, self.id, data);
+        self.c.send()
+    }
+
+    fn head_sent(&self) -> bool {
+        self.head_sent
+    }
+}

@@ -1,0 +1,36 @@
+# fcgi-shim: the two commands a newcomer needs are `make demo` and `make test`.
+CARGO ?= cargo
+PREFIX ?= $(HOME)/.local
+
+.PHONY: all build test lint check install demo fuzz-check clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# The whole suite: unit tables, integration tests against the real binary,
+# and end-to-end tests through a private Apache + mod_fcgid.
+test:
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+check: lint test
+
+install: build
+	install -d $(PREFIX)/bin
+	install -m 0755 target/release/fcgi-shim $(PREFIX)/bin/fcgi-shim
+
+# Build the shim and serve a demo site through a private Apache + mod_fcgid.
+demo:
+	./scripts/demo.sh
+
+# The fuzz targets build on stable; running them needs cargo-fuzz and nightly.
+fuzz-check:
+	cd fuzz && $(CARGO) check
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,602 @@
+//! The `cgi` back: a CGI/1.1 program per request (RFC 3875), fcgiwrap's job.
+//!
+//! Owns: choosing the program (a fixed `command`, or SCRIPT_FILENAME confined
+//! to `root`), its meta-variables, feeding it the body while streaming its
+//! output back, parsing its response head, the per-request timeout (504) and
+//! the death-before-headers case (502).
+//! Must not: spawn or stop processes itself (that is `supervise`), or know the
+//! front's protocol.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::{Back, Context, Outcome};
+use crate::config::{CgiConfig, CgiProgram, Limits};
+use crate::request::{self, CgiHeadParser, Exchange, HeadProgress, InputEvent};
+use crate::supervise::{self, DescribeExit, Process, SpawnSpec};
+use crate::sys;
+
+/// Lines of a program's stderr quoted when it fails.
+const STDERR_TAIL_LINES: usize = 3;
+/// Read size for the program's output.
+const CHUNK: usize = 65536;
+/// Grace for processes a finished program left behind in its group.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(200);
+
+pub struct CgiBack {
+    config: CgiConfig,
+    limits: Limits,
+    /// `root`, with symlinks resolved once.
+    root: Option<PathBuf>,
+}
+
+/// A refusal before anything was started: status and log line.
+struct Refusal(u16, String);
+
+impl CgiBack {
+    pub fn new(config: CgiConfig, limits: Limits) -> CgiBack {
+        let root = match &config.program {
+            CgiProgram::Root(dir) => Some(dir.canonicalize().unwrap_or_else(|_| dir.clone())),
+            CgiProgram::Command(_) => None,
+        };
+        CgiBack {
+            config,
+            limits,
+            root,
+        }
+    }
+
+    /// The argv to run for this request.
+    fn program_for(&self, req: &request::Request) -> Result<Vec<OsString>, Refusal> {
+        match (&self.config.program, &self.root) {
+            (CgiProgram::Command(argv), _) => Ok(argv.iter().map(OsString::from).collect()),
+            (CgiProgram::Root(_), Some(root)) => {
+                let script = confine_script(root, req.get("SCRIPT_FILENAME"))?;
+                Ok(vec![script.into_os_string()])
+            }
+            (CgiProgram::Root(_), None) => Err(Refusal(500, "cgi root is not set".into())),
+        }
+    }
+
+    fn environment(&self, req: &request::Request) -> Vec<(OsString, OsString)> {
+        let mut env = supervise::base_env();
+        let mut set = |name: OsString, value: OsString| {
+            env.retain(|(n, _)| *n != name);
+            env.push((name, value));
+        };
+        for (name, value) in req.params() {
+            if request::is_forbidden_meta_variable(name)
+                || !valid_env_name(name)
+                || value.contains(&0)
+            {
+                continue;
+            }
+            set(
+                OsString::from_vec(name.to_vec()),
+                OsString::from_vec(value.to_vec()),
+            );
+        }
+        if req.get("GATEWAY_INTERFACE").is_none() {
+            set("GATEWAY_INTERFACE".into(), "CGI/1.1".into());
+        }
+        for (name, value) in &self.config.env {
+            set(name.into(), value.into());
+        }
+        env
+    }
+}
+
+fn valid_env_name(name: &[u8]) -> bool {
+    !name.is_empty() && !name.contains(&b'=') && !name.contains(&0)
+}
+
+/// SCRIPT_FILENAME, checked: absolute, no `..`, inside `root` once symlinks
+/// are resolved, a regular executable file. fcgiwrap's directory traversal is
+/// the mistake not to repeat.
+fn confine_script(root: &Path, script: Option<&str>) -> Result<PathBuf, Refusal> {
+    let Some(script) = script else {
+        return Err(Refusal(
+            500,
+            "the web server sent no SCRIPT_FILENAME; cannot choose a program under root".into(),
+        ));
+    };
+    let path = Path::new(script);
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(Refusal(
+            403,
+            format!("refusing SCRIPT_FILENAME {script}: not an absolute path without `..`"),
+        ));
+    }
+    let real = match path.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Refusal(
+                404,
+                format!("SCRIPT_FILENAME {script} does not exist"),
+            ));
+        }
+        Err(e) => {
+            return Err(Refusal(
+                403,
+                format!("refusing SCRIPT_FILENAME {script}: {e}"),
+            ));
+        }
+    };
+    if !real.starts_with(root) {
+        return Err(Refusal(
+            403,
+            format!(
+                "refusing SCRIPT_FILENAME {script}: it is {}, outside root {}",
+                real.display(),
+                root.display()
+            ),
+        ));
+    }
+    match std::fs::metadata(&real) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(real),
+        Ok(_) => Err(Refusal(
+            403,
+            format!("refusing SCRIPT_FILENAME {script}: not an executable regular file"),
+        )),
+        Err(e) => Err(Refusal(
+            403,
+            format!("refusing SCRIPT_FILENAME {script}: {e}"),
+        )),
+    }
+}
+
+impl Back for CgiBack {
+    fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
+        let argv = match self.program_for(exchange.request()) {
+            Ok(argv) => argv,
+            Err(Refusal(status, message)) => {
+                log::error!(
+                    "cgi: {}: {message} ({status})",
+                    exchange.request().summary()
+                );
+                return finish_with_error(exchange, status, "");
+            }
+        };
+        let Some((program, args)) = argv.split_first() else {
+            return finish_with_error(exchange, 500, "");
+        };
+        let workdir = self.config.workdir.clone().or_else(|| {
+            Path::new(program)
+                .parent()
+                .filter(|p| p.is_absolute())
+                .map(Path::to_path_buf)
+        });
+        let spec = SpawnSpec {
+            program: program.clone(),
+            args: args.to_vec(),
+            env: self.environment(exchange.request()),
+            workdir,
+        };
+        let name = Path::new(program).display().to_string();
+        let (process, pipes) = match Process::spawn(&spec) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("cgi: cannot start {name}: {e} (502)");
+                return finish_with_error(exchange, 502, "");
+            }
+        };
+        if let Err(e) = sys::set_nonblocking(pipes.stdin.as_fd()) {
+            log::warn!("cgi: {name}: cannot make stdin non-blocking: {e}");
+        }
+        let run = Run {
+            name,
+            process,
+            stdin: Some(pipes.stdin),
+            stdout: Some(pipes.stdout),
+            stderr: Some(pipes.stderr),
+            parser: CgiHeadParser::new(self.limits.max_response_head_bytes),
+            stderr_partial: Vec::new(),
+            stderr_tail: VecDeque::new(),
+            deadline: Instant::now() + self.config.timeout,
+            timeout: self.config.timeout,
+        };
+        run.drive(exchange, ctx)
+    }
+
+    fn shutdown(&mut self) {
+        // Programs live only for the length of a request; nothing persists.
+    }
+}
+
+fn finish_with_error(exchange: &mut dyn Exchange, status: u16, detail: &str) -> Outcome {
+    match request::send_error(exchange, status, detail) {
+        Ok(()) => Outcome::Done,
+        Err(_) => Outcome::FrontGone,
+    }
+}
+
+/// One running CGI program and the state of its request.
+struct Run {
+    name: String,
+    process: Process,
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    parser: CgiHeadParser,
+    stderr_partial: Vec<u8>,
+    stderr_tail: VecDeque<String>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// Which of the polled fds are ready.
+#[derive(Default)]
+struct Ready {
+    front: bool,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    signal: bool,
+}
+
+impl Run {
+    fn drive(mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            // Close the program's stdin once the whole body went in.
+            if self.stdin.is_some() && ex.body().is_empty() && ex.body_finished() {
+                self.stdin = None;
+            }
+            if self.stdout.is_none() && (self.stderr.is_none() || self.process.try_wait().is_some())
+            {
+                return self.finish(ex);
+            }
+            let stopping = ctx.stop_deadline.is_some_and(|s| s <= self.deadline);
+            let now = Instant::now();
+            let limit = ctx
+                .stop_deadline
+                .map_or(self.deadline, |s| s.min(self.deadline));
+            if now >= limit {
+                return self.give_up(ex, stopping);
+            }
+            let ready = match self.wait(ex, ctx, limit - now) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("cgi: {}: poll failed: {e}", self.name);
+                    self.process.kill();
+                    return finish_with_error(ex, 502, "");
+                }
+            };
+            if ready.signal {
+                ctx.on_signal();
+            }
+            if ready.front {
+                match ex.read_input() {
+                    Ok(InputEvent::Progress) => {}
+                    Ok(InputEvent::Aborted) => {
+                        log::info!(
+                            "cgi: {}: request aborted by the web server; program stopped",
+                            self.name
+                        );
+                        self.process.kill();
+                        return Outcome::Aborted;
+                    }
+                    Ok(InputEvent::Closed) | Err(_) => {
+                        log::warn!(
+                            "cgi: {}: the web server closed the connection; program stopped",
+                            self.name
+                        );
+                        self.process.kill();
+                        return Outcome::FrontGone;
+                    }
+                }
+            }
+            if ready.stdin || self.stdin.is_none() {
+                self.feed_stdin(ex);
+            }
+            if ready.stderr {
+                self.read_stderr(&mut buf);
+            }
+            if ready.stdout
+                && let Some(outcome) = self.read_stdout(ex, &mut buf)
+            {
+                return outcome;
+            }
+        }
+    }
+
+    fn wait(&self, ex: &dyn Exchange, ctx: &Context<'_>, timeout: Duration) -> io::Result<Ready> {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
+        let mut slots = [usize::MAX; 5];
+        fn add<'a>(
+            slots: &mut [usize; 5],
+            slot: usize,
+            fd: BorrowedFd<'a>,
+            flags: PollFlags,
+            fds: &mut Vec<PollFd<'a>>,
+        ) {
+            slots[slot] = fds.len();
+            fds.push(PollFd::new(fd, flags));
+        }
+        // Only read more body when the program can take what we hold.
+        let front_fd = ex.input_fd();
+        if let Some(fd) = front_fd {
+            add(&mut slots, 0, fd, PollFlags::POLLIN, &mut fds);
+        }
+        if let Some(stdin) = &self.stdin
+            && !ex.body().is_empty()
+        {
+            add(&mut slots, 1, stdin.as_fd(), PollFlags::POLLOUT, &mut fds);
+        }
+        if let Some(out) = &self.stdout {
+            add(&mut slots, 2, out.as_fd(), PollFlags::POLLIN, &mut fds);
+        }
+        if let Some(err) = &self.stderr {
+            add(&mut slots, 3, err.as_fd(), PollFlags::POLLIN, &mut fds);
+        }
+        add(&mut slots, 4, ctx.signals.fd(), PollFlags::POLLIN, &mut fds);
+        let timeout = if ex.input_pending() {
+            Duration::ZERO
+        } else {
+            timeout
+        };
+        let millis = i32::try_from(timeout.as_millis().min(60_000)).unwrap_or(60_000);
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let is_ready = |slot: usize| {
+            fds.get(slots[slot])
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+        };
+        Ok(Ready {
+            front: is_ready(0) || ex.input_pending(),
+            stdin: is_ready(1),
+            stdout: is_ready(2),
+            stderr: is_ready(3),
+            signal: is_ready(4),
+        })
+    }
+
+    /// Move buffered body bytes into the program's stdin. When the program no
+    /// longer reads (closed its stdin, or exited), the rest is discarded so the
+    /// front can still drain the request.
+    fn feed_stdin(&mut self, ex: &mut dyn Exchange) {
+        let Some(stdin) = &mut self.stdin else {
+            let n = ex.body().len();
+            ex.consume_body(n);
+            return;
+        };
+        let body = ex.body();
+        if body.is_empty() {
+            return;
+        }
+        match stdin.write(body) {
+            Ok(n) => ex.consume_body(n),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                // EPIPE: the program does not want (the rest of) the body.
+                self.stdin = None;
+                let n = ex.body().len();
+                ex.consume_body(n);
+            }
+        }
+    }
+
+    fn read_stderr(&mut self, buf: &mut [u8]) {
+        let Some(stderr) = &mut self.stderr else {
+            return;
+        };
+        match stderr.read(buf) {
+            Ok(0) | Err(_) => {
+                self.stderr = None;
+                self.flush_stderr_line();
+            }
+            Ok(n) => {
+                self.stderr_partial.extend_from_slice(&buf[..n]);
+                while let Some(pos) = self.stderr_partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = self.stderr_partial.drain(..=pos).collect();
+                    self.log_stderr_line(&line[..line.len() - 1]);
+                }
+                if self.stderr_partial.len() > 4096 {
+                    self.flush_stderr_line();
+                }
+            }
+        }
+    }
+
+    fn flush_stderr_line(&mut self) {
+        if !self.stderr_partial.is_empty() {
+            let line = std::mem::take(&mut self.stderr_partial);
+            self.log_stderr_line(&line);
+        }
+    }
+
+    fn log_stderr_line(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        log::warn!("cgi: {} stderr: {text}", self.name);
+        if self.stderr_tail.len() == STDERR_TAIL_LINES {
+            self.stderr_tail.pop_front();
+        }
+        self.stderr_tail.push_back(text.to_string());
+    }
+
+    /// Read the program's output; returns an outcome when the request is over.
+    fn read_stdout(&mut self, ex: &mut dyn Exchange, buf: &mut [u8]) -> Option<Outcome> {
+        let stdout = self.stdout.as_mut()?;
+        let n = match stdout.read(buf) {
+            Ok(0) | Err(_) => {
+                self.stdout = None;
+                return None;
+            }
+            Ok(n) => n,
+        };
+        let data = &buf[..n];
+        let sent = if ex.head_sent() {
+            ex.send_body(data)
+        } else {
+            match self.parser.push(data) {
+                Ok(HeadProgress::Partial) => Ok(()),
+                Ok(HeadProgress::Complete(head, body)) => ex.send_head(&head).and_then(|()| {
+                    if body.is_empty() {
+                        Ok(())
+                    } else {
+                        ex.send_body(&body)
+                    }
+                }),
+                Err(e) => {
+                    log::error!("cgi: {}: {e} (502)", self.name);
+                    self.process.kill();
+                    return Some(finish_with_error(ex, 502, ""));
+                }
+            }
+        };
+        if sent.is_err() {
+            log::warn!(
+                "cgi: {}: the web server stopped reading the response; program stopped",
+                self.name
+            );
+            self.process.kill();
+            return Some(Outcome::FrontGone);
+        }
+        None
+    }
+
+    /// The program closed its output.
+    fn finish(mut self, ex: &mut dyn Exchange) -> Outcome {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let status = self.process.wait_for(remaining.min(Duration::from_secs(5)));
+        self.read_remaining_stderr();
+        if ex.head_sent() {
+            if status.is_none() {
+                log::warn!(
+                    "cgi: {} closed its output but did not exit; killed",
+                    self.name
+                );
+                self.process.kill();
+            }
+            self.process.end_stragglers(STRAGGLER_GRACE);
+            return Outcome::Done;
+        }
+        let how = match status {
+            Some(s) => DescribeExit(s).to_string(),
+            None => {
+                self.process.kill();
+                "closed its output and did not exit".to_string()
+            }
+        };
+        let partial = if self.parser.pending() > 0 {
+            " (with an incomplete header block)"
+        } else {
+            ""
+        };
+        let tail: Vec<&str> = self.stderr_tail.iter().map(String::as_str).collect();
+        let stderr = if tail.is_empty() {
+            "no stderr output".to_string()
+        } else {
+            format!("stderr: {}", tail.join(" | "))
+        };
+        log::error!(
+            "cgi: {} {how} before sending headers{partial}; {stderr} (502)",
+            self.name
+        );
+        self.process.end_stragglers(STRAGGLER_GRACE);
+        finish_with_error(ex, 502, "")
+    }
+
+    fn read_remaining_stderr(&mut self) {
+        let Some(stderr) = &self.stderr else { return };
+        if sys::set_nonblocking(stderr.as_fd()).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..64 {
+            if self.stderr.is_none() {
+                break;
+            }
+            self.read_stderr(&mut buf);
+        }
+        self.stderr = None;
+        self.flush_stderr_line();
+    }
+
+    /// The timeout (504) or the stop grace period (503) ran out.
+    fn give_up(mut self, ex: &mut dyn Exchange, stopping: bool) -> Outcome {
+        self.process.kill();
+        if stopping {
+            log::warn!(
+                "cgi: {}: shutting down; request still running, program killed (503)",
+                self.name
+            );
+            return finish_with_error(ex, 503, "The server is restarting.");
+        }
+        log::error!(
+            "cgi: {} timed out after {:.1}s; killed its process group (504)",
+            self.name,
+            self.timeout.as_secs_f64()
+        );
+        finish_with_error(ex, 504, "")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confinement() {
+        let dir = std::env::temp_dir().join(format!("fcgi-shim-cgi-{}", std::process::id()));
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let good = root.join("ok.cgi");
+        std::fs::write(&good, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plain = root.join("plain.txt");
+        std::fs::write(&plain, "x").unwrap();
+        let outside = dir.join("evil.cgi");
+        std::fs::write(&outside, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link.cgi")).unwrap();
+        let root = root.canonicalize().unwrap();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+
+        assert_eq!(
+            confine_script(&root, Some(&s(&good))).ok(),
+            Some(good.canonicalize().unwrap())
+        );
+        let status = |r: Result<PathBuf, Refusal>| r.err().map(|Refusal(s, _)| s);
+        assert_eq!(
+            status(confine_script(&root, Some(&s(&root.join("link.cgi"))))),
+            Some(403)
+        );
+        assert_eq!(
+            status(confine_script(
+                &root,
+                Some(&format!("{}/../evil.cgi", s(&root)))
+            )),
+            Some(403)
+        );
+        assert_eq!(status(confine_script(&root, Some(&s(&plain)))), Some(403));
+        assert_eq!(
+            status(confine_script(&root, Some(&s(&root.join("missing.cgi"))))),
+            Some(404)
+        );
+        assert_eq!(
+            status(confine_script(&root, Some("relative.cgi"))),
+            Some(403)
+        );
+        assert_eq!(status(confine_script(&root, None)), Some(500));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,735 @@
+//! Settings: where they are found, what the user wrote, and what we validated.
+//!
+//! Owns: the two stages (raw serde structs with `deny_unknown_fields`, then a
+//! validated [`Config`] with real types), and errors that name
+//! `file:line:column`, the table and the key, with a suggestion for a typo.
+//! Must not: start anything, or read anything but the settings file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use crate::log::LogTarget;
+
+/// Environment variable naming the settings file when neither argv[1] nor a
+/// sibling `.toml` file gives one.
+pub const CONFIG_ENV: &str = "FCGI_SHIM_CONFIG";
+
+// ---------------------------------------------------------------------------
+// Stage 1: what the user wrote.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    app: Option<Spanned<RawApp>>,
+    log: Option<RawLog>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    kind: Spanned<String>,
+    command: Option<Spanned<Vec<String>>>,
+    root: Option<Spanned<String>>,
+    timeout: Option<Spanned<Seconds>>,
+    workdir: Option<Spanned<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    target: Option<Spanned<String>>,
+    level: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    facility: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_params_bytes: Option<Spanned<i64>>,
+    max_params: Option<Spanned<i64>>,
+    max_param_records: Option<Spanned<i64>>,
+    max_management_records: Option<Spanned<i64>>,
+    max_response_head_bytes: Option<Spanned<i64>>,
+}
+
+/// A duration written as seconds (`30`, `0.5`) or with a unit (`"500ms"`, `"30s"`, `"2m"`).
+#[derive(Debug, Clone, Copy)]
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str =
+            "a duration: seconds as a number, or a string like \"500ms\", \"30s\", \"2m\"";
+        impl Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(|s| Seconds(Duration::from_secs(s)))
+                    .map_err(|_| E::custom(format!("negative duration {v}")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(Duration::from_secs(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                Duration::try_from_secs_f64(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("invalid duration {v}: expected {EXPECTED}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
+                parse_duration(v).map(Seconds).ok_or_else(|| {
+                    E::custom(format!("invalid duration \"{v}\": expected {EXPECTED}"))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(number * factor).ok()
+}
+
+// ---------------------------------------------------------------------------
+// Stage 2: what we validated.
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The settings file.
+    pub path: PathBuf,
+    /// The site's name in log lines: the settings file's stem.
+    pub site: String,
+    pub app: AppConfig,
+    pub log: LogConfig,
+    pub limits: Limits,
+}
+
+/// The application, by kind.
+#[derive(Debug, Clone)]
+pub enum AppConfig {
+    Cgi(CgiConfig),
+}
+
+/// Which program a `cgi` application runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgiProgram {
+    /// Always this argv.
+    Command(Vec<String>),
+    /// The file named by SCRIPT_FILENAME, which must lie under this directory.
+    Root(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct CgiConfig {
+    pub program: CgiProgram,
+    pub timeout: Duration,
+    /// Working directory; `None` = the program's own directory (RFC 3875 §7.1).
+    pub workdir: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub target: LogTarget,
+    pub level: LevelFilter,
+}
+
+/// Hard caps on what a peer may send us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Total bytes of one request's PARAMS stream.
+    pub max_params_bytes: usize,
+    /// Name-value pairs in one request.
+    pub max_params: usize,
+    /// PARAMS records in one request.
+    pub max_param_records: usize,
+    /// Management records (GET_VALUES, unknown types) on one connection.
+    pub max_management_records: usize,
+    /// Bytes of an application's response header block.
+    pub max_response_head_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_params_bytes: 131_072,
+            max_params: 1000,
+            max_param_records: 1024,
+            max_management_records: 64,
+            max_response_head_bytes: 65_536,
+        }
+    }
+}
+
+/// Default per-request timeout of a CGI program.
+pub const DEFAULT_CGI_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// A settings error, pointing into the file where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, when the error has a place in the file.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Builds errors for one settings file: turns byte spans into line:column and
+/// names the table and key a span sits in.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
+        ConfigError {
+            path: self.path.to_path_buf(),
+            position: span.map(|s| line_column(self.text, s.start)),
+            message,
+        }
+    }
+
+    /// An error about the value at `span`, prefixed with "[table] key: ".
+    fn at(&self, span: Range<usize>, message: impl fmt::Display) -> ConfigError {
+        let place = self.place(span.start);
+        self.error(Some(span), format!("{place}{message}"))
+    }
+
+    /// "[app] key `timeout`: " for a position inside `timeout = ...` under `[app]`.
+    fn place(&self, offset: usize) -> String {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[line_start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| line_start + i);
+        let line = &self.text[line_start..line_end];
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"'))
+            .filter(|k| !k.is_empty());
+        let table = table_at(self.text, line_start);
+        match (table, key) {
+            (Some(t), Some(k)) => format!("in [{t}], key `{k}`: "),
+            (None, Some(k)) => format!("key `{k}`: "),
+            (Some(t), None) => format!("in [{t}]: "),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Turn a toml/serde error into ours, with a suggestion for unknown keys.
+    fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
+        let message = err.message().trim_end().to_string();
+        let span = err.span();
+        if let Some((unknown, expected)) = parse_unknown_field(&message) {
+            let table = span.as_ref().and_then(|s| table_at(self.text, s.start));
+            let within = table.map(|t| format!(" in [{t}]")).unwrap_or_default();
+            let mut text = format!("unknown key `{unknown}`{within}");
+            if let Some(best) = nearest(&unknown, &expected) {
+                text.push_str(&format!("; did you mean `{best}`?"));
+            }
+            if !expected.is_empty() {
+                text.push_str(&format!(" (valid keys: {})", expected.join(", ")));
+            }
+            return self.error(span, text);
+        }
+        match span {
+            Some(s) => self.at(s, message),
+            None => self.error(None, message),
+        }
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The name of the `[table]` header governing the line that starts at `line_start`.
+fn table_at(text: &str, line_start: usize) -> Option<String> {
+    text[..line_start].lines().rev().find_map(|line| {
+        let line = line.trim();
+        let inner = line.strip_prefix('[')?.split(']').next()?;
+        Some(inner.trim_matches('[').trim().to_string())
+    })
+}
+
+/// From serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a`"):
+/// the unknown name and the valid ones.
+fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((unknown.to_string(), expected))
+}
+
+/// The closest valid name, if it is close enough to be a typo.
+fn nearest(word: &str, candidates: &[String]) -> Option<String> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Read and validate the settings file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message: format!("cannot read settings: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validate settings text that came from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let src = Source { path, text };
+    let raw: RawSettings = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let site = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "site".into());
+
+    let app = raw.app.ok_or_else(|| {
+        src.error(
+            None,
+            "missing [app] table: say which application to run, e.g. [app] kind = \"cgi\"".into(),
+        )
+    })?;
+    let app = validate_app(&src, &base, app.into_inner())?;
+    let log = validate_log(&src, &base, raw.log)?;
+    let limits = validate_limits(&src, raw.limits)?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        site,
+        app,
+        log,
+        limits,
+    })
+}
+
+const APP_KINDS: &[&str] = &["cgi"];
+
+fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig, ConfigError> {
+    match raw.kind.get_ref().as_str() {
+        "cgi" => {}
+        other => {
+            let hint = nearest(
+                other,
+                &APP_KINDS.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .map(|k| format!("; did you mean \"{k}\"?"))
+            .unwrap_or_default();
+            return Err(src.at(
+                raw.kind.span(),
+                format!(
+                    "unknown application kind \"{other}\"{hint} (kinds: {})",
+                    APP_KINDS.join(", ")
+                ),
+            ));
+        }
+    }
+    let program = match (raw.command, raw.root) {
+        (Some(_), Some(root)) => {
+            return Err(src.at(root.span(), "give either `command` or `root`, not both"));
+        }
+        (None, None) => {
+            return Err(src.error(
+                None,
+                "[app] kind = \"cgi\" needs `command = [\"/path/to/program\"]` or `root = \"/dir/of/cgi/programs\"`".into(),
+            ));
+        }
+        (Some(command), None) => {
+            let span = command.span();
+            let mut argv = command.into_inner();
+            let Some(first) = argv.first_mut() else {
+                return Err(src.at(
+                    span,
+                    "must name a program: command = [\"/path/to/program\", \"args\"...]",
+                ));
+            };
+            if first.contains('/') {
+                *first = resolve(base, first).to_string_lossy().into_owned();
+                check_executable(Path::new(first)).map_err(|e| src.at(span.clone(), e))?;
+            }
+            CgiProgram::Command(argv)
+        }
+        (None, Some(root)) => {
+            let dir = resolve(base, root.get_ref());
+            if !dir.is_dir() {
+                return Err(src.at(root.span(), format!("{} is not a directory", dir.display())));
+            }
+            CgiProgram::Root(dir)
+        }
+    };
+    let timeout = match raw.timeout {
+        Some(t) if t.get_ref().0.is_zero() => return Err(src.at(t.span(), "must be more than 0")),
+        Some(t) => t.get_ref().0,
+        None => DEFAULT_CGI_TIMEOUT,
+    };
+    let workdir = match raw.workdir {
+        Some(w) => {
+            let dir = resolve(base, w.get_ref());
+            if !dir.is_dir() {
+                return Err(src.at(w.span(), format!("{} is not a directory", dir.display())));
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    Ok(AppConfig::Cgi(CgiConfig {
+        program,
+        timeout,
+        workdir,
+        env: raw.env.into_iter().collect(),
+    }))
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", path.display())),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(format!(
+            "{} is not executable (chmod +x it)",
+            path.display()
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn validate_log(
+    src: &Source<'_>,
+    base: &Path,
+    raw: Option<RawLog>,
+) -> Result<LogConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(LogConfig {
+            target: LogTarget::Stderr,
+            level: LevelFilter::Info,
+        });
+    };
+    let level = match &raw.level {
+        None => LevelFilter::Info,
+        Some(l) => {
+            match l.get_ref().to_ascii_lowercase().as_str() {
+                "off" => LevelFilter::Off,
+                "error" => LevelFilter::Error,
+                "warn" | "warning" => LevelFilter::Warn,
+                "info" => LevelFilter::Info,
+                "debug" => LevelFilter::Debug,
+                "trace" => LevelFilter::Trace,
+                other => {
+                    return Err(src.at(
+                    l.span(),
+                    format!("unknown level \"{other}\" (levels: off, error, warn, info, debug, trace)"),
+                ));
+                }
+            }
+        }
+    };
+    let target_name = raw
+        .target
+        .as_ref()
+        .map(|t| t.get_ref().as_str())
+        .unwrap_or("stderr");
+    let target = match target_name {
+        "stderr" => LogTarget::Stderr,
+        "file" => match &raw.file {
+            Some(f) => LogTarget::File(resolve(base, f.get_ref())),
+            None => {
+                return Err(src.error(
+                    None,
+                    "[log] target = \"file\" needs `file = \"/path/to/log\"`".into(),
+                ));
+            }
+        },
+        "syslog" => {
+            let facility = match &raw.facility {
+                None => syslog::Facility::LOG_USER,
+                Some(f) => crate::log::parse_facility(f.get_ref()).ok_or_else(|| {
+                    src.at(
+                        f.span(),
+                        format!(
+                            "unknown syslog facility \"{}\" (e.g. user, daemon, local0..local7)",
+                            f.get_ref()
+                        ),
+                    )
+                })?,
+            };
+            LogTarget::Syslog { facility }
+        }
+        other => {
+            let span = raw.target.as_ref().map(|t| t.span()).unwrap_or(0..0);
+            return Err(src.at(
+                span,
+                format!("unknown target \"{other}\" (targets: stderr, syslog, file)"),
+            ));
+        }
+    };
+    if let (Some(f), false) = (&raw.file, matches!(target, LogTarget::File(_))) {
+        return Err(src.at(f.span(), "`file` is used only with target = \"file\""));
+    }
+    if let (Some(f), false) = (&raw.facility, matches!(target, LogTarget::Syslog { .. })) {
+        return Err(src.at(f.span(), "`facility` is used only with target = \"syslog\""));
+    }
+    Ok(LogConfig { target, level })
+}
+
+fn validate_limits(src: &Source<'_>, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
+    let mut limits = Limits::default();
+    let Some(raw) = raw else { return Ok(limits) };
+    let fields = [
+        (raw.max_params_bytes, &mut limits.max_params_bytes),
+        (raw.max_params, &mut limits.max_params),
+        (raw.max_param_records, &mut limits.max_param_records),
+        (
+            raw.max_management_records,
+            &mut limits.max_management_records,
+        ),
+        (
+            raw.max_response_head_bytes,
+            &mut limits.max_response_head_bytes,
+        ),
+    ];
+    for (value, slot) in fields {
+        if let Some(v) = value {
+            *slot = usize::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| src.at(v.span(), "must be a whole number above 0"))?;
+        }
+    }
+    Ok(limits)
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Finding the settings file.
+
+/// How the settings file was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// argv[1] names a file (the shebang form, or `fcgi-shim settings.toml`).
+    Argument(PathBuf),
+    /// `mysite.toml` beside the executable `mysite.fcgi`.
+    Sibling(PathBuf),
+    /// The FCGI_SHIM_CONFIG environment variable.
+    Environment(PathBuf),
+}
+
+impl Found {
+    pub fn path(&self) -> &Path {
+        match self {
+            Found::Argument(p) | Found::Sibling(p) | Found::Environment(p) => p,
+        }
+    }
+}
+
+/// Where we looked, for the error when nothing was found.
+pub fn search_description(exe: &Path) -> String {
+    format!("argv[1], {}, ${CONFIG_ENV}", sibling_of(exe).display())
+}
+
+/// Find the settings: argv[1] if it is a file, else the sibling of `exe`
+/// (the path we were started as), else $FCGI_SHIM_CONFIG.
+pub fn find(arg: Option<&Path>, exe: &Path, env: Option<PathBuf>) -> Option<Found> {
+    if let Some(arg) = arg.filter(|a| a.is_file()) {
+        return Some(Found::Argument(arg.to_path_buf()));
+    }
+    let sibling = sibling_of(exe);
+    if sibling.is_file() {
+        return Some(Found::Sibling(sibling));
+    }
+    env.filter(|p| !p.as_os_str().is_empty())
+        .map(Found::Environment)
+}
+
+fn sibling_of(exe: &Path) -> PathBuf {
+    exe.with_extension("toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse(Path::new("/site/mysite.toml"), text).expect_err("should fail")
+    }
+
+    #[test]
+    fn typo_names_place_key_and_suggestion() {
+        let e = err("[app]\nkind = \"cgi\"\ncomand = [\"/bin/true\"]\n");
+        assert_eq!(e.position, Some((3, 1)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "/site/mysite.toml:3:1: unknown key `comand` in [app]; did you mean `command`?"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = err("[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\ntimeout = \"soon\"\n");
+        let text = e.to_string();
+        assert_eq!(e.position, Some((4, 11)), "{text}");
+        assert!(text.contains("key `timeout`"), "{text}");
+        assert!(text.contains("invalid duration \"soon\""), "{text}");
+    }
+
+    #[test]
+    fn unknown_table_suggested() {
+        let text = err("[ap]\nkind = \"cgi\"\n").to_string();
+        assert!(
+            text.contains("unknown key `ap`") && text.contains("did you mean `app`?"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_kind() {
+        let e = err("[app]\nkind = \"cig\"\ncommand = [\"/bin/true\"]\n");
+        assert_eq!(e.position, Some((2, 8)));
+        assert!(e.message.contains("did you mean \"cgi\"?"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn valid_settings_with_defaults() {
+        let c = parse(Path::new("/x/mysite.fcgi"), "#!/usr/bin/fcgi-shim\n[app]\nkind = \"cgi\"\ncommand = [\"/bin/sh\", \"-c\", \"true\"]\ntimeout = 2.5\n").unwrap();
+        assert_eq!(c.site, "mysite");
+        let AppConfig::Cgi(cgi) = c.app;
+        assert_eq!(cgi.timeout, Duration::from_millis(2500));
+        assert_eq!(
+            cgi.program,
+            CgiProgram::Command(vec!["/bin/sh".into(), "-c".into(), "true".into()])
+        );
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn zero_limit_rejected() {
+        let e = err("[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n[limits]\nmax_params = 0\n");
+        assert_eq!(e.position, Some((5, 14)));
+        assert!(e.message.contains("key `max_params`"), "{e}");
+    }
+
+    #[test]
+    fn missing_program_file() {
+        let e = err("[app]\nkind = \"cgi\"\ncommand = [\"/no/such/prog\"]\n");
+        assert!(e.message.contains("/no/such/prog"), "{e}");
+    }
+
+    #[test]
+    fn finds_sibling_then_env() {
+        let dir = std::env::temp_dir().join(format!("fcgi-shim-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("mysite.fcgi");
+        assert_eq!(
+            find(None, &exe, Some("/e.toml".into())),
+            Some(Found::Environment("/e.toml".into()))
+        );
+        std::fs::write(dir.join("mysite.toml"), "").unwrap();
+        assert_eq!(
+            find(None, &exe, None),
+            Some(Found::Sibling(dir.join("mysite.toml")))
+        );
+        assert_eq!(
+            find(Some(&exe), &exe, None),
+            Some(Found::Sibling(dir.join("mysite.toml")))
+        );
+        std::fs::write(&exe, "").unwrap();
+        assert_eq!(
+            find(Some(&exe), &exe, None),
+            Some(Found::Argument(exe.clone()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,297 @@
+//! The operating-system boundary: every `unsafe` block and every raw libc call
+//! of the crate lives here, each behind a safe wrapper with a SAFETY comment.
+//!
+//! Owns: signal handling (a self-pipe the handlers write one byte to), the
+//! child-side setup between fork and exec (PR_SET_PDEATHSIG), inspection of
+//! inherited sockets, and a plain `Read + Write` wrapper around a socket fd.
+//! Must not: make policy decisions (what a signal means, which fd to adopt);
+//! the callers do that.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::socket::{
+    self, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage, sockopt,
+};
+use nix::sys::stat::{SFlag, fstat};
+
+// ---------------------------------------------------------------------------
+// Signals: handlers only set a flag and write a byte to a pipe.
+
+static SIGNAL_PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signo: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+    LAST_SIGNAL.store(signo, Ordering::SeqCst);
+    let fd = SIGNAL_PIPE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = [0u8; 1];
+        // SAFETY: write(2) is async-signal-safe; `fd` is the write end of a
+        // non-blocking pipe that stays open for the life of the process, and
+        // `byte` is a valid one-byte buffer. A full pipe (EAGAIN) is fine: a
+        // byte is already waiting.
+        unsafe {
+            libc::write(fd, byte.as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// The read end of the signal self-pipe: poll it, then call [`drain_signal_pipe`].
+pub struct SignalPipe {
+    read: OwnedFd,
+    // Kept open so the handler's fd stays valid.
+    _write: OwnedFd,
+}
+
+impl SignalPipe {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Empty the pipe after poll said it is readable.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Install the stop handlers (SIGTERM, SIGINT, SIGHUP, SIGUSR1) without
+/// SA_RESTART, so blocking calls return EINTR, and ignore SIGPIPE.
+pub fn install_signal_handlers() -> io::Result<SignalPipe> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    SIGNAL_PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
+    let stop = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        // SAFETY: `on_stop_signal` only touches atomics and calls write(2),
+        // both async-signal-safe.
+        unsafe { sigaction(signal, &stop) }?;
+    }
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
+    Ok(SignalPipe {
+        read,
+        _write: write,
+    })
+}
+
+/// Has a stop signal arrived?
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// The number of the last stop signal received (0 if none).
+pub fn last_signal() -> i32 {
+    LAST_SIGNAL.load(Ordering::SeqCst)
+}
+
+// ---------------------------------------------------------------------------
+// Child processes.
+
+/// Make `command` start its child in a new process group whose members die
+/// with us: PR_SET_PDEATHSIG(SIGKILL) is set between fork and exec, and the
+/// child exits at once if we were already gone by then.
+pub fn set_child_dies_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    command.process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec; it calls
+    // only prctl(2) and getppid(2), both async-signal-safe, allocates nothing
+    // and returns an io::Error built from a raw errno (no allocation).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent.as_raw() {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Send `signal` to every process of the group `pgid`. A group that no longer
+/// exists is not an error.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pgid) else { return };
+    if raw <= 1 {
+        return; // never signal group 0 (ours) or 1
+    }
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), signal);
+}
+
+/// Does the process group `pgid` still have members?
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return false;
+    };
+    raw > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), None).is_ok()
+}
+
+/// Put `fd` in non-blocking mode.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Mark `fd` close-on-exec.
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Inherited sockets.
+
+/// What an inherited file descriptor turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// Not open at all.
+    Closed,
+    /// Open, but not a socket (a tty, /dev/null, a pipe, a file).
+    NotSocket,
+    /// A socket, but not a listening stream socket of a family we serve.
+    UnusableSocket(&'static str),
+    /// A listening stream socket.
+    Listener(ListenerFamily),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerFamily {
+    Unix,
+    Inet,
+    Inet6,
+}
+
+/// Inspect fd `raw` without taking ownership of it.
+pub fn inspect_fd(raw: RawFd) -> FdKind {
+    // SAFETY: the BorrowedFd is used only within this function while `raw` is
+    // open (fstat below fails with EBADF otherwise and we return before use).
+    let st = match fstat(unsafe { BorrowedFd::borrow_raw(raw) }) {
+        Ok(st) => st,
+        Err(_) => return FdKind::Closed,
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return FdKind::NotSocket;
+    }
+    // SAFETY: `raw` is open (fstat succeeded) and we only borrow it here.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    match socket::getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(_) => return FdKind::UnusableSocket("not a stream socket"),
+        Err(_) => return FdKind::UnusableSocket("socket type unknown"),
+    }
+    let listening = match socket::getsockopt(&fd, sockopt::AcceptConn) {
+        Ok(v) => v,
+        // Fallback (libfcgi's test): a listener has no peer.
+        Err(_) => matches!(
+            socket::getpeername::<SockaddrStorage>(raw),
+            Err(Errno::ENOTCONN)
+        ),
+    };
+    if !listening {
+        return FdKind::UnusableSocket("a connected socket, not a listening one");
+    }
+    let family = socket::getsockname::<SockaddrStorage>(raw)
+        .ok()
+        .and_then(|a| a.family());
+    match family {
+        Some(AddressFamily::Unix) => FdKind::Listener(ListenerFamily::Unix),
+        Some(AddressFamily::Inet) => FdKind::Listener(ListenerFamily::Inet),
+        Some(AddressFamily::Inet6) => FdKind::Listener(ListenerFamily::Inet6),
+        _ => FdKind::UnusableSocket("unsupported address family"),
+    }
+}
+
+/// Take ownership of an inherited fd after [`inspect_fd`] found it usable.
+///
+/// # Safety contract (checked by the caller)
+/// `raw` must be open and not owned by anything else in this process.
+pub fn adopt_fd(raw: RawFd) -> OwnedFd {
+    // SAFETY: callers pass only fd 0 or fd 3 after inspect_fd found them open,
+    // and nothing else in the process owns those fds (std never wraps fd 0 in
+    // an OwnedFd; stdin is only read through libc by std if used, and we never use it).
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// Accept one connection (close-on-exec). EINTR and EAGAIN come back as errors.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Conn> {
+    let raw = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 just returned this fd; nothing else owns it.
+    Ok(Conn(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// Clear the environment variables systemd's socket activation set.
+pub fn forget_listen_env() {
+    // SAFETY: called during start-up while the process has a single thread,
+    // so no other thread reads the environment concurrently.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+}
+
+/// A connected stream socket (Unix or TCP) read and written with plain
+/// read(2)/write(2).
+#[derive(Debug)]
+pub struct Conn(OwnedFd);
+
+impl Conn {
+    /// Shut down the write half (tells the peer we are done).
+    pub fn shutdown_write(&self) {
+        let _ = socket::shutdown(self.0.as_raw_fd(), socket::Shutdown::Write);
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(nix::unistd::read(&self.0, buf)?)
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(nix::unistd::write(&self.0, buf)?)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The process id, for log lines.
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
+/// fd 0 in a CGI invocation (the request body).
+pub fn stdin_fd() -> BorrowedFd<'static> {
+    // SAFETY: in CGI mode fd 0 is the request body pipe, open for the life of
+    // the process; nothing in this process closes or adopts it in that mode.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}

@@ -1,0 +1,34 @@
+//! The settings templates in shim-templates/ are valid settings.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn every_template_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim-templates");
+    let tmp = std::env::temp_dir().join(format!("fcgi-shim-templates-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "fcgi") {
+            continue;
+        }
+        // The templates name programs under /home/USER; point them at one that exists.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("#!"), "{} must start with a shebang line", path.display());
+        let text = text.replace("/home/USER/app/run.cgi", "/bin/true");
+        let copy = tmp.join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_fcgi-shim")).arg("check").arg(&copy).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+    assert!(checked >= 1, "no templates found in {}", dir.display());
+}
