@@ -373,10 +373,7 @@ fn serve(
             }
             // Records of requests that are no longer active (the rest of a body
             // nobody read, an abort that crossed our END_REQUEST) are ignored.
-            RecordType::Stdin
-            | RecordType::Data
-            | RecordType::AbortRequest
-            | RecordType::Params => {
+            rtype if is_request_stream(rtype) => {
                 log::debug!(
                     "fastcgi: ignoring {:?} record for inactive request {}",
                     frame.rtype,
@@ -436,6 +433,9 @@ fn serve_request(
                 return Ok(true);
             }
             (RecordType::BeginRequest, _) => reject_second_request(c, &frame)?,
+            (rtype, fid) if fid != id && is_request_stream(rtype) => {
+                log::debug!("fastcgi: ignoring {rtype:?} record for inactive request {fid}");
+            }
             (other, fid) => {
                 return Err(ConnError::Protocol(format!(
                     "unexpected {other:?} record for request {fid} while reading parameters"
@@ -475,6 +475,15 @@ fn serve_request(
         drain_body(c, ctx, id);
     }
     Ok(true)
+}
+
+/// Records that belong to a request's streams; for a request id that is not
+/// active they are ignored (spec 3.3), e.g. the rest of a rejected request.
+fn is_request_stream(rtype: RecordType) -> bool {
+    matches!(
+        rtype,
+        RecordType::Params | RecordType::Stdin | RecordType::Data | RecordType::AbortRequest
+    )
 }
 
 /// FCGI_CANT_MPX_CONN for a BEGIN_REQUEST while another request is active.
@@ -558,6 +567,9 @@ impl FcgiExchange<'_> {
                 }
                 (RecordType::BeginRequest, _) => reject_second_request(self.c, &frame)?,
                 (RecordType::Data, id) if id == self.id => {}
+                (rtype, id) if id != self.id && is_request_stream(rtype) => {
+                    log::debug!("fastcgi: ignoring {rtype:?} record for inactive request {id}");
+                }
                 (other, id) => {
                     return Err(ConnError::Protocol(format!(
                         "unexpected {other:?} record for request {id} during the body"
