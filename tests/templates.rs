@@ -16,11 +16,19 @@ fn every_template_passes_check() {
         }
         // The templates name programs under /home/USER; point them at one that exists.
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("#!"), "{} must start with a shebang line", path.display());
+        assert!(
+            text.starts_with("#!"),
+            "{} must start with a shebang line",
+            path.display()
+        );
         let text = text.replace("/home/USER/app/run.cgi", "/bin/true");
         let copy = tmp.join(path.file_name().unwrap());
         std::fs::write(&copy, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_fcgi-shim")).arg("check").arg(&copy).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_fcgi-shim"))
+            .arg("check")
+            .arg(&copy)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}: {}",
