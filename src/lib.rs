@@ -15,5 +15,6 @@ pub mod launch;
 pub mod log;
 pub mod request;
 pub mod server;
+pub mod spool;
 pub mod supervise;
 pub mod sys;

@@ -10,6 +10,8 @@ use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 
+use nix::poll::PollFlags;
+
 /// The meta-variables of one request (the FastCGI params, the SCGI headers, or
 /// the CGI environment), in the order received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -311,36 +313,41 @@ pub enum InputEvent {
 
 /// One request's conversation with its front, as a back sees it.
 ///
-/// The back polls [`Exchange::input_fd`] together with its application's
-/// fds; when it is readable it calls [`Exchange::read_input`], and takes body
-/// bytes with [`Exchange::body`] / [`Exchange::consume_body`].
+/// The back polls what [`Exchange::poll_interest`] asks for together with its
+/// application's fds, and calls [`Exchange::on_ready`] when that fd is ready
+/// (or at once while [`Exchange::input_pending`]). Sending never blocks: output
+/// is queued and written as the web server takes it, so that a web server that
+/// sends the whole body before reading (mod_fcgid) cannot deadlock with an
+/// application that answers while it reads. A back stops reading its
+/// application's output while [`Exchange::output_backlog`] is large.
 pub trait Exchange {
     fn request(&self) -> &Request;
 
-    /// The fd to poll for readability, or `None` while the front does not
-    /// want to read (its body buffer is full, or the connection is finished).
-    fn input_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// The fd to poll and for what, or `None` when there is nothing to wait for.
+    fn poll_interest(&self) -> Option<(BorrowedFd<'_>, PollFlags)>;
 
-    /// Input is already buffered: call [`Exchange::read_input`] without polling.
+    /// Input is already buffered: call [`Exchange::on_ready`] without polling.
     fn input_pending(&self) -> bool;
 
-    /// Read once from the front (call when `input_fd` is readable or
-    /// `input_pending`).
-    fn read_input(&mut self) -> io::Result<InputEvent>;
+    /// Read what the front has for us and write what it will take.
+    fn on_ready(&mut self) -> io::Result<InputEvent>;
 
-    /// Body bytes received and not yet consumed.
+    /// Body bytes received and not yet consumed (the next part of them).
     fn body(&self) -> &[u8];
 
     fn consume_body(&mut self, n: usize);
 
-    /// Has the whole body been received (and consumed)?
+    /// Has the end of the body been received? (It may not be consumed yet.)
     fn body_finished(&self) -> bool;
 
-    /// Send the response head. Called at most once, before any body.
+    /// Queue the response head. Called at most once, before any body.
     fn send_head(&mut self, head: &ResponseHead) -> io::Result<()>;
 
-    /// Send response body bytes as they are produced.
+    /// Queue response body bytes; written as the web server takes them.
     fn send_body(&mut self, data: &[u8]) -> io::Result<()>;
+
+    /// Response bytes queued and not yet written.
+    fn output_backlog(&self) -> usize;
 
     /// Has the head been sent?
     fn head_sent(&self) -> bool;

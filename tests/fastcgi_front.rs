@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::Shutdown;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -241,6 +242,35 @@ fn one_mebibyte_request_body_is_echoed_byte_identical() {
     assert!(
         cgi.body.len() == data.len() && first_difference.is_none(),
         "echoed {} bytes for {} sent; first difference at {first_difference:?}",
+        cgi.body.len(),
+        data.len()
+    );
+}
+
+/// mod_fcgid writes the whole request, body included, before it reads any of
+/// the response. A program that answers while it reads (here: `cat`) must not
+/// deadlock with it: the shim keeps taking the body (spooling it past 1 MiB)
+/// while the response waits. Regression test for the hang the Apache
+/// end-to-end test found with a 1 MiB echo.
+#[test]
+fn whole_request_written_before_reading_does_not_deadlock_an_echoing_program() {
+    let app = App::start(r#"printf 'Content-Type: application/octet-stream\r\n\r\n'; exec cat"#);
+    let data = prng_bytes(8 << 20, 0x0dd_ba11_cafe_f00d);
+    let mut conn = app.shim.connect();
+    conn.set_timeouts(IO_TIMEOUT);
+    conn.write_all(&encode_request(
+        1,
+        &cgi_params("POST", "", data.len()),
+        &data,
+        false,
+    ))
+    .expect("the shim must take the whole request before we read anything");
+    let response = read_response(&mut conn, 1).expect("response after the whole request was sent");
+    let cgi = response.complete_cgi();
+    assert_eq!(cgi.status, 200);
+    assert!(
+        cgi.body == data,
+        "echoed {} bytes for {} sent",
         cgi.body.len(),
         data.len()
     );

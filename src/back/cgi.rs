@@ -29,6 +29,9 @@ use crate::sys;
 const STDERR_TAIL_LINES: usize = 3;
 /// Read size for the program's output.
 const CHUNK: usize = 65536;
+/// Response bytes queued for the web server above which we stop reading the
+/// program's output (it then blocks writing, which is the backpressure).
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Grace for processes a finished program left behind in its group.
 const STRAGGLER_GRACE: Duration = Duration::from_millis(200);
 
@@ -275,7 +278,7 @@ impl Run {
                 ctx.on_signal();
             }
             if ready.front {
-                match ex.read_input() {
+                match ex.on_ready() {
                     Ok(InputEvent::Progress) => {}
                     Ok(InputEvent::Aborted) => {
                         log::info!(
@@ -322,17 +325,20 @@ impl Run {
             slots[slot] = fds.len();
             fds.push(PollFd::new(fd, flags));
         }
-        // Only read more body when the program can take what we hold.
-        let front_fd = ex.input_fd();
-        if let Some(fd) = front_fd {
-            add(&mut slots, 0, fd, PollFlags::POLLIN, &mut fds);
+        if let Some((fd, flags)) = ex.poll_interest() {
+            add(&mut slots, 0, fd, flags, &mut fds);
         }
         if let Some(stdin) = &self.stdin
             && !ex.body().is_empty()
         {
             add(&mut slots, 1, stdin.as_fd(), PollFlags::POLLOUT, &mut fds);
         }
-        if let Some(out) = &self.stdout {
+        // Let the program wait while the web server has not taken what we hold.
+        if let Some(out) = self
+            .stdout
+            .as_ref()
+            .filter(|_| ex.output_backlog() < OUTPUT_HIGH_WATER)
+        {
             add(&mut slots, 2, out.as_fd(), PollFlags::POLLIN, &mut fds);
         }
         if let Some(err) = &self.stderr {

@@ -7,6 +7,8 @@
 
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
+
+use nix::poll::PollFlags;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::back::{Back, Context};
@@ -51,15 +53,16 @@ impl Exchange for CgiExchange {
         &self.request
     }
 
-    fn input_fd(&self) -> Option<BorrowedFd<'_>> {
-        (self.remaining > 0 && self.body.len() < 256 * 1024).then(sys::stdin_fd)
+    fn poll_interest(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
+        (self.remaining > 0 && self.body.len() < 256 * 1024)
+            .then(|| (sys::stdin_fd(), PollFlags::POLLIN))
     }
 
     fn input_pending(&self) -> bool {
         false
     }
 
-    fn read_input(&mut self) -> io::Result<InputEvent> {
+    fn on_ready(&mut self) -> io::Result<InputEvent> {
         let mut buf = vec![0u8; self.remaining.min(65536)];
         let n = nix::unistd::read(sys::stdin_fd(), &mut buf)?;
         if n == 0 {
@@ -94,6 +97,10 @@ impl Exchange for CgiExchange {
         let mut out = io::stdout().lock();
         out.write_all(data)?;
         out.flush()
+    }
+
+    fn output_backlog(&self) -> usize {
+        0 // written at once: a CGI web server reads our output as we write it
     }
 
     fn head_sent(&self) -> bool {

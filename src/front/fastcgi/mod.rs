@@ -23,16 +23,17 @@ use self::codec::{
 use crate::back::{Back, Context, Outcome};
 use crate::config::Limits;
 use crate::request::{Exchange, InputEvent, Request, ResponseHead};
+use crate::spool::Spool;
 use crate::sys::Conn;
 
-/// Body bytes held for the application before we stop reading the socket.
-const BODY_BUFFER: usize = 256 * 1024;
 /// How long a peer may stay silent in the middle of a record or before its
 /// first request (mod_fcgid's own I/O timeout is 40 s).
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the response, how long we keep reading a request body nobody wanted
 /// before closing (closing with unread data can reset the connection).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Input we hold undecoded while the peer does not read our response.
+const MAX_UNREAD_INPUT: usize = 4 * 1024 * 1024;
 
 /// What we tell GET_VALUES in the one-request-at-a-time mode.
 pub const SINGLE_VALUES: ServerValues = ServerValues {
@@ -99,7 +100,16 @@ struct Connection {
     limits: Limits,
     values: ServerValues,
     management_records: usize,
+    /// Output not yet taken by the peer (the socket is non-blocking).
     out: Vec<u8>,
+    out_start: usize,
+}
+
+/// What one read(2) produced.
+enum Filled {
+    Bytes,
+    WouldBlock,
+    Eof,
 }
 
 /// What waiting for the peer produced.
@@ -123,6 +133,7 @@ impl Connection {
             values,
             management_records: 0,
             out: Vec::new(),
+            out_start: 0,
         }
     }
 
@@ -157,11 +168,16 @@ impl Connection {
         )
     }
 
-    /// One read(2) into the buffer. Ok(false) at end of stream.
-    fn fill(&mut self) -> Result<bool, ConnError> {
+    /// One read(2) into the buffer.
+    fn fill(&mut self) -> Result<Filled, ConnError> {
         if self.start > 0 && self.start * 2 >= self.inbuf.len() {
             self.inbuf.drain(..self.start);
             self.start = 0;
+        }
+        if self.inbuf.len() - self.start > MAX_UNREAD_INPUT {
+            return Err(ConnError::Limit(format!(
+                "more than {MAX_UNREAD_INPUT} bytes of input waiting while our response is not read"
+            )));
         }
         let old = self.inbuf.len();
         self.inbuf.resize(old + 65536 + codec::HEADER_LEN, 0);
@@ -175,26 +191,127 @@ impl Connection {
             Ok(n) => n,
             Err(e) => {
                 self.inbuf.truncate(old);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(Filled::WouldBlock);
+                }
                 return Err(e.into());
             }
         };
         self.inbuf.truncate(old + n);
-        if n == 0 && self.has_partial_input() {
-            return Err(ConnError::Truncated(self.inbuf.len() - self.start));
+        if n > 0 {
+            Ok(Filled::Bytes)
+        } else if self.has_partial_input() {
+            Err(ConnError::Truncated(self.inbuf.len() - self.start))
+        } else {
+            Ok(Filled::Eof)
         }
-        Ok(n > 0)
+    }
+
+    fn pending_output(&self) -> usize {
+        self.out.len() - self.out_start
+    }
+
+    /// Write queued output until it is all written or the socket is full.
+    fn try_flush(&mut self) -> io::Result<()> {
+        while self.out_start < self.out.len() {
+            match self.conn.write(&self.out[self.out_start..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_start += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_start == self.out.len() {
+            self.out.clear();
+            self.out_start = 0;
+        } else if self.out_start > 0 && self.out_start * 2 >= self.out.len() {
+            self.out.drain(..self.out_start);
+            self.out_start = 0;
+        }
+        Ok(())
+    }
+
+    /// Drop buffered STDIN/DATA records of the finished request `id`.
+    /// Returns whether the end of its body (an empty STDIN) went by.
+    fn drop_stream_records(&mut self, id: u16) -> bool {
+        let mut saw_end = false;
+        while let Ok(Decoded::Complete(record, used)) =
+            codec::decode_record(&self.inbuf[self.start..])
+        {
+            if record.request_id != id
+                || !matches!(record.rtype, RecordType::Stdin | RecordType::Data)
+            {
+                break;
+            }
+            saw_end |= record.rtype == RecordType::Stdin && record.content.is_empty();
+            self.start += used;
+        }
+        saw_end
+    }
+
+    /// After a request: write all queued output, meanwhile reading (and
+    /// dropping) the rest of its body so the peer never blocks writing it.
+    /// With `want_body_end`, also wait (briefly) for the end of the body, so
+    /// that closing the socket does not reset the connection under the response.
+    fn settle(
+        &mut self,
+        ctx: &Context<'_>,
+        id: Option<u16>,
+        want_body_end: bool,
+    ) -> Result<(), ConnError> {
+        let mut body_ended = !want_body_end;
+        let mut deadline = Instant::now() + IO_TIMEOUT;
+        let mut flushed_at = None;
+        loop {
+            self.try_flush()?;
+            if let Some(id) = id {
+                body_ended |= self.drop_stream_records(id);
+            }
+            let flushed = self.pending_output() == 0;
+            if flushed && flushed_at.is_none() {
+                flushed_at = Some(Instant::now());
+                deadline = Instant::now() + DRAIN_TIMEOUT;
+            }
+            if flushed && body_ended {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return if flushed {
+                    Ok(())
+                } else {
+                    Err(ConnError::Timeout)
+                };
+            }
+            match self.wait(ctx, None, left)? {
+                Wait::Readable => match self.fill()? {
+                    Filled::Eof if flushed => return Ok(()),
+                    Filled::Eof => return Err(ConnError::Io(io::ErrorKind::BrokenPipe.into())),
+                    Filled::Bytes | Filled::WouldBlock => {}
+                },
+                Wait::Timeout if flushed => return Ok(()),
+                Wait::Timeout => return Err(ConnError::Timeout),
+                Wait::Stop | Wait::Interrupted | Wait::OtherConnection => {}
+            }
+        }
     }
 
     /// Wait until the peer sends something, a stop signal arrives, or (when
     /// `listener` is given) another connection is waiting.
     fn wait(
-        &self,
+        &mut self,
         ctx: &Context<'_>,
         listener: Option<BorrowedFd<'_>>,
         timeout: Duration,
     ) -> io::Result<Wait> {
+        let conn_events = if self.pending_output() > 0 {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
         let mut fds = vec![
-            PollFd::new(self.conn.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.conn.as_fd(), conn_events),
             PollFd::new(ctx.signals.fd(), PollFlags::POLLIN),
         ];
         if let Some(l) = listener {
@@ -216,21 +333,30 @@ impl Connection {
             }
             Err(e) => return Err(e.into()),
         }
-        let ready = |i: usize| {
+        let revents = |i: usize| {
             fds.get(i)
                 .and_then(PollFd::revents)
-                .is_some_and(|r| !r.is_empty())
+                .unwrap_or(PollFlags::empty())
         };
-        if ready(0) {
+        let ready = |i: usize| !revents(i).is_empty();
+        let conn = revents(0);
+        let (signal, other) = (ready(1), ready(2));
+        drop(fds);
+        if conn.contains(PollFlags::POLLOUT) {
+            self.try_flush()?;
+        }
+        if conn.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             Ok(Wait::Readable)
-        } else if ready(1) {
+        } else if !conn.is_empty() {
+            Ok(Wait::Interrupted)
+        } else if signal {
             ctx.signals.drain();
             Ok(if crate::sys::stop_requested() {
                 Wait::Stop
             } else {
                 Wait::Interrupted
             })
-        } else if ready(2) {
+        } else if other {
             Ok(Wait::OtherConnection)
         } else {
             Ok(Wait::Timeout)
@@ -251,7 +377,7 @@ impl Connection {
             }
             match self.wait(ctx, None, left)? {
                 Wait::Readable => {
-                    if !self.fill()? {
+                    if let Filled::Eof = self.fill()? {
                         return Ok(None);
                     }
                 }
@@ -262,10 +388,9 @@ impl Connection {
         }
     }
 
+    /// Write what the socket takes now; the rest goes out as we wait.
     fn send(&mut self) -> io::Result<()> {
-        let result = self.conn.write_all(&self.out);
-        self.out.clear();
-        result
+        self.try_flush()
     }
 
     /// Answer a management record (request id 0).
@@ -302,8 +427,14 @@ pub fn serve_connection(
     limits: Limits,
     listener: Option<BorrowedFd<'_>>,
 ) {
+    if let Err(e) = crate::sys::set_nonblocking(conn.as_fd()) {
+        log::error!("fastcgi: closing connection: cannot make it non-blocking: {e}");
+        return;
+    }
     let mut connection = Connection::new(conn, limits, SINGLE_VALUES);
-    if let Err(e) = serve(&mut connection, back, ctx, listener) {
+    let result = serve(&mut connection, back, ctx, listener)
+        .and_then(|()| connection.settle(ctx, None, false));
+    if let Err(e) = result {
         match e {
             ConnError::Io(ref io)
                 if io.kind() == io::ErrorKind::BrokenPipe
@@ -334,7 +465,7 @@ fn serve(
             };
             match c.wait(ctx, idle_listener, IO_TIMEOUT)? {
                 Wait::Readable => {
-                    if !c.fill()? {
+                    if let Filled::Eof = c.fill()? {
                         return Ok(());
                     }
                     continue;
@@ -454,8 +585,7 @@ fn serve_request(
         c,
         id,
         request,
-        body: Vec::new(),
-        body_start: 0,
+        body: Spool::new(),
         body_eof: false,
         head_sent: false,
         failure: None,
@@ -470,10 +600,8 @@ fn serve_request(
         return Ok(false);
     }
     codec::encode_record(&mut c.out, RecordType::Stdout, id, &[]);
-    c.end_request(id, ProtocolStatus::RequestComplete)?;
-    if !begin.keep_conn && !body_eof && outcome == Outcome::Done {
-        drain_body(c, ctx, id);
-    }
+    codec::encode_end_request(&mut c.out, id, 0, ProtocolStatus::RequestComplete);
+    c.settle(ctx, Some(id), !begin.keep_conn && !body_eof)?;
     Ok(true)
 }
 
@@ -497,36 +625,14 @@ fn reject_second_request(c: &mut Connection, frame: &Frame) -> Result<(), ConnEr
     Ok(())
 }
 
-/// Read (and drop) the rest of a body the application did not read, so that
-/// closing the socket does not reset the connection under the response.
-fn drain_body(c: &mut Connection, ctx: &Context<'_>, id: u16) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        match c.buffered_frame() {
-            Ok(Some(f)) if f.rtype == RecordType::Stdin && f.id == id && f.content.is_empty() => {
-                return;
-            }
-            Ok(Some(_)) => continue,
-            Ok(None) => {}
-            Err(_) => return,
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero()
-            || !matches!(c.wait(ctx, None, left), Ok(Wait::Readable))
-            || !matches!(c.fill(), Ok(true))
-        {
-            return;
-        }
-    }
-}
-
 /// One request as the back sees it.
 struct FcgiExchange<'c> {
     c: &'c mut Connection,
     id: u16,
     request: Request,
-    body: Vec<u8>,
-    body_start: usize,
+    /// The body: read as fast as the web server sends it (mod_fcgid sends all
+    /// of it before reading anything), held until the application takes it.
+    body: Spool,
     body_eof: bool,
     head_sent: bool,
     /// A protocol error found while the back was running; logged by the caller.
@@ -534,16 +640,9 @@ struct FcgiExchange<'c> {
 }
 
 impl FcgiExchange<'_> {
-    fn body_len(&self) -> usize {
-        self.body.len() - self.body_start
-    }
-
-    /// Handle buffered records while there is room for body bytes.
+    /// Handle every buffered record.
     fn process_buffered(&mut self) -> Result<Option<InputEvent>, ConnError> {
-        while self.body_len() < BODY_BUFFER {
-            let Some(frame) = self.c.buffered_frame()? else {
-                return Ok(None);
-            };
+        while let Some(frame) = self.c.buffered_frame()? {
             match (frame.rtype, frame.id) {
                 (_, 0) => self.c.management(&frame)?,
                 (RecordType::Stdin, id) if id == self.id => {
@@ -555,11 +654,7 @@ impl FcgiExchange<'_> {
                     if frame.content.is_empty() {
                         self.body_eof = true;
                     } else {
-                        if self.body_start > 0 && self.body_start * 2 >= self.body.len() {
-                            self.body.drain(..self.body_start);
-                            self.body_start = 0;
-                        }
-                        self.body.extend_from_slice(&frame.content);
+                        self.body.push(&frame.content)?;
                     }
                 }
                 (RecordType::AbortRequest, id) if id == self.id => {
@@ -592,19 +687,33 @@ impl Exchange for FcgiExchange<'_> {
         &self.request
     }
 
-    fn input_fd(&self) -> Option<BorrowedFd<'_>> {
-        (self.body_len() < BODY_BUFFER && self.failure.is_none()).then(|| self.c.conn.as_fd())
+    fn poll_interest(&self) -> Option<(BorrowedFd<'_>, PollFlags)> {
+        if self.failure.is_some() {
+            return None;
+        }
+        let flags = if self.c.pending_output() > 0 {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        };
+        Some((self.c.conn.as_fd(), flags))
     }
 
     fn input_pending(&self) -> bool {
-        self.body_len() < BODY_BUFFER && self.failure.is_none() && self.c.has_buffered_frame()
+        self.failure.is_none() && self.c.has_buffered_frame()
     }
 
-    fn read_input(&mut self) -> io::Result<InputEvent> {
+    fn on_ready(&mut self) -> io::Result<InputEvent> {
+        if let Some(e) = &self.failure {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+        }
+        if let Err(e) = self.c.try_flush() {
+            return Err(self.fail(e.into()));
+        }
         if !self.c.has_buffered_frame() {
             match self.c.fill() {
-                Ok(true) => {}
-                Ok(false) => return Ok(InputEvent::Closed),
+                Ok(Filled::Bytes | Filled::WouldBlock) => {}
+                Ok(Filled::Eof) => return Ok(InputEvent::Closed),
                 Err(e) => return Err(self.fail(e)),
             }
         }
@@ -616,14 +725,13 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn body(&self) -> &[u8] {
-        &self.body[self.body_start..]
+        self.body.front()
     }
 
     fn consume_body(&mut self, n: usize) {
-        self.body_start = (self.body_start + n).min(self.body.len());
-        if self.body_start == self.body.len() {
-            self.body.clear();
-            self.body_start = 0;
+        if let Err(e) = self.body.consume(n) {
+            log::error!("fastcgi: cannot read back the spooled request body: {e}");
+            self.failure = Some(ConnError::Io(e));
         }
     }
 
@@ -640,7 +748,11 @@ impl Exchange for FcgiExchange<'_> {
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
         codec::encode_stream(&mut self.c.out, RecordType::Stdout, self.id, data);
-        self.c.send()
+        self.c.try_flush()
+    }
+
+    fn output_backlog(&self) -> usize {
+        self.c.pending_output()
     }
 
     fn head_sent(&self) -> bool {
