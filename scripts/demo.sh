@@ -77,6 +77,8 @@ cleanup() {
     [ "$cleaned" = 1 ] && return
     cleaned=1
     trap - INT TERM
+    # The terminal (or a pipe we print to) may be gone: never die mid-cleanup.
+    trap '' PIPE HUP
     if [ -n "$apache_pid" ] && kill -0 "$apache_pid" 2>/dev/null; then
         say "stopping Apache (pid $apache_pid)"
         kill -TERM "$apache_pid" 2>/dev/null || true
