@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 
 use crate::back::{Back, Context};
 use crate::config::Limits;
@@ -30,9 +30,7 @@ pub fn run_single(listener: OwnedFd, back: &mut dyn Back, limits: Limits, signal
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.fd(), PollFlags::POLLIN),
             ];
-            let tick =
-                PollTimeout::try_from(IDLE_TICK.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-            match poll(&mut fds, tick) {
+            match poll(&mut fds, sys::poll_timeout(IDLE_TICK)) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => {

@@ -146,6 +146,12 @@ pub fn group_alive(pgid: u32) -> bool {
     raw > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), None).is_ok()
 }
 
+/// A poll(2) timeout for `d`, saturating at the largest one poll takes.
+pub fn poll_timeout(d: std::time::Duration) -> nix::poll::PollTimeout {
+    let millis = i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX)
+}
+
 /// Put `fd` in non-blocking mode.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);

@@ -17,9 +17,9 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 
-use super::{Back, Context, Outcome};
+use super::{Back, Context, Outcome, finish_with_error};
 use crate::config::{CgiConfig, CgiProgram, Limits};
 use crate::request::{self, CgiHeadParser, Exchange, HeadProgress, InputEvent};
 use crate::supervise::{self, DescribeExit, Process, SpawnSpec};
@@ -215,13 +215,6 @@ impl Back for CgiBack {
     }
 }
 
-fn finish_with_error(exchange: &mut dyn Exchange, status: u16, detail: &str) -> Outcome {
-    match request::send_error(exchange, status, detail) {
-        Ok(()) => Outcome::Done,
-        Err(_) => Outcome::FrontGone,
-    }
-}
-
 /// One running CGI program and the state of its request.
 struct Run {
     name: String,
@@ -350,11 +343,7 @@ impl Run {
         } else {
             timeout
         };
-        let millis = i32::try_from(timeout.as_millis().min(60_000)).unwrap_or(60_000);
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
-        ) {
+        match poll(&mut fds, sys::poll_timeout(timeout)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }

@@ -60,6 +60,14 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     }
 }
 
+/// Send an error response (if no head went out yet) and say how the request ended.
+pub fn finish_with_error(exchange: &mut dyn Exchange, status: u16, detail: &str) -> Outcome {
+    match request::send_error(exchange, status, detail) {
+        Ok(()) => Outcome::Done,
+        Err(_) => Outcome::FrontGone,
+    }
+}
+
 /// Answers every request with 503 and says why in the log, at most once a
 /// minute: used when the settings are missing or invalid, because exiting
 /// would make mod_fcgid answer 500s and throttle spawning.
@@ -86,14 +94,11 @@ impl Back for Broken {
             log::error!("{} (answering 503 until this is fixed)", self.reason);
             self.last_logged = Some(Instant::now());
         }
-        match request::send_error(
+        finish_with_error(
             exchange,
             503,
             "The site's settings are invalid; the server log says why.",
-        ) {
-            Ok(()) => Outcome::Done,
-            Err(_) => Outcome::FrontGone,
-        }
+        )
     }
 
     fn shutdown(&mut self) {}

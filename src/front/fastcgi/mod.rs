@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags, poll};
 
 use self::codec::{
     BeginRequest, CodecError, Decoded, ProtocolStatus, RecordType, Role, ServerValues,
@@ -317,11 +317,7 @@ impl Connection {
         if let Some(l) = listener {
             fds.push(PollFd::new(l, PollFlags::POLLIN));
         }
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
-        ) {
+        match poll(&mut fds, crate::sys::poll_timeout(timeout)) {
             Ok(0) => return Ok(Wait::Timeout),
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {
@@ -388,11 +384,6 @@ impl Connection {
         }
     }
 
-    /// Write what the socket takes now; the rest goes out as we wait.
-    fn send(&mut self) -> io::Result<()> {
-        self.try_flush()
-    }
-
     /// Answer a management record (request id 0).
     fn management(&mut self, frame: &Frame) -> Result<(), ConnError> {
         self.management_records += 1;
@@ -408,13 +399,13 @@ impl Connection {
             }
             other => codec::encode_unknown_type(&mut self.out, other.as_u8()),
         }
-        self.send()?;
+        self.try_flush()?;
         Ok(())
     }
 
     fn end_request(&mut self, id: u16, status: ProtocolStatus) -> io::Result<()> {
         codec::encode_end_request(&mut self.out, id, 0, status);
-        self.send()
+        self.try_flush()
     }
 }
 
