@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use crate::back::{self, Back};
 use crate::config::{self, Config};
 use crate::launch::{self, Launch, ListenerSource};
+use crate::reload::{Reloader, Started};
 use crate::{front, server, sys};
 
 pub const USAGE: &str = "\
@@ -54,7 +55,7 @@ pub fn main() -> ExitCode {
             eprintln!("fcgi-shim: unknown option {flag}\n\n{USAGE}");
             ExitCode::from(2)
         }
-        _ => run_shim(args.get(1).map(PathBuf::from).as_deref(), &exe),
+        _ => run_shim(&args, &exe),
     }
 }
 
@@ -100,7 +101,9 @@ fn check(arg: Option<&Path>, exe: &Path) -> ExitCode {
     }
 }
 
-fn run_shim(arg: Option<&Path>, exe: &Path) -> ExitCode {
+fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
+    let arg = args.get(1).map(PathBuf::from);
+    let arg = arg.as_deref();
     let signals = match sys::install_signal_handlers() {
         Ok(s) => s,
         Err(e) => {
@@ -119,19 +122,20 @@ fn run_shim(arg: Option<&Path>, exe: &Path) -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     }
-    let (mut back, limits) = match find_settings(arg, exe) {
+    let settings = find_settings(arg, exe);
+    let (mut back, limits) = match &settings {
         Ok(config) => {
             if let Err(e) =
                 crate::log::configure(&config.site, &config.log.target, config.log.level)
             {
                 log::error!("{e}; logging to stderr instead");
             }
-            (back::from_config(&config), config.limits)
+            (back::from_config(config), config.limits)
         }
         Err(e) => {
             log::error!("{e}");
             (
-                Box::new(back::Broken::new(e)) as Box<dyn Back>,
+                Box::new(back::Broken::new(e.clone())) as Box<dyn Back>,
                 config::Limits::default(),
             )
         }
@@ -143,10 +147,41 @@ fn run_shim(arg: Option<&Path>, exe: &Path) -> ExitCode {
                 ListenerSource::Systemd => "fd 3 (systemd)",
             };
             log::debug!("serving FastCGI on the {family:?} listening socket on {from}");
-            server::run_single(fd, back.as_mut(), limits, &signals);
+            let mut reloader = reloader_for(args, exe, arg, settings.as_ref().ok());
+            server::run_single(
+                fd,
+                source,
+                back.as_mut(),
+                limits,
+                &signals,
+                Some(&mut reloader),
+            );
         }
         Launch::Cgi => front::cgi::serve_once(back.as_mut(), &signals),
         Launch::ByHand => {}
     }
     ExitCode::SUCCESS
+}
+
+/// What to watch for `touch mysite.fcgi`: the files `reload` names, with the
+/// settings file in use (or, while none was found, the sibling one would be).
+fn reloader_for(
+    args: &[OsString],
+    exe: &Path,
+    arg: Option<&Path>,
+    config: Option<&Config>,
+) -> Reloader {
+    let settings = match config {
+        Some(c) => Some(c.path.clone()),
+        None => arg
+            .map(Path::to_path_buf)
+            .or_else(|| Some(config::sibling_of(exe))),
+    };
+    let reloader = Reloader::new(Started::new(args.to_vec(), exe), settings, config);
+    let watched: Vec<String> = reloader
+        .watched()
+        .map(|p| p.display().to_string())
+        .collect();
+    log::debug!("reload: watching {}", watched.join(", "));
+    reloader
 }

@@ -28,6 +28,8 @@ pub const CONFIG_ENV: &str = "FCGI_SHIM_CONFIG";
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// Extra files whose change restarts the site (reload).
+    watch: Option<Spanned<Vec<String>>>,
     app: Option<Spanned<RawApp>>,
     log: Option<RawLog>,
     limits: Option<RawLimits>,
@@ -126,6 +128,9 @@ pub struct Config {
     pub path: PathBuf,
     /// The site's name in log lines: the settings file's stem.
     pub site: String,
+    /// Extra files whose change restarts the site (`watch = [...]`, relative
+    /// to the settings file), e.g. Passenger's `tmp/restart.txt`.
+    pub watch: Vec<PathBuf>,
     pub app: AppConfig,
     pub log: LogConfig,
     pub limits: Limits,
@@ -368,13 +373,37 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let app = validate_app(&src, &base, app.into_inner())?;
     let log = validate_log(&src, &base, raw.log)?;
     let limits = validate_limits(&src, raw.limits)?;
+    let watch = validate_watch(&src, &base, raw.watch)?;
     Ok(Config {
         path: path.to_path_buf(),
         site,
+        watch,
         app,
         log,
         limits,
     })
+}
+
+/// `watch = ["tmp/restart.txt"]`: the files need not exist yet (creating one counts as a change).
+fn validate_watch(
+    src: &Source<'_>,
+    base: &Path,
+    raw: Option<Spanned<Vec<String>>>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let span = raw.span();
+    raw.into_inner()
+        .iter()
+        .map(|p| {
+            if p.trim().is_empty() {
+                Err(src.at(span.clone(), "an empty path cannot be watched"))
+            } else {
+                Ok(resolve(base, p))
+            }
+        })
+        .collect()
 }
 
 const APP_KINDS: &[&str] = &["cgi"];
@@ -622,7 +651,8 @@ pub fn find(arg: Option<&Path>, exe: &Path, env: Option<PathBuf>) -> Option<Foun
         .map(Found::Environment)
 }
 
-fn sibling_of(exe: &Path) -> PathBuf {
+/// `mysite.toml` for the executable `mysite.fcgi`.
+pub fn sibling_of(exe: &Path) -> PathBuf {
     exe.with_extension("toml")
 }
 

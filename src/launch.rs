@@ -5,10 +5,11 @@
 //! (mod_fcgid, mod_fastcgi, lighttpd `bin-path`, spawn-fcgi, systemd
 //! `StandardInput=socket`), validated before use; a plain CGI invocation
 //! (GATEWAY_INTERFACE set, or FCGI_FORCE_CGI=Y); otherwise run by hand.
+//! Also: making the listening socket survive a re-exec (reload).
 //! Must not: bind sockets of its own (standalone mode is a later addition).
 
 use std::fmt;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 
 use crate::sys::{self, FdKind, ListenerFamily};
 
@@ -94,6 +95,23 @@ pub fn detect() -> Result<Launch, LaunchError> {
         }
         FdKind::NotSocket | FdKind::Closed => Ok(Launch::ByHand),
     }
+}
+
+/// Make the listening socket survive a re-exec where the new image will look
+/// for it, and return the environment that tells it so.
+pub fn prepare_reexec(
+    listener: BorrowedFd<'_>,
+    source: ListenerSource,
+) -> std::io::Result<Vec<(&'static str, String)>> {
+    sys::clear_cloexec(listener)?;
+    Ok(match source {
+        ListenerSource::Fd0 => Vec::new(),
+        // Same pid after exec: systemd's variables, as systemd would set them.
+        ListenerSource::Systemd => vec![
+            ("LISTEN_PID", sys::pid().to_string()),
+            ("LISTEN_FDS", "1".to_string()),
+        ],
+    })
 }
 
 /// LISTEN_FDS when LISTEN_PID is our pid.

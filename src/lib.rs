@@ -4,8 +4,8 @@
 //! own; `src/main.rs` is the thin executable. See README.md, "Architecture":
 //! `launch` (how we were started) → `server` (accept loop) → `front` (protocol)
 //! → [`request`] (the CGI-shaped request) → `back` (the application), with
-//! `supervise` owning application processes, `config` the settings, `log` the
-//! log lines and `sys` every unsafe call.
+//! `supervise` owning application processes, `reload` restarts when files
+//! change, `config` the settings, `log` the log lines and `sys` every unsafe call.
 
 pub mod back;
 pub mod cli;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod front;
 pub mod launch;
 pub mod log;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod spool;

@@ -13,11 +13,12 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::sys;
+use crate::sys::{self, GroupGuard};
 
 /// Default PATH for applications when the shim's own environment has none
 /// (mod_fastcgi starts applications with an empty environment).
@@ -65,6 +66,7 @@ impl Process {
         sys::set_child_dies_with_parent(&mut command);
         let mut child = command.spawn()?;
         let pgid = child.id();
+        guard_watch(pgid);
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -158,7 +160,48 @@ impl Drop for Process {
         } else {
             sys::signal_group(self.pgid, Signal::SIGKILL);
         }
+        guard_forget(self.pgid);
     }
+}
+
+/// The group guard (see `sys::GroupGuard`), started with the first application
+/// process; `None` if it could not be started (said once in the log).
+static GUARD: Mutex<Option<Option<GroupGuard>>> = Mutex::new(None);
+
+fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
+    let mut slot = GUARD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let guard = slot.get_or_insert_with(|| match GroupGuard::start() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            log::warn!(
+                "cannot start the process-group guard ({e}): if the shim is killed with SIGKILL, \
+                 processes started by the application may outlive it"
+            );
+            None
+        }
+    });
+    if let Some(g) = guard {
+        if let Err(e) = f(g) {
+            log::warn!("the process-group guard is gone ({e}); continuing without it");
+            *slot = Some(None);
+        }
+    }
+}
+
+fn guard_watch(pgid: u32) {
+    with_guard(|g| g.watch(pgid));
+}
+
+fn guard_forget(pgid: u32) {
+    with_guard(|g| g.forget(pgid));
+}
+
+/// Close our end of the guard's pipe before a re-exec (it is close-on-exec
+/// anyway; this makes the order explicit): the guard then ends whatever
+/// groups it still knows and exits, and the new image starts its own.
+pub fn release_guard() {
+    let mut slot = GUARD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *slot = None;
 }
 
 /// An exit status in words: "exited with status 3" / "was killed by signal 11 (SIGSEGV)".

@@ -301,3 +301,170 @@ pub fn stdin_fd() -> BorrowedFd<'static> {
     // the process; nothing in this process closes or adopts it in that mode.
     unsafe { BorrowedFd::borrow_raw(0) }
 }
+
+/// Clear close-on-exec on `fd`, so it survives a re-exec (systemd's fd 3).
+pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The group guard: application process groups die with us, even by SIGKILL.
+//
+// PR_SET_PDEATHSIG reaches only an application's first process; what it
+// started (a shell script's `sleep`, a forking server's workers) would
+// survive a SIGKILLed shim. The guard is a small forked copy of us, in its own
+// session so a signal to the web server's process group misses it, that holds
+// the read end of a pipe. We tell it each application process group we start
+// and end. When the write end closes (we exited, were killed, or exec'd), it
+// ends the groups it still knows with SIGTERM, then SIGKILL, and exits.
+
+/// One message to the guard: b'+' or b'-', then the process group id (LE).
+const GUARD_MESSAGE: usize = 5;
+/// Groups the guard tracks at once; more are not tracked (logged by the caller).
+const GUARD_CAPACITY: usize = 1024;
+
+/// The write end of the pipe to the guard process.
+#[derive(Debug)]
+pub struct GroupGuard {
+    write: OwnedFd,
+}
+
+impl GroupGuard {
+    /// Start the guard (double-forked: it is not our child, so it never
+    /// lingers as a zombie of ours, across a re-exec included).
+    pub fn start() -> io::Result<GroupGuard> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let read_raw = read.as_raw_fd();
+        // SAFETY: fork(2) itself is safe to call; the child branch below only
+        // calls async-signal-safe functions (setsid, fork, sigaction, close,
+        // close_range, read, kill, nanosleep, _exit) on plain stack data and
+        // never returns into Rust code that might allocate or take locks, so it
+        // is sound even if other threads exist.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                // SAFETY: see above; `guard_child` never returns.
+                unsafe { guard_child(read_raw) }
+            }
+            child => {
+                drop(read);
+                // The intermediate child exits at once; reap it.
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+                Ok(GroupGuard { write })
+            }
+        }
+    }
+
+    /// Tell the guard about a new process group.
+    pub fn watch(&self, pgid: u32) -> io::Result<()> {
+        self.send(b'+', pgid)
+    }
+
+    /// Tell the guard a process group has ended.
+    pub fn forget(&self, pgid: u32) -> io::Result<()> {
+        self.send(b'-', pgid)
+    }
+
+    fn send(&self, op: u8, pgid: u32) -> io::Result<()> {
+        let mut msg = [0u8; GUARD_MESSAGE];
+        msg[0] = op;
+        msg[1..].copy_from_slice(&pgid.to_le_bytes());
+        // One write of less than PIPE_BUF bytes is atomic, so prefork workers
+        // sharing the pipe never interleave their messages.
+        match nix::unistd::write(&self.write, &msg) {
+            Ok(GUARD_MESSAGE) => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WriteZero.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The guard's side; runs in a forked child, never returns.
+///
+/// # Safety
+/// Must be called only in a freshly forked child, with `read` the pipe's read end.
+unsafe fn guard_child(read: RawFd) -> ! {
+    // SAFETY (whole function): only async-signal-safe libc calls on stack
+    // data; every path ends in _exit.
+    unsafe {
+        // Its own session: not in the web server's process group, no terminal.
+        libc::setsid();
+        match libc::fork() {
+            0 => {}
+            -1 => libc::_exit(1),
+            _ => libc::_exit(0),
+        }
+        // Our handlers would write to the signal pipe we are about to close;
+        // the guard ends only when the pipe closes.
+        for signo in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(signo, libc::SIG_IGN);
+        }
+        // Hold nothing of ours open: not the listening socket, not a connection.
+        for fd in 0..read {
+            libc::close(fd);
+        }
+        if libc::close_range((read + 1) as libc::c_uint, libc::c_uint::MAX, 0) != 0 {
+            for fd in (read + 1)..4096 {
+                libc::close(fd);
+            }
+        }
+        let mut groups = [0 as libc::pid_t; GUARD_CAPACITY];
+        let mut buf = [0u8; GUARD_MESSAGE];
+        loop {
+            let mut got = 0;
+            while got < GUARD_MESSAGE {
+                let n = libc::read(read, buf.as_mut_ptr().add(got).cast(), GUARD_MESSAGE - got);
+                if n > 0 {
+                    got += n as usize;
+                } else if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                } else {
+                    guard_end_groups(&groups);
+                    libc::_exit(0);
+                }
+            }
+            let pgid = u32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]) as libc::pid_t;
+            if pgid <= 1 {
+                continue;
+            }
+            let (find, put) = if buf[0] == b'+' { (0, pgid) } else { (pgid, 0) };
+            if let Some(slot) = groups.iter_mut().find(|g| **g == find) {
+                *slot = put;
+            }
+        }
+    }
+}
+
+/// SIGTERM every group, up to 0.5 s for them to go, then SIGKILL.
+///
+/// # Safety
+/// Async-signal-safe; called only from [`guard_child`].
+unsafe fn guard_end_groups(groups: &[libc::pid_t]) {
+    // SAFETY: kill(2) and nanosleep(2) are async-signal-safe.
+    unsafe {
+        for &g in groups.iter().filter(|g| **g > 1) {
+            libc::kill(-g, libc::SIGTERM);
+        }
+        for _ in 0..10 {
+            if !groups.iter().any(|&g| g > 1 && libc::kill(-g, 0) == 0) {
+                return;
+            }
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            };
+            libc::nanosleep(&pause, std::ptr::null_mut());
+        }
+        for &g in groups.iter().filter(|g| **g > 1) {
+            libc::kill(-g, libc::SIGKILL);
+        }
+    }
+}

@@ -2,11 +2,13 @@
 //!
 //! Owns: accepting connections on the listening socket and handing each to its
 //! front, one at a time ("single": what mod_fcgid wants, since it sends one
-//! request per process at a time); reacting to stop signals between requests.
+//! request per process at a time); reacting to stop signals between requests;
+//! asking `reload` whether anything changed before each request and on the
+//! idle tick, and restarting in place when it did.
 //! Must not: parse protocols or run applications itself.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
@@ -14,6 +16,8 @@ use nix::poll::{PollFd, PollFlags, poll};
 use crate::back::{Back, Context};
 use crate::config::Limits;
 use crate::front::fastcgi;
+use crate::launch::{self, ListenerSource};
+use crate::reload::{self, Reloader, Verdict};
 use crate::sys::{self, SignalPipe};
 
 /// How often the idle loop wakes up even when nothing happens.
@@ -22,8 +26,22 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Serve FastCGI connections from `listener` one at a time until a stop
 /// signal; then stop the application's processes. Never returns early on its
 /// own: a FastCGI application that exits between requests makes mod_fcgid
-/// answer 500s and throttle spawning.
-pub fn run_single(listener: OwnedFd, back: &mut dyn Back, limits: Limits, signals: &SignalPipe) {
+/// answer 500s and throttle spawning. The one exception: the file we were
+/// started as was replaced and no request came for a minute, so the web
+/// server has moved on to the new file's processes.
+///
+/// With a `reloader`, a valid change to the watched files re-execs the
+/// process in place before the next connection is accepted: the connections
+/// waiting in the listen backlog are served by the new version.
+pub fn run_single(
+    listener: OwnedFd,
+    source: ListenerSource,
+    back: &mut dyn Back,
+    limits: Limits,
+    signals: &SignalPipe,
+    mut reloader: Option<&mut Reloader>,
+) {
+    let mut last_request = Instant::now();
     while !sys::stop_requested() {
         let (incoming, signalled) = {
             let mut fds = [
@@ -46,6 +64,24 @@ pub fn run_single(listener: OwnedFd, back: &mut dyn Back, limits: Limits, signal
             signals.drain();
             continue;
         }
+        if let Some(r) = reloader.as_deref_mut() {
+            if r.check() == Verdict::Reload {
+                restart(r, &listener, source, back);
+            }
+            if !incoming
+                && r.started_file_replaced()
+                && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT
+            {
+                log::info!(
+                    "{} was replaced and no request came for {} s: exiting (the web server \
+                     starts the new file's processes)",
+                    r.started_file().display(),
+                    reload::REPLACED_IDLE_EXIT.as_secs()
+                );
+                back.shutdown();
+                return;
+            }
+        }
         if !incoming {
             continue;
         }
@@ -55,7 +91,27 @@ pub fn run_single(listener: OwnedFd, back: &mut dyn Back, limits: Limits, signal
                     signals,
                     stop_deadline: None,
                 };
-                fastcgi::serve_connection(conn, back, &mut ctx, limits, Some(listener.as_fd()));
+                let mut reload_due = false;
+                let mut between_requests = || {
+                    if let Some(r) = reloader.as_deref_mut() {
+                        reload_due = reload_due || r.check() == Verdict::Reload;
+                    }
+                    reload_due
+                };
+                fastcgi::serve_connection(
+                    conn,
+                    back,
+                    &mut ctx,
+                    limits,
+                    Some(listener.as_fd()),
+                    &mut between_requests,
+                );
+                last_request = Instant::now();
+                if reload_due {
+                    if let Some(r) = reloader.as_deref_mut() {
+                        restart(r, &listener, source, back);
+                    }
+                }
             }
             Err(e)
                 if matches!(
@@ -74,4 +130,22 @@ pub fn run_single(listener: OwnedFd, back: &mut dyn Back, limits: Limits, signal
         .unwrap_or("a signal");
     log::info!("{name} received: stopping");
     back.shutdown();
+}
+
+/// Stop the application and re-exec in place. Returns only if exec failed;
+/// then the old version goes on serving (its processes start again on demand).
+fn restart(reloader: &mut Reloader, listener: &OwnedFd, source: ListenerSource, back: &mut dyn Back) {
+    back.shutdown();
+    crate::supervise::release_guard();
+    let env = match launch::prepare_reexec(listener.as_fd(), source) {
+        Ok(env) => env,
+        Err(e) => {
+            log::error!("reload: cannot keep the listening socket across exec ({e}); not reloading");
+            reloader.exec_failed(e.to_string());
+            return;
+        }
+    };
+    let err = reloader.exec(&env);
+    log::error!("reload: exec failed ({err}); still serving the previous version");
+    reloader.exec_failed(err.to_string());
 }

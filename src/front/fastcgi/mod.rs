@@ -32,6 +32,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the response, how long we keep reading a request body nobody wanted
 /// before closing (closing with unread data can reset the connection).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// An idle keep-alive connection asks this often whether to give way (reload).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Input we hold undecoded while the peer does not read our response.
 const MAX_UNREAD_INPUT: usize = 4 * 1024 * 1024;
 
@@ -410,20 +412,23 @@ impl Connection {
 }
 
 /// Serve one accepted connection until it is finished. `listener` lets an
-/// idle keep-alive connection give way to a waiting one. Errors are logged here.
+/// idle keep-alive connection give way to a waiting one; so does
+/// `yield_between_requests` returning true (a reload is due) when nothing of
+/// the next request has arrived yet. Errors are logged here.
 pub fn serve_connection(
     conn: Conn,
     back: &mut dyn Back,
     ctx: &mut Context<'_>,
     limits: Limits,
     listener: Option<BorrowedFd<'_>>,
+    yield_between_requests: &mut dyn FnMut() -> bool,
 ) {
     if let Err(e) = crate::sys::set_nonblocking(conn.as_fd()) {
         log::error!("fastcgi: closing connection: cannot make it non-blocking: {e}");
         return;
     }
     let mut connection = Connection::new(conn, limits, SINGLE_VALUES);
-    let result = serve(&mut connection, back, ctx, listener)
+    let result = serve(&mut connection, back, ctx, listener, yield_between_requests)
         .and_then(|()| connection.settle(ctx, None, false));
     if let Err(e) = result {
         match e {
@@ -443,28 +448,36 @@ fn serve(
     back: &mut dyn Back,
     ctx: &mut Context<'_>,
     listener: Option<BorrowedFd<'_>>,
+    yield_between_requests: &mut dyn FnMut() -> bool,
 ) -> Result<(), ConnError> {
     let mut served_one = false;
+    let mut deadline = Instant::now() + IO_TIMEOUT;
     loop {
+        let idle = served_one && !c.has_buffered_frame() && !c.has_partial_input();
+        // A kept-alive connection between requests gives way to a reload: the
+        // web server retries a request on a cached connection closed under it.
+        if idle && yield_between_requests() {
+            return Ok(());
+        }
         // Between requests: wait for the next record; an idle keep-alive
-        // connection yields to a new one, and to a stop signal.
+        // connection yields to a new one, and to a stop signal. It wakes at
+        // least every IDLE_TICK to ask again whether to yield.
         if !c.has_buffered_frame() {
-            let idle_listener = if served_one && !c.has_partial_input() {
-                listener
-            } else {
-                None
-            };
-            match c.wait(ctx, idle_listener, IO_TIMEOUT)? {
+            let idle_listener = if idle { listener } else { None };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match c.wait(ctx, idle_listener, left.min(IDLE_TICK))? {
                 Wait::Readable => {
                     if let Filled::Eof = c.fill()? {
                         return Ok(());
                     }
+                    deadline = Instant::now() + IO_TIMEOUT;
                     continue;
                 }
                 Wait::OtherConnection => return Ok(()),
                 Wait::Stop if !c.has_partial_input() => return Ok(()),
                 Wait::Stop | Wait::Interrupted => continue,
-                Wait::Timeout if served_one && !c.has_partial_input() => return Ok(()),
+                Wait::Timeout if Instant::now() < deadline => continue,
+                Wait::Timeout if idle => return Ok(()),
                 Wait::Timeout => return Err(ConnError::Timeout),
             }
         }
@@ -489,6 +502,7 @@ fn serve(
                     return Ok(());
                 }
                 served_one = true;
+                deadline = Instant::now() + IO_TIMEOUT;
                 if !begin.keep_conn {
                     return Ok(());
                 }

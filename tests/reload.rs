@@ -1,0 +1,311 @@
+//! `touch mysite.fcgi` restarts the site: the real binary on a listening
+//! socket, its watched files changed under it, observed as a web server would
+//! (responses, the log, the pid, the process list).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LOG_WAIT: Duration = Duration::from_secs(5);
+/// How long a reload may take to show in a response (each request checks first).
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// A CGI script that answers with $GREETING, which the settings set.
+const GREETING_SCRIPT: &str =
+    r#"printf 'Content-Type: text/plain\r\n\r\n%s from %s' "$GREETING" "$$""#;
+
+fn greeting_settings(script: &Path, greeting: &str, extra_top: &str) -> String {
+    format!(
+        "{extra_top}[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 5\nenv = {{ GREETING = \"{greeting}\" }}\n\n[log]\nlevel = \"info\"\n",
+        script.display()
+    )
+}
+
+/// GET / on a new connection; the body text.
+fn get_body(shim: &Shim) -> String {
+    let mut conn = shim.connect();
+    let response = request(&mut conn, &cgi_params("GET", "", 0), b"", false);
+    let cgi = response.complete_cgi();
+    assert_eq!(cgi.status, 200, "status of {cgi:?}; log:\n{}", shim.log());
+    cgi.body_text()
+}
+
+/// Polls with requests until the body starts with `expected` (or panics).
+fn wait_for_greeting(shim: &Shim, expected: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let body = get_body(shim);
+        if body.starts_with(expected) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < RELOAD_WAIT,
+            "still answering {body:?}, expected {expected:?}; log:\n{}",
+            shim.log()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Moves mtime forward by `secs` so a change is visible even on filesystems
+/// with coarse timestamps.
+fn touch_forward(path: &Path, secs: u64) {
+    let when = std::time::SystemTime::now() + Duration::from_secs(secs);
+    let file = fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open to touch");
+    file.set_modified(when).expect("set mtime");
+}
+
+fn app_dir() -> (TempDir, PathBuf) {
+    let dir = TempDir::new("reload-app");
+    let script = dir.script("app.sh", GREETING_SCRIPT);
+    (dir, script)
+}
+
+/// A shim whose settings are `<dir>/testsite.toml`.
+fn start(settings: &str) -> Shim {
+    Shim::launch(
+        TempDir::new("reload"),
+        Launch {
+            settings: Some(settings.to_string()),
+            ..Launch::default()
+        },
+    )
+}
+
+fn settings_path(shim: &Shim) -> PathBuf {
+    shim.dir().join("testsite.toml")
+}
+
+#[test]
+fn changed_settings_take_effect_on_the_next_request_in_the_same_process() {
+    let (_app, script) = app_dir();
+    let shim = start(&greeting_settings(&script, "one", ""));
+    assert!(get_body(&shim).starts_with("one from "));
+    fs::write(settings_path(&shim), greeting_settings(&script, "two", "")).expect("rewrite");
+    touch_forward(&settings_path(&shim), 1);
+    // The very next request is served by the new settings.
+    let body = get_body(&shim);
+    assert!(body.starts_with("two from "), "got {body:?}; log:\n{}", shim.log());
+    assert!(shim.wait_for_log("restarting", LOG_WAIT), "log:\n{}", shim.log());
+    // Re-exec in place: mod_fcgid still knows this pid.
+    let exe = fs::read_link(format!("/proc/{}/exe", shim.pid())).expect("exe");
+    assert_eq!(exe, shim_bin().canonicalize().expect("canonical"));
+}
+
+#[test]
+fn touching_the_started_file_reloads_and_nothing_waiting_is_lost() {
+    let (_app, script) = app_dir();
+    let shim = start(&greeting_settings(&script, "one", ""));
+    assert!(get_body(&shim).starts_with("one"));
+    // Connections that arrive while the reload happens wait in the backlog.
+    let settings = settings_path(&shim);
+    fs::write(&settings, greeting_settings(&script, "two", "")).expect("rewrite");
+    touch_forward(&settings, 2);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut conn = shim.connect();
+            thread::spawn(move || {
+                let response = request(&mut conn, &cgi_params("GET", "", 0), b"", false);
+                response.complete_cgi()
+            })
+        })
+        .collect();
+    for c in clients {
+        let cgi = c.join().expect("client thread");
+        assert_eq!(cgi.status, 200);
+        assert!(cgi.body_text().starts_with("two"), "{:?}", cgi.body_text());
+    }
+}
+
+#[test]
+fn invalid_settings_keep_the_old_version_serving_until_fixed() {
+    let (_app, script) = app_dir();
+    let shim = start(&greeting_settings(&script, "one", ""));
+    assert!(get_body(&shim).starts_with("one"));
+    let settings = settings_path(&shim);
+    let broken = greeting_settings(&script, "two", "").replace("timeout", "timeuot");
+    fs::write(&settings, &broken).expect("break");
+    touch_forward(&settings, 1);
+    for _ in 0..3 {
+        assert!(get_body(&shim).starts_with("one"), "log:\n{}", shim.log());
+    }
+    let log = shim.log();
+    let error_line = format!("{}:4:1: unknown key `timeuot`", settings.display());
+    assert!(log.contains(&error_line), "no {error_line:?} in log:\n{log}");
+    assert!(log.contains("still serving the previous version"), "log:\n{log}");
+    assert_eq!(
+        log.matches("unknown key `timeuot`").count(),
+        1,
+        "the error is said once, not per request; log:\n{log}"
+    );
+    fs::write(&settings, greeting_settings(&script, "fixed", "")).expect("fix");
+    touch_forward(&settings, 2);
+    wait_for_greeting(&shim, "fixed");
+}
+
+#[test]
+fn restart_txt_in_the_watch_list_reloads() {
+    let (app, script) = app_dir();
+    let restart = app.join("restart.txt");
+    let top = format!("watch = [\"{}\"]\n\n", restart.display());
+    let shim = start(&greeting_settings(&script, "one", &top));
+    assert!(get_body(&shim).starts_with("one"));
+    // The script changes; only restart.txt tells the shim.
+    fs::write(
+        &script,
+        format!("#!/bin/sh\n{}\n", GREETING_SCRIPT.replace("%s from", "new %s from")),
+    )
+    .expect("rewrite script");
+    // A CGI program runs anew per request anyway; what shows the reload is the
+    // log line and the new process answering after restart.txt appears.
+    fs::write(&restart, "").expect("create restart.txt");
+    wait_for_greeting(&shim, "new one");
+    assert!(
+        shim.wait_for_log("restart.txt changed; restarting", LOG_WAIT),
+        "log:\n{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn keep_alive_connection_is_closed_between_requests_when_a_reload_is_due() {
+    let (_app, script) = app_dir();
+    let shim = start(&greeting_settings(&script, "one", ""));
+    let mut conn = shim.connect();
+    let first = request(&mut conn, &cgi_params("GET", "", 0), b"", true).complete_cgi();
+    assert!(first.body_text().starts_with("one"));
+    let settings = settings_path(&shim);
+    fs::write(&settings, greeting_settings(&script, "two", "")).expect("rewrite");
+    touch_forward(&settings, 1);
+    // Idle keep-alive connection: the shim closes it (within the idle tick)
+    // instead of serving the old version on it.
+    conn.set_timeouts(Duration::from_secs(5));
+    let (Closed::Eof { bytes } | Closed::Reset { bytes }) = read_until_closed(&mut conn);
+    assert!(bytes.is_empty(), "unexpected bytes {bytes:?}");
+    assert!(get_body(&shim).starts_with("two"));
+}
+
+#[test]
+fn replaced_executable_reloads_and_a_broken_one_is_refused() {
+    let site = TempDir::new("reload-bin");
+    let (_app, script) = app_dir();
+    let program = site.join("mysite.fcgi");
+    fs::copy(shim_bin(), &program).expect("copy binary");
+    let shim = Shim::launch(
+        site,
+        Launch {
+            settings: Some(greeting_settings(&script, "one", "")),
+            program: Some(program.clone()),
+            ..Launch::default()
+        },
+    );
+    assert!(get_body(&shim).starts_with("one"));
+
+    // Not a runnable file: refused, the old code goes on.
+    let junk = shim.dir().join("junk.tmp");
+    fs::write(&junk, "not a program\n").expect("write junk");
+    fs::rename(&junk, &program).expect("rename junk");
+    assert!(get_body(&shim).starts_with("one"), "log:\n{}", shim.log());
+    assert!(
+        shim.wait_for_log("not executable", LOG_WAIT),
+        "log:\n{}",
+        shim.log()
+    );
+
+    // The real thing, by rename (cp tmp && mv tmp mysite.fcgi).
+    let fresh = shim.dir().join("fresh.tmp");
+    fs::copy(shim_bin(), &fresh).expect("copy binary");
+    fs::rename(&fresh, &program).expect("rename binary");
+    fs::write(settings_path(&shim), greeting_settings(&script, "two", "")).expect("rewrite");
+    wait_for_greeting(&shim, "two");
+    let exe = fs::read_link(format!("/proc/{}/exe", shim.pid())).expect("exe");
+    assert_eq!(exe, program, "runs the new file, not the deleted one");
+}
+
+#[test]
+fn shebang_settings_file_reloads_when_touched() {
+    let dir = TempDir::new("reload-shebang");
+    let (_app, script) = app_dir();
+    let site = dir.join("mysite.fcgi");
+    let body = |greeting: &str| {
+        format!(
+            "#!{}\n{}",
+            shim_bin().display(),
+            greeting_settings(&script, greeting, "")
+        )
+    };
+    fs::write(&site, body("one")).expect("write site");
+    fs::set_permissions(&site, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shim = Shim::launch(
+        dir,
+        Launch {
+            program: Some(site.clone()),
+            ..Launch::default()
+        },
+    );
+    assert!(get_body(&shim).starts_with("one"), "log:\n{}", shim.log());
+    fs::write(&site, body("two")).expect("rewrite site");
+    touch_forward(&site, 1);
+    wait_for_greeting(&shim, "two");
+}
+
+#[test]
+fn reload_under_systemd_socket_activation_keeps_fd_3() {
+    let (_app, script) = app_dir();
+    let shim = Shim::launch(
+        TempDir::new("reload-systemd"),
+        Launch {
+            settings: Some(greeting_settings(&script, "one", "")),
+            systemd: true,
+            ..Launch::default()
+        },
+    );
+    assert!(get_body(&shim).starts_with("one"), "log:\n{}", shim.log());
+    let settings = settings_path(&shim);
+    fs::write(&settings, greeting_settings(&script, "two", "")).expect("rewrite");
+    touch_forward(&settings, 1);
+    wait_for_greeting(&shim, "two");
+    assert!(get_body(&shim).starts_with("two"));
+}
+
+#[test]
+fn application_processes_die_within_a_second_of_a_sigkilled_shim() {
+    let marker = unique_marker();
+    let dir = TempDir::new("reload-kill9");
+    let started = dir.join("started");
+    // The program leaves a background grandchild, which PR_SET_PDEATHSIG
+    // alone would not reach.
+    let script = dir.script(
+        "app.sh",
+        &format!(
+            "sleep 30 &\nsleep 31 &\ntouch {}\nwait\n",
+            started.display()
+        ),
+    );
+    let mut shim = Shim::start(&settings_with_timeout(&script, 20));
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(1, &cgi_params("GET", &marker, 0), b"", false),
+    );
+    assert!(wait_for_file(&started, LOG_WAIT), "log:\n{}", shim.log());
+    // The script and its two sleeps (the marker is in QUERY_STRING, which they inherit).
+    assert_eq!(processes_with_env(&marker).len(), 3);
+    let status = Command::new("kill")
+        .args(["-KILL", &shim.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(shim.wait_exit(Duration::from_secs(2)).is_some());
+    let left = wait_until_gone(Duration::from_secs(1), || processes_with_env(&marker));
+    assert!(left.is_empty(), "still running a second later: {left:?}");
+}
