@@ -177,7 +177,8 @@ fn reloader_for(
             .map(Path::to_path_buf)
             .or_else(|| Some(config::sibling_of(exe))),
     };
-    let reloader = Reloader::new(Started::new(args.to_vec(), exe), settings, config);
+    let reloader = Reloader::new(Started::new(args.to_vec(), exe), settings, config)
+        .exit_when_replaced(launch::spawned_by_apache());
     let watched: Vec<String> = reloader
         .watched()
         .map(|p| p.display().to_string())

@@ -114,6 +114,16 @@ pub fn prepare_reexec(
     })
 }
 
+/// Were we spawned by Apache (mod_fcgid / mod_fastcgi's process manager is
+/// our parent)? mod_fcgid keys its processes on the file's inode, so after a
+/// rename it never sends an old process another request; other spawners
+/// (spawn-fcgi, systemd) would not start us again if we exited.
+pub fn spawned_by_apache() -> bool {
+    let ppid = nix::unistd::getppid();
+    std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+        .is_ok_and(|comm| matches!(comm.trim(), "apache2" | "httpd"))
+}
+
 /// LISTEN_FDS when LISTEN_PID is our pid.
 fn systemd_fds() -> Option<u32> {
     let pid: u32 = std::env::var("LISTEN_PID").ok()?.trim().parse().ok()?;

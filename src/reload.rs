@@ -128,6 +128,8 @@ pub struct Reloader {
     origin: Option<(u64, u64)>,
     /// The stamps of a version we rejected, its error and when we last said so.
     rejected: Option<(Vec<Option<Stamp>>, Rejected, Instant)>,
+    /// Exit when the started file was replaced and no request comes (mod_fcgid).
+    exit_when_replaced: bool,
 }
 
 impl Reloader {
@@ -150,16 +152,23 @@ impl Reloader {
                 (p, s)
             })
             .collect();
-        let origin = inherited_origin().or_else(|| {
-            stamp(started.started_file()).map(|s| (s.dev, s.ino))
-        });
+        let origin =
+            inherited_origin().or_else(|| stamp(started.started_file()).map(|s| (s.dev, s.ino)));
         Reloader {
             started,
             settings,
             watched,
             origin,
             rejected: None,
+            exit_when_replaced: false,
         }
+    }
+
+    /// Whether an idle process whose file was replaced should exit: true
+    /// under mod_fcgid, which will never send it another request.
+    pub fn exit_when_replaced(mut self, yes: bool) -> Reloader {
+        self.exit_when_replaced = yes;
+        self
     }
 
     /// The paths being watched (for the log and the tests).
@@ -183,14 +192,14 @@ impl Reloader {
         if now == self.baseline() {
             return Verdict::Same;
         }
-        if let Some((stamps, why, last)) = &mut self.rejected {
-            if *stamps == now {
-                if last.elapsed() >= REPEAT_ERROR {
-                    log::error!("{why}; still serving the previous version");
-                    *last = Instant::now();
-                }
-                return Verdict::Same;
+        if let Some((stamps, why, last)) = &mut self.rejected
+            && *stamps == now
+        {
+            if last.elapsed() >= REPEAT_ERROR {
+                log::error!("{why}; still serving the previous version");
+                *last = Instant::now();
             }
+            return Verdict::Same;
         }
         let Some(settled) = self.settle(now) else {
             log::info!("reload: a watched file is still changing; waiting until it is complete");
@@ -317,6 +326,11 @@ impl Reloader {
         self.origin.is_some() && now != self.origin
     }
 
+    /// Replaced, and we run under a web server that has moved on to the new file.
+    pub fn should_exit_when_idle(&self) -> bool {
+        self.exit_when_replaced && self.started_file_replaced()
+    }
+
     /// Replace this process with the new version, keeping the listening
     /// socket (fd 0, or systemd's fd 3). Returns only if exec failed.
     pub fn exec(&self, extra_env: &[(&str, String)]) -> io::Error {
@@ -377,7 +391,10 @@ fn interpreter_of(script: &Path) -> Result<PathBuf, Rejected> {
 fn runnable(path: &Path) -> Result<(), Rejected> {
     let m = std::fs::metadata(path).map_err(|e| Rejected(format!("{}: {e}", path.display())))?;
     if !m.is_file() {
-        return Err(Rejected(format!("{} is not a regular file", path.display())));
+        return Err(Rejected(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
     }
     if m.permissions().mode() & 0o111 == 0 {
         return Err(Rejected(format!(
@@ -394,7 +411,8 @@ mod tests {
     use std::io::Write;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fcgi-shim-reload-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("fcgi-shim-reload-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
@@ -405,7 +423,10 @@ mod tests {
         let dir = temp_dir("interp");
         let script = dir.join("site.fcgi");
         std::fs::write(&script, "#!/opt/bin/fcgi-shim  --x\n[app]\n").expect("write");
-        assert_eq!(interpreter_of(&script), Ok(PathBuf::from("/opt/bin/fcgi-shim")));
+        assert_eq!(
+            interpreter_of(&script),
+            Ok(PathBuf::from("/opt/bin/fcgi-shim"))
+        );
         std::fs::write(&script, "[app]\n").expect("write");
         assert!(interpreter_of(&script).is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -3,8 +3,10 @@
 //! Owns: how every application process is started (its own process group,
 //! PR_SET_PDEATHSIG so it dies with us, a clean environment plus the
 //! configured one, its working directory, piped stdio) and how it is stopped
-//! (SIGTERM to the group, a grace period, SIGKILL, reaped). Every back that runs
-//! a process uses this; none re-implements it.
+//! (SIGTERM to the group, a grace period, SIGKILL, reaped); and telling the
+//! group guard (`sys::GroupGuard`) about every group, so that the groups end
+//! even if we are killed with SIGKILL. Every back that runs a process uses
+//! this; none re-implements it.
 //! Must not: speak any protocol with the application.
 
 use std::ffi::OsString;
@@ -169,7 +171,9 @@ impl Drop for Process {
 static GUARD: Mutex<Option<Option<GroupGuard>>> = Mutex::new(None);
 
 fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
-    let mut slot = GUARD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = GUARD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let guard = slot.get_or_insert_with(|| match GroupGuard::start() {
         Ok(g) => Some(g),
         Err(e) => {
@@ -180,11 +184,11 @@ fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
             None
         }
     });
-    if let Some(g) = guard {
-        if let Err(e) = f(g) {
-            log::warn!("the process-group guard is gone ({e}); continuing without it");
-            *slot = Some(None);
-        }
+    if let Some(g) = guard
+        && let Err(e) = f(g)
+    {
+        log::warn!("the process-group guard is gone ({e}); continuing without it");
+        *slot = Some(None);
     }
 }
 
@@ -200,7 +204,9 @@ fn guard_forget(pgid: u32) {
 /// anyway; this makes the order explicit): the guard then ends whatever
 /// groups it still knows and exits, and the new image starts its own.
 pub fn release_guard() {
-    let mut slot = GUARD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = GUARD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     *slot = None;
 }
 

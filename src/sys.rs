@@ -386,8 +386,8 @@ impl GroupGuard {
 /// # Safety
 /// Must be called only in a freshly forked child, with `read` the pipe's read end.
 unsafe fn guard_child(read: RawFd) -> ! {
-    // SAFETY (whole function): only async-signal-safe libc calls on stack
-    // data; every path ends in _exit.
+    // SAFETY: only async-signal-safe libc calls on stack data (the caller
+    // is a freshly forked child); every path ends in _exit.
     unsafe {
         // Its own session: not in the web server's process group, no terminal.
         libc::setsid();
@@ -396,6 +396,8 @@ unsafe fn guard_child(read: RawFd) -> ! {
             -1 => libc::_exit(1),
             _ => libc::_exit(0),
         }
+        // `ps -o comm` / top show what it is (15 bytes + NUL, the kernel's limit).
+        libc::prctl(libc::PR_SET_NAME, c"fcgi-shim-guard".as_ptr());
         // Our handlers would write to the signal pipe we are about to close;
         // the guard ends only when the pipe closes.
         for signo in [

@@ -94,8 +94,16 @@ fn changed_settings_take_effect_on_the_next_request_in_the_same_process() {
     touch_forward(&settings_path(&shim), 1);
     // The very next request is served by the new settings.
     let body = get_body(&shim);
-    assert!(body.starts_with("two from "), "got {body:?}; log:\n{}", shim.log());
-    assert!(shim.wait_for_log("restarting", LOG_WAIT), "log:\n{}", shim.log());
+    assert!(
+        body.starts_with("two from "),
+        "got {body:?}; log:\n{}",
+        shim.log()
+    );
+    assert!(
+        shim.wait_for_log("restarting", LOG_WAIT),
+        "log:\n{}",
+        shim.log()
+    );
     // Re-exec in place: mod_fcgid still knows this pid.
     let exe = fs::read_link(format!("/proc/{}/exe", shim.pid())).expect("exe");
     assert_eq!(exe, shim_bin().canonicalize().expect("canonical"));
@@ -140,8 +148,14 @@ fn invalid_settings_keep_the_old_version_serving_until_fixed() {
     }
     let log = shim.log();
     let error_line = format!("{}:4:1: unknown key `timeuot`", settings.display());
-    assert!(log.contains(&error_line), "no {error_line:?} in log:\n{log}");
-    assert!(log.contains("still serving the previous version"), "log:\n{log}");
+    assert!(
+        log.contains(&error_line),
+        "no {error_line:?} in log:\n{log}"
+    );
+    assert!(
+        log.contains("still serving the previous version"),
+        "log:\n{log}"
+    );
     assert_eq!(
         log.matches("unknown key `timeuot`").count(),
         1,
@@ -162,7 +176,10 @@ fn restart_txt_in_the_watch_list_reloads() {
     // The script changes; only restart.txt tells the shim.
     fs::write(
         &script,
-        format!("#!/bin/sh\n{}\n", GREETING_SCRIPT.replace("%s from", "new %s from")),
+        format!(
+            "#!/bin/sh\n{}\n",
+            GREETING_SCRIPT.replace("%s from", "new %s from")
+        ),
     )
     .expect("rewrite script");
     // A CGI program runs anew per request anyway; what shows the reload is the

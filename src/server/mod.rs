@@ -69,7 +69,7 @@ pub fn run_single(
                 restart(r, &listener, source, back);
             }
             if !incoming
-                && r.started_file_replaced()
+                && r.should_exit_when_idle()
                 && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT
             {
                 log::info!(
@@ -107,10 +107,8 @@ pub fn run_single(
                     &mut between_requests,
                 );
                 last_request = Instant::now();
-                if reload_due {
-                    if let Some(r) = reloader.as_deref_mut() {
-                        restart(r, &listener, source, back);
-                    }
+                if reload_due && let Some(r) = reloader.as_deref_mut() {
+                    restart(r, &listener, source, back);
                 }
             }
             Err(e)
@@ -134,13 +132,20 @@ pub fn run_single(
 
 /// Stop the application and re-exec in place. Returns only if exec failed;
 /// then the old version goes on serving (its processes start again on demand).
-fn restart(reloader: &mut Reloader, listener: &OwnedFd, source: ListenerSource, back: &mut dyn Back) {
+fn restart(
+    reloader: &mut Reloader,
+    listener: &OwnedFd,
+    source: ListenerSource,
+    back: &mut dyn Back,
+) {
     back.shutdown();
     crate::supervise::release_guard();
     let env = match launch::prepare_reexec(listener.as_fd(), source) {
         Ok(env) => env,
         Err(e) => {
-            log::error!("reload: cannot keep the listening socket across exec ({e}); not reloading");
+            log::error!(
+                "reload: cannot keep the listening socket across exec ({e}); not reloading"
+            );
             reloader.exec_failed(e.to_string());
             return;
         }

@@ -1,0 +1,408 @@
+//! End-to-end: `touch mysite.fcgi` under a private Apache + mod_fcgid, as a
+//! shared-hosting user does it: the site keeps answering, the next request
+//! shows the change, a broken edit never takes the site down, and no process
+//! is left behind (after `kill -9` of a shim, after the binary is replaced by
+//! rename, after Apache stops).
+//!
+//! Needs `apache2`, `libapache2-mod-fcgid` and `wrk` (`.ci/run` installs
+//! them). `FCGI_SHIM_RELOAD_LOAD_SECS` shortens the 30 s load test when
+//! iterating locally; CI runs the full length.
+
+mod apache_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use apache_support::{
+    ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file, processes_matching,
+    wait_no_processes_matching, write_file,
+};
+
+/// A CGI program answering `greeting=<$GREETING>` (set in the settings), or,
+/// on /sleep, leaving a grandchild behind and sleeping.
+const APP_CGI: &str = r#"#!/bin/sh
+case "$PATH_INFO" in
+/sleep)
+    "@BIN@/sleep" 31337 &
+    touch "@BIN@/started"
+    exec "@BIN@/sleep" 31338 ;;
+*)
+    printf 'Content-Type: text/plain\n\ngreeting=%s\n' "$GREETING" ;;
+esac
+"#;
+
+fn shim_binary() -> PathBuf {
+    std::env::var_os("FCGI_SHIM_E2E_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fcgi-shim")))
+}
+
+/// A web root with mysite.fcgi (a copy of the binary) + mysite.toml + the
+/// rewrite .htaccess, served by its own Apache.
+struct Site {
+    dir: TempDir,
+    www: PathBuf,
+    bin: PathBuf,
+    apache: ApacheInstance,
+}
+
+impl Site {
+    fn start() -> Option<Site> {
+        if !apache_available_or_fail() {
+            return None;
+        }
+        let dir = TempDir::new("fcgi-shim-e2e-reload");
+        let www = dir.mkdir("www");
+        let bin = dir.mkdir("bin");
+        fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod bin");
+        copy_file(Path::new("/bin/sleep"), &bin.join("sleep"), 0o755);
+        write_file(
+            &bin.join("app.cgi"),
+            APP_CGI.replace("@BIN@", &bin.display().to_string()),
+            0o755,
+        );
+        let htaccess =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("htaccess-examples/mod_fcgid.htaccess");
+        copy_file(&htaccess, &www.join(".htaccess"), 0o644);
+        copy_file(&shim_binary(), &www.join("mysite.fcgi"), 0o755);
+        write_file(&www.join("mysite.toml"), settings_text(&bin, "one"), 0o644);
+        // Enough processes for wrk's 8 connections: with fewer, requests queue
+        // in mod_fcgid, which retries once a second, whatever the shim does.
+        let apache = ApacheInstance::start(&www, "FcgidMaxProcessesPerClass 16");
+        Some(Site {
+            dir,
+            www,
+            bin,
+            apache,
+        })
+    }
+
+    fn settings_path(&self) -> PathBuf {
+        self.www.join("mysite.toml")
+    }
+
+    fn settings_text(&self, greeting: &str) -> String {
+        settings_text(&self.bin, greeting)
+    }
+
+    fn write_settings(&self, greeting: &str) {
+        write_file(&self.settings_path(), self.settings_text(greeting), 0o644);
+    }
+
+    fn touch_site(&self) {
+        touch(&self.www.join("mysite.fcgi"));
+    }
+
+    fn get(&self, path: &str) -> HttpResponse {
+        self.apache.get(path)
+    }
+
+    fn greeting(&self) -> String {
+        let r = self.get("/");
+        assert_eq!(
+            r.status,
+            200,
+            "{}\n{}",
+            r.summary(),
+            self.apache.logs_for_humans()
+        );
+        r.text().trim().to_string()
+    }
+
+    /// Pids of the shim processes mod_fcgid runs for this site (not their
+    /// process-group guards, which share the command line).
+    fn shim_pids(&self) -> Vec<u32> {
+        let exe = self.www.join("mysite.fcgi").display().to_string();
+        processes_matching(&exe)
+            .into_iter()
+            .filter(|(pid, cmd)| {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                cmd.starts_with(&exe) && comm.trim() != "fcgi-shim-guard"
+            })
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Stops Apache; nothing of this site may remain.
+    fn finish(mut self) {
+        self.apache.stop();
+        for needle in [
+            self.dir.path().display().to_string(),
+            self.apache.dir().display().to_string(),
+        ] {
+            let left = wait_no_processes_matching(&needle, Duration::from_secs(2));
+            assert!(
+                left.is_empty(),
+                "after Apache stopped, still running: {left:#?}"
+            );
+        }
+    }
+}
+
+/// Settings running `<bin>/app.cgi` with `GREETING = greeting`.
+fn settings_text(bin: &Path, greeting: &str) -> String {
+    format!(
+        "[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 5\nenv = {{ GREETING = \"{greeting}\" }}\n\n[log]\nlevel = \"info\"\n",
+        bin.join("app.cgi").display()
+    )
+}
+
+/// `touch path`: utimensat on the path (opening a running executable for
+/// writing would fail with "Text file busy").
+fn touch(path: &Path) {
+    let status = Command::new("touch").arg(path).status().expect("run touch");
+    assert!(status.success(), "touch {} failed", path.display());
+}
+
+/// wrk's counts for one run.
+#[derive(Debug)]
+struct Load {
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: String,
+    output: String,
+}
+
+/// Runs wrk with 8 connections against `url` for `secs` seconds.
+fn wrk(url: &str, secs: u64) -> Command {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "2",
+        "-c",
+        "8",
+        "-d",
+        &format!("{secs}s"),
+        "--latency",
+        url,
+    ]);
+    cmd
+}
+
+fn wrk_result(output: std::process::Output) -> Load {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_string())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let socket_errors = text
+        .lines()
+        .find(|l| l.contains("Socket errors"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Load {
+        requests,
+        non_2xx,
+        socket_errors,
+        output: format!("{text}{}", String::from_utf8_lossy(&output.stderr)),
+    }
+}
+
+fn spawn_wrk(url: &str, secs: u64) -> std::process::Child {
+    wrk(url, secs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run wrk ({e}): apt-get install wrk"))
+}
+
+fn load_secs() -> u64 {
+    std::env::var("FCGI_SHIM_RELOAD_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+fn assert_clean_load(load: &Load, site: &Site) {
+    assert!(load.requests > 0, "wrk made no requests:\n{}", load.output);
+    assert_eq!(
+        (load.non_2xx, load.socket_errors.as_str()),
+        (0, ""),
+        "failed requests under reload:\n{}\n{}",
+        load.output,
+        site.apache.logs_for_humans()
+    );
+}
+
+#[test]
+fn touch_shows_the_change_on_the_next_request() {
+    let Some(site) = Site::start() else { return };
+    assert_eq!(site.greeting(), "greeting=one");
+    let before = site.shim_pids();
+    assert!(!before.is_empty(), "no shim process found");
+
+    // A user's edit: settings changed, then `touch mysite.fcgi`.
+    site.write_settings("two");
+    site.touch_site();
+    let t0 = Instant::now();
+    assert_eq!(site.greeting(), "greeting=two");
+    eprintln!("touch -> first new response: {:?}", t0.elapsed());
+
+    // Only a touch, nothing else changed: still a restart.
+    thread::sleep(Duration::from_millis(20));
+    site.touch_site();
+    assert_eq!(site.greeting(), "greeting=two");
+    let log = site.apache.wait_for_error_log(Duration::from_secs(3), |l| {
+        l.matches("mysite.fcgi changed; restarting").count() >= 1
+    });
+    assert!(log.contains("mysite.fcgi changed; restarting"), "{log}");
+    // Re-exec in place: the same processes, no new spawns needed.
+    let after = site.shim_pids();
+    assert!(
+        before.iter().all(|p| after.contains(p)),
+        "before {before:?}, after {after:?}"
+    );
+    site.finish();
+}
+
+#[test]
+fn touch_every_two_seconds_under_load_fails_no_request() {
+    let Some(site) = Site::start() else { return };
+    assert_eq!(site.greeting(), "greeting=one");
+    let secs = load_secs();
+    let child = spawn_wrk(&site.apache.url("/"), secs);
+    let t0 = Instant::now();
+    let mut touches = 0;
+    while t0.elapsed() < Duration::from_secs(secs.saturating_sub(1)) {
+        thread::sleep(Duration::from_secs(2));
+        touches += 1;
+        let greeting = if touches % 2 == 0 { "one" } else { "two" };
+        site.write_settings(greeting);
+        site.touch_site();
+    }
+    let load = wrk_result(child.wait_with_output().expect("wrk"));
+    let restarts = site.apache.error_log().matches("; restarting").count();
+    eprintln!(
+        "wrk 8 connections {secs} s, {touches} touches, {restarts} restarts: {} requests, \
+         {} non-2xx, socket errors: {:?}",
+        load.requests, load.non_2xx, load.socket_errors
+    );
+    assert_clean_load(&load, &site);
+    assert!(
+        restarts >= touches / 2,
+        "only {restarts} restarts for {touches} touches"
+    );
+    site.finish();
+}
+
+#[test]
+fn broken_settings_keep_the_site_up_and_are_reported_precisely() {
+    let Some(site) = Site::start() else { return };
+    assert_eq!(site.greeting(), "greeting=one");
+    let broken = site
+        .settings_text("two")
+        .replace("timeout = 5", "timeout = \"soon\"");
+    write_file(&site.settings_path(), broken, 0o644);
+    site.touch_site();
+    for _ in 0..3 {
+        assert_eq!(site.greeting(), "greeting=one");
+    }
+    let expected = format!("{}:4:11:", site.settings_path().display());
+    let log = site
+        .apache
+        .wait_for_error_log(Duration::from_secs(3), |l| l.contains(&expected));
+    let line = log
+        .lines()
+        .find(|l| l.contains(&expected))
+        .unwrap_or_else(|| panic!("no {expected:?} in the error log:\n{log}"));
+    assert!(line.contains("timeout"), "{line}");
+    assert!(
+        line.contains("still serving the previous version"),
+        "{line}"
+    );
+    site.write_settings("fixed");
+    site.touch_site();
+    assert_eq!(site.greeting(), "greeting=fixed");
+    site.finish();
+}
+
+#[test]
+fn kill_9_of_a_shim_leaves_no_process_of_its_application() {
+    let Some(site) = Site::start() else { return };
+    let port = site.apache.port();
+    let request =
+        thread::spawn(move || apache_support::http_request(port, "GET", "/sleep", &[], None));
+    let started = site.bin.join("started");
+    let t0 = Instant::now();
+    while !started.exists() && t0.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let sleeper = site.bin.join("sleep").display().to_string();
+    assert_eq!(
+        processes_matching(&sleeper).len(),
+        2,
+        "the program and its grandchild"
+    );
+    for pid in site.shim_pids() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill -9");
+    }
+    let left = wait_no_processes_matching(&sleeper, Duration::from_secs(1));
+    assert!(left.is_empty(), "a second after kill -9: {left:#?}");
+    let _ = request.join();
+    site.finish();
+}
+
+#[test]
+fn binary_replaced_by_rename_under_load_and_old_processes_go_away() {
+    let Some(site) = Site::start() else { return };
+    assert_eq!(site.greeting(), "greeting=one");
+    let old = site.shim_pids();
+    let child = spawn_wrk(&site.apache.url("/"), 8);
+    thread::sleep(Duration::from_secs(3));
+    // What a careful upload does: copy beside, then rename over.
+    let tmp = site.www.join("mysite.fcgi.new");
+    copy_file(&shim_binary(), &tmp, 0o755);
+    site.write_settings("renamed");
+    fs::rename(&tmp, site.www.join("mysite.fcgi")).expect("rename");
+    let load = wrk_result(child.wait_with_output().expect("wrk"));
+    eprintln!(
+        "rename under load: {} requests, {} non-2xx, socket errors: {:?}",
+        load.requests, load.non_2xx, load.socket_errors
+    );
+    assert_clean_load(&load, &site);
+    assert_eq!(site.greeting(), "greeting=renamed");
+    // mod_fcgid never sends the old class another request; they exit after
+    // 60 s without one.
+    let t0 = Instant::now();
+    let alive = |pids: &[u32]| -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|p| Path::new(&format!("/proc/{p}/exe")).exists())
+            .collect()
+    };
+    while !alive(&old).is_empty() && t0.elapsed() < Duration::from_secs(70) {
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        alive(&old).is_empty(),
+        "old processes {:?} still running 70 s after the rename\n{}",
+        alive(&old),
+        site.apache.logs_for_humans()
+    );
+    eprintln!("old processes gone {:?} after the rename", t0.elapsed());
+    assert!(
+        site.apache
+            .error_log()
+            .contains("was replaced and no request came for 60 s")
+    );
+    site.finish();
+}
