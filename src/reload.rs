@@ -264,14 +264,14 @@ impl Reloader {
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() < deadline => {
+                Ok(None) if Instant::now() < deadline && !crate::sys::stop_requested() => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(Rejected(format!(
-                        "{} check did not finish within {} s",
+                        "{} check did not finish within {} s (or we are stopping)",
                         program.display(),
                         VALIDATE_TIMEOUT.as_secs()
                     )));

@@ -49,7 +49,9 @@ pub trait Back {
     /// Serve one request: read its body from `exchange`, send its response.
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome;
 
-    /// Stop every process of the application (on exit or reload).
+    /// Stop every process of the application (on exit or reload). `serve`
+    /// may still be called afterwards (a reload whose exec failed): it must
+    /// then start what it needs again.
     fn shutdown(&mut self);
 }
 
