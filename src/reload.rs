@@ -300,12 +300,12 @@ impl Reloader {
     /// How to run the new version: the executable; in the shebang form the
     /// interpreter its first line names now.
     fn check_command(&self) -> Result<(PathBuf, Vec<OsString>), Rejected> {
-        let program = match &self.started.shebang_settings {
+        let (program, args) = match &self.started.shebang_settings {
             Some(script) => interpreter_of(script)?,
-            None => self.started.exe.clone(),
+            None => (self.started.exe.clone(), Vec::new()),
         };
         runnable(&program)?;
-        Ok((program, Vec::new()))
+        Ok((program, args))
     }
 
     /// The file the web server started.
@@ -366,25 +366,34 @@ fn inherited_origin() -> Option<(u64, u64)> {
     Some((dev.parse().ok()?, ino.parse().ok()?))
 }
 
-/// The interpreter a `#!` line names (its optional argument is ignored: the
-/// shebang form names fcgi-shim itself).
-fn interpreter_of(script: &Path) -> Result<PathBuf, Rejected> {
+/// The interpreter a `#!` line names, with `#!/usr/bin/env fcgi-shim`
+/// followed through `env` (its word is kept as an argument). Any other
+/// argument on the line is ignored: the shebang form names fcgi-shim itself.
+fn interpreter_of(script: &Path) -> Result<(PathBuf, Vec<OsString>), Rejected> {
     let mut head = [0u8; 256];
     let n = std::fs::File::open(script)
         .and_then(|mut f| f.read(&mut head))
         .map_err(|e| Rejected(format!("{}: {e}", script.display())))?;
     let first = head[..n].split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(first);
-    let interpreter = line
+    let mut words = line
         .strip_prefix("#!")
-        .and_then(|rest| rest.split_whitespace().next())
-        .ok_or_else(|| {
-            Rejected(format!(
-                "{}:1: the first line must be #!/path/to/fcgi-shim",
-                script.display()
-            ))
-        })?;
-    Ok(PathBuf::from(interpreter))
+        .map(str::split_whitespace)
+        .into_iter()
+        .flatten();
+    let interpreter = words.next().map(PathBuf::from).ok_or_else(|| {
+        Rejected(format!(
+            "{}:1: the first line must be #!/path/to/fcgi-shim",
+            script.display()
+        ))
+    })?;
+    let args = match words.next() {
+        Some(program) if interpreter.file_name().is_some_and(|n| n == "env") => {
+            vec![OsString::from(program)]
+        }
+        _ => Vec::new(),
+    };
+    Ok((interpreter, args))
 }
 
 /// A regular file with an execute bit.
@@ -425,7 +434,15 @@ mod tests {
         std::fs::write(&script, "#!/opt/bin/fcgi-shim  --x\n[app]\n").expect("write");
         assert_eq!(
             interpreter_of(&script),
-            Ok(PathBuf::from("/opt/bin/fcgi-shim"))
+            Ok((PathBuf::from("/opt/bin/fcgi-shim"), Vec::new()))
+        );
+        std::fs::write(&script, "#!/usr/bin/env fcgi-shim\n[app]\n").expect("write");
+        assert_eq!(
+            interpreter_of(&script),
+            Ok((
+                PathBuf::from("/usr/bin/env"),
+                vec![OsString::from("fcgi-shim")]
+            ))
         );
         std::fs::write(&script, "[app]\n").expect("write");
         assert!(interpreter_of(&script).is_err());
