@@ -29,6 +29,9 @@ It is not meant to be run from a shell. A web server starts it:
 Usage:
   fcgi-shim [SETTINGS]       be the FastCGI application (when started by a web server)
   fcgi-shim check [SETTINGS] validate the settings and exit (0 = valid)
+  fcgi-shim serve [SETTINGS] [key=value ...]
+                             run standalone, like Django's `manage.py runfcgi`
+                             (`fcgi-shim serve help` lists the options)
   fcgi-shim --help | --version
 
 Settings are found as: SETTINGS (argv[1]) if it is a file; else NAME.toml beside
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check(args.get(2).map(PathBuf::from).as_deref(), &exe),
+        Some("serve") => serve(args.get(2..).unwrap_or_default(), &exe),
         Some(flag) if flag.starts_with('-') => {
             eprintln!("fcgi-shim: unknown option {flag}\n\n{USAGE}");
             ExitCode::from(2)
@@ -149,4 +153,197 @@ fn run_shim(arg: Option<&Path>, exe: &Path) -> ExitCode {
         Launch::ByHand => {}
     }
     ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------
+// `fcgi-shim serve`: the standalone server (Django's runfcgi options).
+
+fn serve_help() -> String {
+    let mut text = String::from(
+        "fcgi-shim serve [SETTINGS] [key=value ...]: run standalone, like `manage.py runfcgi`.\n\n\
+         The application comes from the settings file (found as for the shim); the options\n\
+         below may also be written in its [server] table; the command line wins.\n\
+         Without socket or port, the listening socket is inherited (fd 0, or systemd's fd 3).\n\n",
+    );
+    for (name, default, meaning) in config::SERVER_KEYS {
+        text.push_str(&format!("  {name:<14} {meaning} (default: {default})\n"));
+    }
+    text.push_str(
+        "\nExamples:\n  fcgi-shim serve mysite.toml method=threaded host=127.0.0.1 port=3033\n  \
+         fcgi-shim serve mysite.toml method=prefork socket=/home/user/mysite.sock pidfile=django.pid\n  \
+         fcgi-shim serve mysite.toml daemonize=false socket=/tmp/mysite.sock maxrequests=1\n\
+         Stop it with: kill $(cat django.pid)\n",
+    );
+    text
+}
+
+fn serve(args: &[OsString], exe: &Path) -> ExitCode {
+    let words: Vec<&str> = match args.iter().map(|a| a.to_str()).collect::<Option<Vec<_>>>() {
+        Some(w) => w,
+        None => {
+            eprintln!("fcgi-shim serve: arguments must be valid UTF-8");
+            return ExitCode::from(2);
+        }
+    };
+    if words.iter().any(|w| matches!(*w, "help" | "--help" | "-h")) {
+        print!("{}", serve_help());
+        return ExitCode::SUCCESS;
+    }
+    // The settings file is the first word that is not key=value.
+    let (settings_arg, options) = match words.first() {
+        Some(first) if !first.contains('=') => (Some(Path::new(*first)), &words[1..]),
+        _ => (None, &words[..]),
+    };
+    let mut config = match find_settings(settings_arg, exe) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fcgi-shim serve: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    for word in options {
+        if let Err(e) = config.server.set_word(word, &cwd) {
+            eprintln!("fcgi-shim serve: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = config.server.check() {
+        eprintln!("fcgi-shim serve: {e}");
+        return ExitCode::from(2);
+    }
+    match serve_with(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_with(config: Config) -> Result<(), String> {
+    use crate::config::{FrontProtocol, ServeMethod};
+    use crate::server::worker::{self, Bounds, Listener};
+    let settings = config.server.clone();
+    let level = if settings.debug {
+        log::LevelFilter::Debug
+    } else {
+        config.log.level
+    };
+    if let Err(e) = crate::log::configure(&config.site, &config.log.target, level) {
+        log::error!("{e}; logging to stderr instead");
+    }
+    if let Some(pidfile) = &settings.pidfile {
+        launch::check_pidfile(pidfile).map_err(|e| e.to_string())?;
+    }
+    let signals = sys::install_signal_handlers()
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signals: &'static sys::SignalPipe = Box::leak(Box::new(signals));
+    let (fd, family, bound, place) = if settings.binds() {
+        let bound = launch::bind(&settings).map_err(|e| e.to_string())?;
+        let place = match (&settings.socket, &settings.host, settings.port) {
+            (Some(path), _, _) => path.display().to_string(),
+            (None, host, Some(port)) => {
+                format!("{}:{port}", host.as_deref().unwrap_or("127.0.0.1"))
+            }
+            _ => String::new(),
+        };
+        let fd = bound.fd.try_clone().map_err(|e| e.to_string())?;
+        (fd, bound.family, Some(bound), place)
+    } else {
+        match launch::detect().map_err(|e| e.to_string())? {
+            Launch::Listener { fd, source, family } => {
+                sys::set_nonblocking(std::os::fd::AsFd::as_fd(&fd))
+                    .map_err(|e| format!("inherited listener: {e}"))?;
+                let place = match source {
+                    ListenerSource::Fd0 => "the socket on fd 0",
+                    ListenerSource::Systemd => "fd 3 (systemd)",
+                };
+                (fd, family, None, place.to_string())
+            }
+            _ => {
+                return Err(
+                    "nothing to listen on: give socket=PATH or port=N (host=ADDR), \
+                            or start under a web server or systemd that passes a listening socket"
+                        .into(),
+                );
+            }
+        }
+    };
+    let allowed = match family {
+        sys::ListenerFamily::Unix => Vec::new(),
+        _ => launch::allowed_peers(&settings).map_err(|e| e.to_string())?,
+    };
+    let mut daemon = None;
+    if settings.daemonizes() {
+        if bound.is_none() {
+            log::warn!("daemonize ignored: the listening socket is inherited");
+        } else {
+            daemon = Some(launch::daemonize(&settings).map_err(|e| e.to_string())?);
+        }
+    }
+    let pidfile = match settings.pidfile.as_deref().map(launch::write_pidfile) {
+        Some(Err(e)) => {
+            if let Some(d) = daemon.as_mut() {
+                d.ready(Err(&e.to_string()));
+            }
+            if let Some(b) = &bound {
+                b.remove_socket();
+            }
+            return Err(e.to_string());
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    if let Some(d) = daemon.as_mut() {
+        d.ready(Ok(()));
+    }
+    drop(daemon);
+    let protocol = match settings.protocol {
+        FrontProtocol::FastCgi => "FastCGI",
+        FrontProtocol::Scgi => "SCGI",
+    };
+    log::info!(
+        "serving {protocol} on {place} ({:?}, pid {})",
+        settings.method,
+        sys::pid()
+    );
+    let listener = Listener {
+        fd,
+        protocol: settings.protocol,
+        allowed,
+    };
+    let bounds = Bounds::from_settings(&settings);
+    match settings.method {
+        ServeMethod::Prefork => server::prefork::run(&listener, &config, bounds, signals),
+        ServeMethod::Threaded => server::threaded::run(
+            std::sync::Arc::new(listener),
+            std::sync::Arc::new(config),
+            bounds,
+            signals,
+        ),
+        ServeMethod::Single => {
+            let mut back = back::from_config(&config);
+            worker::run(
+                worker::Worker {
+                    listener: &listener,
+                    limits: config.limits,
+                    signals,
+                    maxrequests: 0,
+                    retire: &|| false,
+                    report: &mut |_| {},
+                },
+                back.as_mut(),
+            );
+            back.shutdown();
+        }
+    }
+    if let Some(b) = &bound {
+        b.remove_socket();
+    }
+    if let Some(p) = &pidfile {
+        p.remove();
+    }
+    log::info!("stopped");
+    Ok(())
 }

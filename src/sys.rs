@@ -301,3 +301,130 @@ pub fn stdin_fd() -> BorrowedFd<'static> {
     // the process; nothing in this process closes or adopts it in that mode.
     unsafe { BorrowedFd::borrow_raw(0) }
 }
+
+// ---------------------------------------------------------------------------
+// Standalone server (`fcgi-shim serve`): fork, sessions, umask, peers.
+
+/// Which side of a [`fork_single_threaded`] we are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    Parent { child: u32 },
+    Child,
+}
+
+/// Threads of this process, from /proc/self/task.
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|entries| entries.count())
+}
+
+/// fork(2), refused unless this process has exactly one thread.
+///
+/// With one thread, the child is a complete copy of the process in which no
+/// lock (allocator, logger, stdio) can be held by a thread that does not
+/// exist there, so the child may go on running ordinary Rust code.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    match thread_count() {
+        Some(1) => {}
+        Some(n) => {
+            return Err(io::Error::other(format!(
+                "refusing to fork: the process has {n} threads"
+            )));
+        }
+        None => return Err(io::Error::other("refusing to fork: cannot count threads")),
+    }
+    // SAFETY: the process has a single thread (checked just above; this
+    // crate never starts threads behind the caller's back), so the child
+    // inherits no lock held by another thread and may allocate and log.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {
+            child: child.as_raw().unsigned_abs(),
+        }),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// In a forked worker: receive `signal` when the parent dies, and exit at
+/// once if the parent `parent` is already gone.
+pub fn die_with_parent(parent: u32, signal: Signal) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(signal)?;
+    if nix::unistd::getppid().as_raw().unsigned_abs() != parent {
+        std::process::exit(0);
+    }
+    Ok(())
+}
+
+/// Set the process umask; returns the previous one.
+pub fn set_umask(mask: u32) -> u32 {
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t);
+    nix::sys::stat::umask(mode).bits()
+}
+
+/// Start a new session (detach from the controlling terminal).
+pub fn new_session() -> io::Result<()> {
+    nix::unistd::setsid()?;
+    Ok(())
+}
+
+/// Point fd 0 at /dev/null and fd 1 and fd 2 at the given files.
+pub fn redirect_stdio(stdout: BorrowedFd<'_>, stderr: BorrowedFd<'_>) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(stdout)?;
+    nix::unistd::dup2_stderr(stderr)?;
+    Ok(())
+}
+
+/// Is there a process with this pid (ours or another user's)?
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    raw > 0
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+            Err(Errno::ESRCH)
+        )
+}
+
+/// Send `signal` to the process `pid` (never to a group).
+pub fn signal_process(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid)
+        && raw > 1
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+    }
+}
+
+/// Reap `pid` if it has exited (`block`: wait for it).
+pub fn reap(pid: u32, block: bool) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    let flags = if block {
+        None
+    } else {
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+    };
+    !matches!(
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(raw), flags),
+        Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(Errno::EINTR)
+    )
+}
+
+impl Conn {
+    /// The peer's IP address (None for a unix socket).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let addr = socket::getpeername::<SockaddrStorage>(self.0.as_raw_fd()).ok()?;
+        if let Some(v4) = addr.as_sockaddr_in() {
+            return Some(std::net::IpAddr::V4(v4.ip()));
+        }
+        addr.as_sockaddr_in6().map(|v6| {
+            let ip = v6.ip();
+            // An IPv4 peer on a dual-stack socket: compare it as IPv4.
+            ip.to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4)
+        })
+    }
+}

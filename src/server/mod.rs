@@ -4,6 +4,13 @@
 //! front, one at a time ("single": what mod_fcgid wants, since it sends one
 //! request per process at a time); reacting to stop signals between requests.
 //! Must not: parse protocols or run applications itself.
+//!
+//! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the
+//! accept loop of one worker), [`prefork`] and [`threaded`].
+
+pub mod prefork;
+pub mod threaded;
+pub mod worker;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
