@@ -467,10 +467,10 @@ mod tests {
             (b"3:a\x00b;", ScgiError::MissingComma),
             (b"4:a\x00b\x00,", ScgiError::ContentLengthNotFirst),
             (b"3:a\x00b,", ScgiError::BadHeaders),
-            (b"19:CONTENT_LENGTH\x00x\x00,", ScgiError::BadContentLength),
-            (b"19:CONTENT_LENGTH\x000\x00,", ScgiError::NotScgi),
+            (b"17:CONTENT_LENGTH\x00x\x00,", ScgiError::BadContentLength),
+            (b"17:CONTENT_LENGTH\x000\x00,", ScgiError::NotScgi),
             (
-                b"27:CONTENT_LENGTH\x000\x00SCGI\x001\x00,",
+                b"24:CONTENT_LENGTH\x000\x00SCGI\x001\x00,",
                 ScgiError::TooManyHeaders(1),
             ),
         ];
