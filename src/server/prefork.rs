@@ -4,7 +4,9 @@
 //! dying).
 //!
 //! Owns: forking workers, their busy/idle reports (one byte each over a pipe
-//! per worker; end-of-file means the worker is gone), retiring spare ones,
+//! per worker; end-of-file means the worker is gone), retiring spare ones
+//! (by closing the worker's control pipe, which it looks at only between
+//! connections: a signal could cut off a connection it has just accepted),
 //! and stopping them all (SIGTERM, a bounded wait, SIGKILL).
 //! Must not: run an application in the manager: it stays single-threaded so
 //! that forking is sound, and each worker builds its own [`crate::back::Back`].
@@ -33,6 +35,8 @@ struct Child {
     pid: u32,
     /// Read end of the worker's status pipe.
     status: File,
+    /// Write end of the worker's control pipe: dropped to retire it.
+    control: Option<OwnedFd>,
     busy: bool,
     retiring: bool,
     started: Instant,
@@ -73,7 +77,7 @@ pub fn run(listener: &Listener, config: &Config, bounds: Bounds, signals: &Signa
         {
             log::debug!("prefork: retiring spare worker {}", child.pid);
             child.retiring = true;
-            sys::signal_process(child.pid, Signal::SIGTERM);
+            child.control = None;
         }
         wait_for_reports(&mut children, signals, TICK);
         let before = children.len();
@@ -137,14 +141,18 @@ fn spawn(
 ) -> std::io::Result<Child> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     sys::set_nonblocking(read.as_fd())?;
+    let (control_read, control_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    sys::set_nonblocking(control_read.as_fd())?;
     let manager = sys::pid();
     match sys::fork_single_threaded()? {
         Forked::Parent { child } => {
             drop(write);
+            drop(control_read);
             log::debug!("prefork: started worker {child}");
             Ok(Child {
                 pid: child,
                 status: File::from(read),
+                control: Some(control_write),
                 busy: false,
                 retiring: false,
                 started: Instant::now(),
@@ -152,9 +160,10 @@ fn spawn(
         }
         Forked::Child => {
             drop(read);
-            // The other workers' status pipes are the manager's business.
+            drop(control_write);
+            // The other workers' pipes are the manager's business.
             children.clear();
-            worker_main(listener, config, bounds, write, manager)
+            worker_main(listener, config, bounds, write, control_read, manager)
         }
     }
 }
@@ -165,6 +174,7 @@ fn worker_main(
     config: &Config,
     bounds: Bounds,
     status: OwnedFd,
+    control: OwnedFd,
     manager: u32,
 ) -> ! {
     if let Err(e) = sys::die_with_parent(manager, Signal::SIGTERM) {
@@ -183,6 +193,9 @@ fn worker_main(
     let mut report = |s: Status| {
         let _ = status.write_all(if s == Status::Busy { b"B" } else { b"I" });
     };
+    // The manager closes the control pipe (or dies): time to go.
+    let control = File::from(control);
+    let retire = || !matches!((&control).read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
     let mut back = back::from_config(config);
     let end = worker::run(
         worker::Worker {
@@ -190,7 +203,7 @@ fn worker_main(
             limits: config.limits,
             signals: &signals,
             maxrequests: bounds.maxrequests,
-            retire: &|| false,
+            retire: &retire,
             report: &mut report,
         },
         back.as_mut(),
