@@ -13,58 +13,14 @@ mod common;
 mod servers_support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apache_support::{ApacheInstance, TempDir, free_loopback_port, write_file};
+use apache_support::{ApacheInstance, TempDir, free_loopback_port};
 use servers_support::{
-    Endpoint, Kind, ServeShim, WebServer, hand_to_www_data, processes_mentioning, repo_file,
-    require, shim_bin,
+    Endpoint, Kind, Site, WebServer, processes_mentioning, repo_file, require, shim_bin,
 };
-
-/// The CGI application: reports what it was given.
-const APP: &str = r#"#!/bin/sh
-case "$QUERY_STRING" in *sleep=1*) sleep 1 ;; esac
-printf 'Content-Type: text/plain\r\n\r\n'
-printf 'SCRIPT_NAME=%s\nPATH_INFO=%s\nQUERY_STRING=%s\nREQUEST_METHOD=%s\nWORKER=%s\n' \
-    "$SCRIPT_NAME" "$PATH_INFO" "$QUERY_STRING" "$REQUEST_METHOD" "$PPID"
-"#;
-
-/// A site: the application and its settings in a world-readable dir that the
-/// shim (www-data when root) may write its socket and pidfile in.
-struct Site {
-    dir: TempDir,
-    settings: PathBuf,
-}
-
-impl Site {
-    fn new() -> Site {
-        let dir = TempDir::new("fcgi-shim-serve-site");
-        hand_to_www_data(dir.path());
-        let app = dir.path().join("app.sh");
-        write_file(&app, APP, 0o755);
-        let settings = dir.path().join("mysite.toml");
-        write_file(
-            &settings,
-            format!(
-                "[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 10\n",
-                app.display()
-            ),
-            0o644,
-        );
-        Site { dir, settings }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn serve(&self, words: &[&str], endpoint: Endpoint) -> ServeShim {
-        ServeShim::start(self.dir.path(), &self.settings, words, endpoint)
-    }
-}
 
 /// The application saw /app as SCRIPT_NAME and the rest as PATH_INFO.
 fn assert_cgi_paths(text: &str, context: &str) {
@@ -104,7 +60,6 @@ fn nginx_to_unix_socket() {
         format!("socket={}", sock.display()),
         format!("pidfile={}", pidfile.display()),
     ];
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let mut shim = site.serve(&words, Endpoint::Unix(sock.clone()));
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "socket mode: owner and group only");
@@ -129,7 +84,6 @@ fn nginx_to_tcp() {
         "host=127.0.0.1".to_string(),
         format!("port={port}"),
     ];
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let _shim = site.serve(&words, Endpoint::Tcp(port));
     let nginx = WebServer::start(
         Kind::Nginx,
@@ -145,7 +99,6 @@ fn lighttpd_to_unix_socket() {
     let site = Site::new();
     let sock = site.path("mysite.sock");
     let words = [format!("socket={}", sock.display())];
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let _shim = site.serve(&words, Endpoint::Unix(sock.clone()));
     let lighttpd = WebServer::start(
         Kind::Lighttpd,
@@ -209,7 +162,6 @@ fn apache_mod_proxy_fcgi() {
     let site = Site::new();
     let port = free_loopback_port();
     let words = [format!("port={port}"), "method=prefork".to_string()];
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let _shim = site.serve(&words, Endpoint::Tcp(port));
     let (apache, _root) = apache_with(
         "server-examples/apache-proxy-fcgi.conf",
@@ -232,7 +184,6 @@ fn apache_mod_proxy_scgi() {
     let site = Site::new();
     let port = free_loopback_port();
     let words = [format!("port={port}"), "protocol=scgi".to_string()];
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let _shim = site.serve(&words, Endpoint::Tcp(port));
     let (apache, _root) = apache_with(
         "server-examples/apache-proxy-scgi.conf",
@@ -292,10 +243,8 @@ fn nginx_upstream_of_two_shims_survives_one_stopping_under_load() {
     let (port_a, port_b) = (free_loopback_port(), free_loopback_port());
     let words_a = [format!("port={port_a}"), "minspare=4".to_string()];
     let words_b = [format!("port={port_b}"), "minspare=4".to_string()];
-    let a_words: Vec<&str> = words_a.iter().map(String::as_str).collect();
-    let b_words: Vec<&str> = words_b.iter().map(String::as_str).collect();
-    let mut shim_a = site.serve(&a_words, Endpoint::Tcp(port_a));
-    let _shim_b = site.serve(&b_words, Endpoint::Tcp(port_b));
+    let mut shim_a = site.serve(&words_a, Endpoint::Tcp(port_a));
+    let _shim_b = site.serve(&words_b, Endpoint::Tcp(port_b));
     let nginx = WebServer::start(
         Kind::Nginx,
         &repo_file("server-examples/nginx-upstream.conf"),

@@ -456,3 +456,55 @@ pub fn http_request(
     stream.read_to_end(&mut raw)?;
     apache_support::parse_response(&raw, method.eq_ignore_ascii_case("HEAD"))
 }
+
+// ---------------------------------------------------------------------------
+// The site under test
+
+/// The CGI application: reports what it was given; `?sleep=1` takes a
+/// second; `/echo` sends the body back.
+pub const APP: &str = r#"#!/bin/sh
+case "$QUERY_STRING" in *sleep=1*) sleep 1 ;; esac
+if [ "$PATH_INFO" = /echo ]; then
+    printf 'Content-Type: application/octet-stream\r\n\r\n'
+    exec cat
+fi
+printf 'Content-Type: text/plain\r\n\r\n'
+printf 'SCRIPT_NAME=%s\nPATH_INFO=%s\nQUERY_STRING=%s\nREQUEST_METHOD=%s\nWORKER=%s\n' \
+    "$SCRIPT_NAME" "$PATH_INFO" "$QUERY_STRING" "$REQUEST_METHOD" "$PPID"
+"#;
+
+/// A site: the application and its settings in a world-readable dir that the
+/// shim (www-data when root) may write its socket and pidfile in.
+pub struct Site {
+    pub dir: TempDir,
+    pub settings: PathBuf,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        let dir = TempDir::new("fcgi-shim-serve-site");
+        hand_to_www_data(dir.path());
+        let app = dir.path().join("app.sh");
+        apache_support::write_file(&app, APP, 0o755);
+        let settings = dir.path().join("mysite.toml");
+        apache_support::write_file(
+            &settings,
+            format!(
+                "[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 10\n",
+                app.display()
+            ),
+            0o644,
+        );
+        Site { dir, settings }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `fcgi-shim serve` in the foreground with `words`.
+    pub fn serve(&self, words: &[String], endpoint: Endpoint) -> ServeShim {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        ServeShim::start(self.dir.path(), &self.settings, &words, endpoint)
+    }
+}
