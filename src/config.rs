@@ -1002,6 +1002,29 @@ mod server_tests {
         s.check().unwrap();
     }
 
+    /// Every runfcgi command line of Django's FastCGI guide, as written.
+    #[test]
+    fn django_guide_command_lines() {
+        let lines = [
+            "method=threaded host=127.0.0.1 port=3033",
+            "method=prefork socket=/home/user/mysite.sock pidfile=django.pid",
+            "daemonize=false socket=/tmp/mysite.sock maxrequests=1",
+            "protocol=scgi method=prefork host=127.0.0.1 port=3033",
+            "socket=/home/user/mysite.sock pidfile=/home/user/mysite.pid",
+            "method=prefork maxchildren=10 maxspare=5 minspare=2 maxrequests=100 host=127.0.0.1 port=3033",
+            "method=fork socket=/tmp/s.sock outlog=/tmp/out.log errlog=/tmp/err.log umask=022 workdir=/tmp debug=true",
+        ];
+        for line in lines {
+            let mut s = ServerSettings::default();
+            for word in line.split_whitespace() {
+                s.set_word(word, Path::new("/home/user"))
+                    .unwrap_or_else(|e| panic!("{line}: {e}"));
+            }
+            s.check().unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(s.binds(), "{line}");
+        }
+    }
+
     #[test]
     fn wrong_words_are_named() {
         let mut s = ServerSettings::default();

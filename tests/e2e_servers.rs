@@ -157,17 +157,20 @@ fn apache_with(example: &str, modules: &[&str], shim_port: u16) -> (ApacheInstan
     (ApacheInstance::start(root.path(), &conf), root)
 }
 
-#[test]
-fn apache_mod_proxy_fcgi() {
+/// A shim on TCP with `word`, Apache in front of it with `example`: asserts
+/// the CGI paths of a GET and returns both (the shim last, stopped last).
+fn through_apache(
+    example: &str,
+    modules: &[&str],
+    word: &str,
+) -> (ApacheInstance, TempDir, servers_support::ServeShim, Site) {
     let site = Site::new();
     let port = free_loopback_port();
-    let words = [format!("port={port}"), "method=prefork".to_string()];
-    let _shim = site.serve(&words, Endpoint::Tcp(port));
-    let (apache, _root) = apache_with(
-        "server-examples/apache-proxy-fcgi.conf",
-        &["proxy", "proxy_fcgi"],
-        port,
+    let shim = site.serve(
+        &[format!("port={port}"), word.to_string()],
+        Endpoint::Tcp(port),
     );
+    let (apache, root) = apache_with(example, modules, port);
     let r = apache.get("/app/hello/world?x=1");
     assert_eq!(
         r.status,
@@ -176,32 +179,34 @@ fn apache_mod_proxy_fcgi() {
         r.summary(),
         apache.logs_for_humans()
     );
-    assert_cgi_paths(&r.text(), "apache mod_proxy_fcgi");
+    assert_cgi_paths(&r.text(), example);
+    (apache, root, shim, site)
+}
+
+#[test]
+fn apache_mod_proxy_fcgi() {
+    through_apache(
+        "server-examples/apache-proxy-fcgi.conf",
+        &["proxy", "proxy_fcgi"],
+        "method=prefork",
+    );
 }
 
 #[test]
 fn apache_mod_proxy_scgi() {
-    let site = Site::new();
-    let port = free_loopback_port();
-    let words = [format!("port={port}"), "protocol=scgi".to_string()];
-    let _shim = site.serve(&words, Endpoint::Tcp(port));
-    let (apache, _root) = apache_with(
+    let (apache, _root, _shim, _site) = through_apache(
         "server-examples/apache-proxy-scgi.conf",
         &["proxy", "proxy_scgi", "setenvif"],
-        port,
+        "protocol=scgi",
     );
-    let r = apache.get("/app/hello/world?x=1");
-    assert_eq!(
-        r.status,
-        200,
-        "{}\n{}",
-        r.summary(),
-        apache.logs_for_humans()
-    );
-    assert_cgi_paths(&r.text(), "apache mod_proxy_scgi");
-    let body = vec![b'z'; 300_000];
-    let r = apache.request("POST", "/app/hello/world?x=1", &[], Some(&body));
+    let body = common::prng_bytes(300_000, 3);
+    let r = apache.request("POST", "/app/echo", &[], Some(&body));
     assert_eq!(r.status, 200, "POST: {}", r.summary());
+    assert!(
+        r.body == body,
+        "echoed body differs ({} bytes back)",
+        r.body.len()
+    );
 }
 
 /// wrk's summary: (requests, non-2xx/3xx responses, socket errors line).
