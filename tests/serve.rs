@@ -157,11 +157,123 @@ fn single_serves_one_at_a_time() {
     let site = Site::new();
     let sock = site.path("mysite.sock");
     let _shim = site.serve(
-        &["method=single".into(), format!("socket={}", sock.display())],
+        &[
+            "method=single".into(),
+            format!("socket={}", sock.display()),
+            "umask=002".into(),
+        ],
         Endpoint::Unix(sock.clone()),
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o775, "socket created under umask=002");
     let (elapsed, _) = concurrent_sleeps(&Endpoint::Unix(sock), 2);
     assert!(elapsed >= Duration::from_secs(2), "took {elapsed:?}");
+}
+
+/// Pids of the shim's processes other than `manager` (its workers).
+fn workers_of(site: &Site, manager: u32) -> Vec<u32> {
+    processes_mentioning(&site.settings.display().to_string())
+        .into_iter()
+        .filter(|p| *p != manager)
+        .collect()
+}
+
+#[test]
+fn prefork_replaces_a_dead_worker() {
+    let site = Site::new();
+    let sock = site.path("mysite.sock");
+    let shim = site.serve(
+        &[format!("socket={}", sock.display()), "minspare=2".into()],
+        Endpoint::Unix(sock.clone()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers_of(&site, shim.pid()).len() < 2 {
+        assert!(Instant::now() < deadline, "workers did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let victim = workers_of(&site, shim.pid())[0];
+    servers_support::signal(victim, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = workers_of(&site, shim.pid());
+        if !now.contains(&victim) && now.len() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replaced: {now:?}\n{}",
+            shim.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..4 {
+        fcgi_get(&Endpoint::Unix(sock.clone()), "x=1");
+    }
+}
+
+#[test]
+fn workers_die_with_a_killed_manager() {
+    let site = Site::new();
+    let sock = site.path("mysite.sock");
+    let mut shim = site.serve(
+        &[format!("socket={}", sock.display()), "minspare=3".into()],
+        Endpoint::Unix(sock.clone()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers_of(&site, shim.pid()).len() < 3 {
+        assert!(Instant::now() < deadline, "workers did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    servers_support::signal(shim.pid(), nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    let needle = site.settings.display().to_string();
+    while !processes_mentioning(&needle).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "orphans: {:?}",
+            processes_mentioning(&needle)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "workers gone {:?} after SIGKILL of the manager",
+        killed.elapsed()
+    );
+    assert!(shim.exited());
+    // The socket file a killed server leaves is replaced by the next start.
+    let _again = site.serve(
+        &[format!("socket={}", sock.display())],
+        Endpoint::Unix(sock.clone()),
+    );
+    fcgi_get(&Endpoint::Unix(sock), "x=1");
+}
+
+#[test]
+fn stop_lets_the_request_in_flight_finish() {
+    let site = Site::new();
+    let sock = site.path("mysite.sock");
+    let mut shim = site.serve(
+        &[format!("socket={}", sock.display())],
+        Endpoint::Unix(sock.clone()),
+    );
+    let endpoint = Endpoint::Unix(sock.clone());
+    thread::scope(|s| {
+        let slow = s.spawn(|| fcgi_get(&endpoint, "sleep=1"));
+        thread::sleep(Duration::from_millis(300));
+        let stopping = Instant::now();
+        assert!(shim.stop(), "stopped");
+        let took = stopping.elapsed();
+        let body = slow.join().expect("the slow request completed");
+        assert!(body.contains("QUERY_STRING=sleep=1"), "{body}");
+        assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    });
+    assert!(!sock.exists());
+    assert!(
+        shim.log_text().contains("SIGTERM received"),
+        "{}",
+        shim.log_text()
+    );
 }
 
 /// Runs `fcgi-shim serve ARGS` to completion (bounded) in `dir`.

@@ -195,7 +195,10 @@ fn worker_main(
     };
     // The manager closes the control pipe (or dies): time to go.
     let control = File::from(control);
-    let retire = || !matches!((&control).read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let retire = || {
+        !matches!((&control).read(&mut [0u8; 1]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted))
+    };
     let mut back = back::from_config(config);
     let end = worker::run(
         worker::Worker {
