@@ -366,16 +366,26 @@ pub fn daemonize(settings: &ServerSettings) -> Result<Daemon, LaunchError> {
         sys::Forked::Child => {}
     }
     drop(read);
-    sys::new_session().map_err(|e| LaunchError(format!("setsid: {e}")))?;
-    std::env::set_current_dir(&settings.workdir)
-        .map_err(|e| LaunchError(format!("workdir {}: {e}", settings.workdir.display())))?;
-    sys::set_umask(settings.umask.unwrap_or(0o022));
-    sys::redirect_stdio(
-        std::os::fd::AsFd::as_fd(&out),
-        std::os::fd::AsFd::as_fd(&err),
-    )
-    .map_err(|e| LaunchError(format!("redirecting stdio: {e}")))?;
-    Ok(Daemon {
+    let mut daemon = Daemon {
         report: Some(std::fs::File::from(write)),
-    })
+    };
+    let detach = || -> Result<(), LaunchError> {
+        sys::new_session().map_err(|e| LaunchError(format!("setsid: {e}")))?;
+        std::env::set_current_dir(&settings.workdir)
+            .map_err(|e| LaunchError(format!("workdir {}: {e}", settings.workdir.display())))?;
+        sys::set_umask(settings.umask.unwrap_or(0o022));
+        sys::redirect_stdio(
+            std::os::fd::AsFd::as_fd(&out),
+            std::os::fd::AsFd::as_fd(&err),
+        )
+        .map_err(|e| LaunchError(format!("redirecting stdio: {e}")))
+    };
+    match detach() {
+        Ok(()) => Ok(daemon),
+        Err(e) => {
+            // The waiting parent prints it on the terminal.
+            daemon.ready(Err(&e.0));
+            std::process::exit(1);
+        }
+    }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use apache_support::free_loopback_port;
 use common::{Conn, cgi_params, request};
-use servers_support::{Endpoint, Site, processes_mentioning, shim_bin};
+use servers_support::{Endpoint, ServeShim, Site, processes_mentioning, shim_bin};
 
 /// One FastCGI GET with `query`; returns the body the application printed.
 fn fcgi_get(endpoint: &Endpoint, query: &str) -> String {
@@ -63,6 +63,19 @@ fn concurrent_sleeps(endpoint: &Endpoint, n: usize) -> (Duration, Vec<String>) {
     (started.elapsed(), workers)
 }
 
+/// `n` one-second requests at once complete in under 2.5 s (the issue's
+/// bound); returns the distinct worker pids that served them.
+fn all_at_once(shim: &ServeShim, endpoint: &Endpoint, n: usize, what: &str) -> HashSet<String> {
+    let (elapsed, workers) = concurrent_sleeps(endpoint, n);
+    eprintln!("{n} x 1 s requests, {what}: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(2500),
+        "{what}: took {elapsed:?}\n{}",
+        shim.log_text()
+    );
+    workers.into_iter().collect()
+}
+
 #[test]
 fn prefork_maxchildren_16_serves_16_one_second_requests_at_once() {
     let site = Site::new();
@@ -75,15 +88,8 @@ fn prefork_maxchildren_16_serves_16_one_second_requests_at_once() {
         ],
         Endpoint::Unix(sock.clone()),
     );
-    let (elapsed, workers) = concurrent_sleeps(&Endpoint::Unix(sock), 16);
-    eprintln!("16 x 1 s requests, prefork maxchildren=16: {elapsed:?}");
-    assert!(
-        elapsed < Duration::from_millis(2500),
-        "took {elapsed:?}\n{}",
-        shim.log_text()
-    );
-    let distinct: HashSet<_> = workers.iter().collect();
-    assert_eq!(distinct.len(), 16, "16 workers served them: {workers:?}");
+    let workers = all_at_once(&shim, &Endpoint::Unix(sock), 16, "prefork maxchildren=16");
+    assert_eq!(workers.len(), 16, "16 workers served them: {workers:?}");
 }
 
 #[test]
@@ -141,15 +147,8 @@ fn threaded_pool_serves_concurrently() {
         ],
         Endpoint::Tcp(port),
     );
-    let (elapsed, workers) = concurrent_sleeps(&Endpoint::Tcp(port), 8);
-    eprintln!("8 x 1 s requests, threaded maxchildren=8: {elapsed:?}");
-    assert!(
-        elapsed < Duration::from_millis(2500),
-        "took {elapsed:?}\n{}",
-        shim.log_text()
-    );
-    let distinct: HashSet<_> = workers.iter().collect();
-    assert_eq!(distinct.len(), 1, "one process: {workers:?}");
+    let workers = all_at_once(&shim, &Endpoint::Tcp(port), 8, "threaded maxchildren=8");
+    assert_eq!(workers.len(), 1, "one process: {workers:?}");
 }
 
 #[test]
@@ -684,6 +683,20 @@ fn command_line_errors_name_the_word() {
     );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not both"), "{stderr}");
+    // A daemon that cannot start says why on the terminal it was started from.
+    let (code, _, stderr) = run_serve(
+        site.dir.path(),
+        &[
+            settings.clone(),
+            format!("port={}", free_loopback_port()),
+            "workdir=/nonexistent-fcgi-shim-dir".into(),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("workdir /nonexistent-fcgi-shim-dir"),
+        "{stderr}"
+    );
     let (code, stdout, _) = run_serve(site.dir.path(), &["help".into()]);
     assert_eq!(code, 0);
     for key in [
