@@ -240,8 +240,9 @@ fn wrk(port: u16, seconds: u32) -> (u64, u64, Option<String>, String) {
     )
 }
 
-#[test]
-fn nginx_upstream_of_two_shims_survives_one_stopping_under_load() {
+/// nginx in front of shims A and B (`nginx-upstream.conf`) under wrk load;
+/// `stop_a` is done to A in the middle of the run: no request may fail.
+fn upstream_survives(stop_a: impl FnOnce(&mut servers_support::ServeShim), what: &str) {
     require(servers_support::NGINX_BIN, "nginx-light");
     require("/usr/bin/wrk", "wrk");
     let site = Site::new();
@@ -262,12 +263,35 @@ fn nginx_upstream_of_two_shims_survives_one_stopping_under_load() {
     let port = nginx.port();
     let load = thread::spawn(move || wrk(port, 4));
     thread::sleep(Duration::from_millis(1500));
-    assert!(shim_a.stop(), "shim A stops on SIGTERM under load");
+    stop_a(&mut shim_a);
     let (requests, non_2xx, socket_errors, text) = load.join().expect("wrk thread");
-    eprintln!("wrk:\n{text}");
+    eprintln!("wrk, shim A {what}:\n{text}");
     assert!(requests > 20, "wrk made {requests} requests:\n{text}");
     assert_eq!(non_2xx, 0, "failed requests:\n{text}\n{}", nginx.logs());
     assert_eq!(socket_errors, None, "{text}");
     let r = nginx.get("/app/hello/world?x=1");
     assert_eq!(r.status, 200, "after A stopped: {}", r.summary());
+}
+
+#[test]
+fn nginx_upstream_of_two_shims_survives_one_stopping_under_load() {
+    upstream_survives(
+        |a| assert!(a.stop(), "shim A stops on SIGTERM under load"),
+        "stopped with SIGTERM",
+    );
+}
+
+#[test]
+fn nginx_upstream_of_two_shims_survives_one_killed_under_load() {
+    upstream_survives(
+        |a| {
+            servers_support::signal(a.pid(), nix::sys::signal::Signal::SIGKILL);
+            let killed = Instant::now();
+            while !a.exited() {
+                assert!(killed.elapsed() < Duration::from_secs(5), "A did not die");
+                thread::sleep(Duration::from_millis(10));
+            }
+        },
+        "manager killed with SIGKILL",
+    );
 }
