@@ -330,6 +330,7 @@ fn serve_with(config: Config) -> Result<(), String> {
                     limits: config.limits,
                     signals,
                     maxrequests: 0,
+                    alone: true,
                     retire: &|| false,
                     report: &mut |_| {},
                 },

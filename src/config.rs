@@ -675,7 +675,8 @@ pub struct ServerSettings {
     pub maxspare: usize,
     pub minspare: usize,
     pub maxchildren: usize,
-    /// Requests a worker serves before it is replaced; 0 = never.
+    /// Connections a worker serves before it is replaced (one request each
+    /// unless the web server keeps connections open); 0 = never.
     pub maxrequests: usize,
     pub debug: bool,
     pub outlog: Option<PathBuf>,
@@ -743,7 +744,7 @@ pub const SERVER_KEYS: &[(&str, &str, &str)] = &[
     (
         "maxrequests",
         "0",
-        "requests a worker serves before it is replaced (0 = no limit)",
+        "connections a worker serves before it is replaced (0 = no limit)",
     ),
     ("debug", "false", "log at debug level"),
     ("outlog", "/dev/null", "stdout when daemonized"),

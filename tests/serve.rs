@@ -170,6 +170,28 @@ fn single_serves_one_at_a_time() {
     assert!(elapsed >= Duration::from_secs(2), "took {elapsed:?}");
 }
 
+#[test]
+fn single_idle_kept_connection_gives_way() {
+    let site = Site::new();
+    let sock = site.path("mysite.sock");
+    let _shim = site.serve(
+        &["method=single".into(), format!("socket={}", sock.display())],
+        Endpoint::Unix(sock.clone()),
+    );
+    let mut kept = Conn::Unix(UnixStream::connect(&sock).expect("connect"));
+    kept.set_timeouts(Duration::from_secs(10));
+    let r = request(&mut kept, &cgi_params("GET", "x=1", 0), b"", true);
+    assert_eq!(r.complete_cgi().status, 200);
+    // The kept connection is idle: a second one is served at once.
+    let started = Instant::now();
+    fcgi_get(&Endpoint::Unix(sock), "x=2");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Pids of the shim's processes other than `manager` (its workers).
 fn workers_of(site: &Site, manager: u32) -> Vec<u32> {
     processes_mentioning(&site.settings.display().to_string())

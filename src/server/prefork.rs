@@ -206,6 +206,7 @@ fn worker_main(
             limits: config.limits,
             signals: &signals,
             maxrequests: bounds.maxrequests,
+            alone: false,
             retire: &retire,
             report: &mut report,
         },

@@ -153,6 +153,7 @@ fn spawn(
                     limits: config.limits,
                     signals,
                     maxrequests: bounds.maxrequests,
+                    alone: false,
                     retire: &retired,
                     report: &mut report,
                 },

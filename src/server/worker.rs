@@ -56,6 +56,10 @@ pub struct Worker<'a> {
     pub signals: &'a SignalPipe,
     /// Connections to serve before returning [`End::Recycled`]; 0 = no limit.
     pub maxrequests: usize,
+    /// The only worker (`method=single`): an idle kept-alive FastCGI
+    /// connection gives way to a waiting one, as in `run_single`. Pool
+    /// workers keep theirs: another worker takes the waiting connection.
+    pub alone: bool,
     /// Asked between connections: should this worker go away?
     pub retire: &'a dyn Fn() -> bool,
     /// Told when the worker becomes busy or idle.
@@ -132,7 +136,8 @@ pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
         };
         match w.listener.protocol {
             FrontProtocol::FastCgi => {
-                fastcgi::serve_connection(conn, back, &mut ctx, w.limits, None);
+                let listener = w.alone.then(|| w.listener.fd.as_fd());
+                fastcgi::serve_connection(conn, back, &mut ctx, w.limits, listener);
             }
             FrontProtocol::Scgi => scgi::serve_connection(conn, back, &mut ctx, w.limits),
         }
