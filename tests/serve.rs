@@ -132,6 +132,12 @@ fn prefork_maxrequests_1_replaces_each_worker_and_no_request_fails() {
         "{}",
         shim.log_text()
     );
+    // A recycled worker is not mistaken for a crash loop.
+    assert!(
+        !shim.log_text().contains("exited right after starting"),
+        "{}",
+        shim.log_text()
+    );
 }
 
 #[test]

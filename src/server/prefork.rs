@@ -38,6 +38,8 @@ struct Child {
     /// Write end of the worker's control pipe: dropped to retire it.
     control: Option<OwnedFd>,
     busy: bool,
+    /// It has accepted a connection at least once.
+    worked: bool,
     retiring: bool,
     started: Instant,
 }
@@ -86,7 +88,13 @@ pub fn run(listener: &Listener, config: &Config, bounds: Bounds, signals: &Signa
                 return true;
             }
             sys::reap(c.pid, true);
-            if !c.retiring && c.started.elapsed() < RESPAWN_PAUSE && !sys::stop_requested() {
+            // A worker that dies before serving anything, soon after it
+            // started, is a crash loop in the making: pause respawning.
+            if !c.retiring
+                && !c.worked
+                && c.started.elapsed() < RESPAWN_PAUSE
+                && !sys::stop_requested()
+            {
                 log::error!("prefork: worker {} exited right after starting", c.pid);
                 paused_until = Some(Instant::now() + RESPAWN_PAUSE);
             }
@@ -126,6 +134,7 @@ fn read_reports(child: &mut Child) -> bool {
                 if let Some(last) = buf[..n].last() {
                     child.busy = *last == b'B';
                 }
+                child.worked |= buf[..n].contains(&b'B');
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return true, // EAGAIN: nothing more now
@@ -154,6 +163,7 @@ fn spawn(
                 status: File::from(read),
                 control: Some(control_write),
                 busy: false,
+                worked: false,
                 retiring: false,
                 started: Instant::now(),
             })
