@@ -189,19 +189,21 @@ fn serve(args: &[OsString], exe: &Path) -> ExitCode {
         print!("{}", serve_help());
         return ExitCode::SUCCESS;
     }
-    // The settings file is the first word that is not key=value.
+    // The settings file is the first word that is not key=value. Paths are
+    // made absolute first: daemonizing changes to `workdir`, and relative
+    // paths in the settings are taken from the settings file's directory.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let (settings_arg, options) = match words.first() {
-        Some(first) if !first.contains('=') => (Some(Path::new(*first)), &words[1..]),
+        Some(first) if !first.contains('=') => (Some(cwd.join(first)), &words[1..]),
         _ => (None, &words[..]),
     };
-    let mut config = match find_settings(settings_arg, exe) {
+    let mut config = match find_settings(settings_arg.as_deref(), &cwd.join(exe)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fcgi-shim serve: {e}");
             return ExitCode::from(1);
         }
     };
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     for word in options {
         if let Err(e) = config.server.set_word(word, &cwd) {
             eprintln!("fcgi-shim serve: {e}");

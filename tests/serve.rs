@@ -332,15 +332,32 @@ fn run_serve(dir: &Path, args: &[String]) -> (i32, String, String) {
     )
 }
 
+/// SIGKILLs a daemon we started (by pid) when a test fails before stopping it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            servers_support::signal(self.0, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 #[test]
 fn daemonize_pidfile_and_kill_stop_cleanly() {
     let site = Site::new();
     let sock = site.path("mysite.sock");
     let pidfile = site.path("django.pid");
     let errlog = site.path("err.log");
+    // Relative paths everywhere: the daemon changes to workdir (/) later.
+    std::fs::write(
+        site.path("rel.toml"),
+        "[app]\nkind = \"cgi\"\ncommand = [\"./app.sh\"]\n",
+    )
+    .unwrap();
     // Django's guide: method=prefork socket=... pidfile=... (daemonizes by default).
     let args = vec![
-        site.settings.display().to_string(),
+        "rel.toml".to_string(),
         "method=prefork".into(),
         format!("socket={}", sock.display()),
         "pidfile=django.pid".into(),
@@ -354,6 +371,8 @@ fn daemonize_pidfile_and_kill_stop_cleanly() {
         .parse()
         .expect("pid");
     assert!(stdout.contains(&format!("pid {pid}")), "{stdout}");
+    // Should an assertion below fail, the daemon (not our child) still goes.
+    let _daemon = KillOnDrop(pid);
     let log = || std::fs::read_to_string(&errlog).unwrap_or_default();
     let body = fcgi_get(&Endpoint::Unix(sock.clone()), "x=1");
     assert!(body.contains("QUERY_STRING=x=1"), "{body}\n{}", log());
@@ -367,9 +386,15 @@ fn daemonize_pidfile_and_kill_stop_cleanly() {
     );
     assert!(pidfile.exists() && sock.exists());
 
-    let needle = site.settings.display().to_string();
-    let ours = processes_mentioning(&needle);
-    assert!(ours.len() >= 3, "manager and workers: {ours:?}");
+    // The daemon's processes: their command line names this test's socket.
+    let ours: Vec<u32> = processes_mentioning(&sock.display().to_string())
+        .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|d| d == Path::new("/")))
+        .collect();
+    assert!(
+        ours.len() >= 3,
+        "manager and workers, in workdir /: {ours:?}"
+    );
     let killed_at = Instant::now();
     let status = Command::new("/bin/sh")
         .arg("-c")
@@ -377,12 +402,23 @@ fn daemonize_pidfile_and_kill_stop_cleanly() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let mut left = processes_mentioning(&needle);
+    let still = |pids: &[u32]| -> Vec<u32> {
+        pids.iter()
+            .copied()
+            .filter(|p| Path::new(&format!("/proc/{p}/cmdline")).exists())
+            .filter(|p| {
+                !std::fs::read(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .is_empty()
+            })
+            .collect()
+    };
+    let mut left = still(&ours);
     while (!left.is_empty() || pidfile.exists() || sock.exists())
         && killed_at.elapsed() < Duration::from_secs(2)
     {
         thread::sleep(Duration::from_millis(20));
-        left = processes_mentioning(&needle);
+        left = still(&ours);
     }
     eprintln!("stopped {:?} after kill", killed_at.elapsed());
     assert_eq!(left, Vec::<u32>::new(), "no process remains\n{}", log());
