@@ -332,7 +332,7 @@ fn run_serve(dir: &Path, args: &[String]) -> (i32, String, String) {
     )
 }
 
-/// SIGKILLs a daemon we started (by pid) when a test fails before stopping it.
+/// SIGKILLs a server we started (by pid) when a test fails before stopping it.
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
@@ -543,16 +543,24 @@ fn fcgi_web_server_addrs_is_enforced() {
     let site = Site::new();
     let port = free_loopback_port();
     let log = site.path("env.log");
+    // A guide command line as written (no settings argument: the settings
+    // come from $FCGI_SHIM_CONFIG).
     let mut child = Command::new(shim_bin())
-        .args(["serve"])
-        .arg(&site.settings)
-        .args(["daemonize=false", "method=single", &format!("port={port}")])
+        .args([
+            "serve",
+            "daemonize=false",
+            "method=threaded",
+            "host=127.0.0.1",
+        ])
+        .arg(format!("port={port}"))
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
+        .env("FCGI_SHIM_CONFIG", &site.settings)
         .env("FCGI_WEB_SERVER_ADDRS", "127.0.0.2")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn");
+    let _guard = KillOnDrop(child.id());
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
@@ -616,6 +624,7 @@ fn systemd_socket_activation_with_the_example_units() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn");
+    let _guard = KillOnDrop(child.id());
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     let body = fcgi_get(&Endpoint::Unix(sock.clone()), "x=1");
     assert!(body.contains("QUERY_STRING=x=1"), "{body}\n{}", text());
