@@ -272,16 +272,23 @@ fn serve_with(config: Config) -> Result<(), String> {
             }
         }
     };
+    // From here on a failure removes the socket file we created.
+    let fail = |e: launch::LaunchError| {
+        if let Some(b) = &bound {
+            b.remove_socket();
+        }
+        e.to_string()
+    };
     let allowed = match family {
         sys::ListenerFamily::Unix => Vec::new(),
-        _ => launch::allowed_peers(&settings).map_err(|e| e.to_string())?,
+        _ => launch::allowed_peers(&settings).map_err(fail)?,
     };
     let mut daemon = None;
     if settings.daemonizes() {
         if bound.is_none() {
             log::warn!("daemonize ignored: the listening socket is inherited");
         } else {
-            daemon = Some(launch::daemonize(&settings).map_err(|e| e.to_string())?);
+            daemon = Some(launch::daemonize(&settings).map_err(fail)?);
         }
     }
     let pidfile = match settings.pidfile.as_deref().map(launch::write_pidfile) {
@@ -289,10 +296,7 @@ fn serve_with(config: Config) -> Result<(), String> {
             if let Some(d) = daemon.as_mut() {
                 d.ready(Err(&e.to_string()));
             }
-            if let Some(b) = &bound {
-                b.remove_socket();
-            }
-            return Err(e.to_string());
+            return Err(fail(e));
         }
         Some(Ok(p)) => Some(p),
         None => None,

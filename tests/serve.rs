@@ -770,6 +770,22 @@ fn command_line_errors_name_the_word() {
         stderr.contains("workdir /nonexistent-fcgi-shim-dir"),
         "{stderr}"
     );
+    // A failure after binding leaves no socket file behind.
+    let sock = site.path("failed.sock");
+    let (code, _, stderr) = run_serve(
+        site.dir.path(),
+        &[
+            settings.clone(),
+            format!("socket={}", sock.display()),
+            "errlog=/nonexistent-fcgi-shim-dir/err.log".into(),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot open /nonexistent-fcgi-shim-dir/err.log"),
+        "{stderr}"
+    );
+    assert!(!sock.exists(), "socket left behind");
     let (code, stdout, _) = run_serve(site.dir.path(), &["help".into()]);
     assert_eq!(code, 0);
     for key in [
