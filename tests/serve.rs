@@ -158,6 +158,35 @@ fn threaded_pool_serves_concurrently() {
 }
 
 #[test]
+fn maxchildren_is_never_exceeded() {
+    for method in ["prefork", "threaded"] {
+        let site = Site::new();
+        let sock = site.path("mysite.sock");
+        let shim = site.serve(
+            &[
+                format!("method={method}"),
+                "maxchildren=2".into(),
+                "minspare=2".into(),
+                format!("socket={}", sock.display()),
+            ],
+            Endpoint::Unix(sock.clone()),
+        );
+        let (elapsed, workers) = concurrent_sleeps(&Endpoint::Unix(sock), 4);
+        assert!(
+            elapsed >= Duration::from_secs(2),
+            "{method}: 4 x 1 s with maxchildren=2 took {elapsed:?}"
+        );
+        let distinct: HashSet<_> = workers.into_iter().collect();
+        if method == "prefork" {
+            assert!(distinct.len() <= 2, "{method}: workers {distinct:?}");
+            let procs = processes_mentioning(&site.settings.display().to_string());
+            assert!(procs.len() <= 3, "manager + 2 workers at most: {procs:?}");
+        }
+        drop(shim);
+    }
+}
+
+#[test]
 fn single_serves_one_at_a_time() {
     let site = Site::new();
     let sock = site.path("mysite.sock");
