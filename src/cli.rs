@@ -30,6 +30,9 @@ It is not meant to be run from a shell. A web server starts it:
 Usage:
   fcgi-shim [SETTINGS]       be the FastCGI application (when started by a web server)
   fcgi-shim check [SETTINGS] validate the settings and exit (0 = valid)
+  fcgi-shim serve [SETTINGS] [key=value ...]
+                             run standalone, like Django's `manage.py runfcgi`
+                             (`fcgi-shim serve help` lists the options)
   fcgi-shim --help | --version
 
 Settings are found as: SETTINGS (argv[1]) if it is a file; else NAME.toml beside
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check(args.get(2).map(PathBuf::from).as_deref(), &exe),
+        Some("serve") => serve(args.get(2..).unwrap_or_default(), &exe),
         Some(flag) if flag.starts_with('-') => {
             eprintln!("fcgi-shim: unknown option {flag}\n\n{USAGE}");
             ExitCode::from(2)
@@ -185,4 +189,270 @@ fn reloader_for(
         .collect();
     log::debug!("reload: watching {}", watched.join(", "));
     reloader
+}
+
+// ---------------------------------------------------------------------------
+// `fcgi-shim serve`: the standalone server (Django's runfcgi options).
+
+fn serve_help() -> String {
+    let mut text = String::from(
+        "fcgi-shim serve [SETTINGS] [key=value ...]: run standalone, like `manage.py runfcgi`.\n\n\
+         The application comes from the settings file (found as for the shim); the options\n\
+         below may also be written in its [server] table; the command line wins.\n\
+         Without socket or port, the listening socket is inherited (fd 0, or systemd's fd 3).\n\n",
+    );
+    for (name, default, meaning) in config::SERVER_KEYS {
+        text.push_str(&format!("  {name:<14} {meaning} (default: {default})\n"));
+    }
+    text.push_str(
+        "\nExamples:\n  fcgi-shim serve mysite.toml method=threaded host=127.0.0.1 port=3033\n  \
+         fcgi-shim serve mysite.toml method=prefork socket=/home/user/mysite.sock pidfile=django.pid\n  \
+         fcgi-shim serve mysite.toml daemonize=false socket=/tmp/mysite.sock maxrequests=1\n\
+         Stop it with: kill $(cat django.pid); reload it in place with: kill -HUP $(cat django.pid)\n",
+    );
+    text
+}
+
+fn serve(args: &[OsString], exe: &Path) -> ExitCode {
+    let words: Vec<&str> = match args.iter().map(|a| a.to_str()).collect::<Option<Vec<_>>>() {
+        Some(w) => w,
+        None => {
+            eprintln!("fcgi-shim serve: arguments must be valid UTF-8");
+            return ExitCode::from(2);
+        }
+    };
+    if words.iter().any(|w| matches!(*w, "help" | "--help" | "-h")) {
+        print!("{}", serve_help());
+        return ExitCode::SUCCESS;
+    }
+    // The settings file is the first word that is not key=value. Paths are
+    // made absolute first: daemonizing changes to `workdir`, and relative
+    // paths in the settings are taken from the settings file's directory.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let (settings_arg, options) = match words.first() {
+        Some(first) if !first.contains('=') => (Some(cwd.join(first)), &words[1..]),
+        _ => (None, &words[..]),
+    };
+    let mut config = match find_settings(settings_arg.as_deref(), &cwd.join(exe)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fcgi-shim serve: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for word in options {
+        if let Err(e) = config.server.set_word(word, &cwd) {
+            eprintln!("fcgi-shim serve: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = config.server.check() {
+        eprintln!("fcgi-shim serve: {e}");
+        return ExitCode::from(2);
+    }
+    match serve_with(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_with(config: Config) -> Result<(), String> {
+    use crate::config::{FrontProtocol, ServeMethod};
+    use crate::server::worker::{self, Bounds, Listener};
+    let settings = config.server.clone();
+    let level = if settings.debug {
+        log::LevelFilter::Debug
+    } else {
+        config.log.level
+    };
+    if let Err(e) = crate::log::configure(&config.site, &config.log.target, level) {
+        log::error!("{e}; logging to stderr instead");
+    }
+    if let Some(pidfile) = &settings.pidfile {
+        launch::check_pidfile(pidfile).map_err(|e| e.to_string())?;
+    }
+    let signals = sys::install_signal_handlers()
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let signals: &'static sys::SignalPipe = Box::leak(Box::new(signals));
+    // After a SIGHUP reload the bound socket is already ours: neither bind
+    // nor daemonize again; the socket file is still ours to remove at exit.
+    let kept = launch::take_reexec_listener().map_err(|e| e.to_string())?;
+    let reloaded = kept.is_some();
+    let (fd, family, bound, place) = if let Some((fd, family)) = kept {
+        let bound = launch::Bound {
+            fd: fd.try_clone().map_err(|e| e.to_string())?,
+            family,
+            socket_path: settings.socket.clone(),
+        };
+        (
+            fd,
+            family,
+            Some(bound),
+            "the socket kept across the reload".to_string(),
+        )
+    } else if settings.binds() {
+        let bound = launch::bind(&settings).map_err(|e| e.to_string())?;
+        let place = match (&settings.socket, &settings.host, settings.port) {
+            (Some(path), _, _) => path.display().to_string(),
+            (None, host, Some(port)) => {
+                format!("{}:{port}", host.as_deref().unwrap_or("127.0.0.1"))
+            }
+            _ => String::new(),
+        };
+        let fd = bound.fd.try_clone().map_err(|e| e.to_string())?;
+        (fd, bound.family, Some(bound), place)
+    } else {
+        match launch::detect().map_err(|e| e.to_string())? {
+            Launch::Listener { fd, source, family } => {
+                sys::set_nonblocking(std::os::fd::AsFd::as_fd(&fd))
+                    .map_err(|e| format!("inherited listener: {e}"))?;
+                let place = match source {
+                    ListenerSource::Fd0 => "the socket on fd 0",
+                    ListenerSource::Systemd => "fd 3 (systemd)",
+                };
+                (fd, family, None, place.to_string())
+            }
+            _ => {
+                return Err(
+                    "nothing to listen on: give socket=PATH or port=N (host=ADDR), \
+                            or start under a web server or systemd that passes a listening socket"
+                        .into(),
+                );
+            }
+        }
+    };
+    // From here on a failure removes the socket file we created.
+    let fail = |e: launch::LaunchError| {
+        if let Some(b) = &bound {
+            b.remove_socket();
+        }
+        e.to_string()
+    };
+    let allowed = match family {
+        sys::ListenerFamily::Unix => Vec::new(),
+        _ => launch::allowed_peers(&settings).map_err(fail)?,
+    };
+    let mut daemon = None;
+    if settings.daemonizes() && !reloaded {
+        if bound.is_none() {
+            log::warn!("daemonize ignored: the listening socket is inherited");
+        } else {
+            daemon = Some(launch::daemonize(&settings).map_err(fail)?);
+        }
+    }
+    let pidfile = match settings.pidfile.as_deref().map(launch::write_pidfile) {
+        Some(Err(e)) => {
+            if let Some(d) = daemon.as_mut() {
+                d.ready(Err(&e.to_string()));
+            }
+            return Err(fail(e));
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    if let Some(d) = daemon.as_mut() {
+        d.ready(Ok(()));
+    }
+    drop(daemon);
+    let protocol = match settings.protocol {
+        FrontProtocol::FastCgi => "FastCGI",
+        FrontProtocol::Scgi => "SCGI",
+    };
+    log::info!(
+        "serving {protocol} on {place} ({:?}, pid {})",
+        settings.method,
+        sys::pid()
+    );
+    // SIGHUP: validate the new version (its own `check` of the settings);
+    // if good, stop like SIGTERM (requests in flight finish), then re-exec
+    // in place with the listening socket (see the end of this function).
+    let keep = fd.try_clone().map_err(|e| e.to_string())?;
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let reloader = Reloader::new(
+        Started::new(argv.clone(), &invoked_as(argv.first())),
+        Some(config.path.clone()),
+        Some(&config),
+    );
+    sys::hup_means_reload();
+    let reload_pending = std::cell::Cell::new(false);
+    let on_tick = || {
+        if !sys::take_reload_request() {
+            return;
+        }
+        match reloader.validate() {
+            Ok(()) => {
+                log::info!(
+                    "SIGHUP: restarting with the new version once requests in flight finish"
+                );
+                reload_pending.set(true);
+                sys::request_stop(nix::sys::signal::Signal::SIGHUP);
+            }
+            Err(why) => log::error!(
+                "SIGHUP: not reloading, the new version is not usable: {why}; \
+                 still serving the previous version"
+            ),
+        }
+    };
+    let listener = Listener {
+        fd,
+        protocol: settings.protocol,
+        allowed,
+    };
+    let bounds = Bounds::from_settings(&settings);
+    match settings.method {
+        ServeMethod::Prefork => {
+            server::prefork::run(&listener, &config, bounds, signals, &mut || on_tick())
+        }
+        ServeMethod::Threaded => server::threaded::run(
+            std::sync::Arc::new(listener),
+            std::sync::Arc::new(config.clone()),
+            bounds,
+            signals,
+            &mut || on_tick(),
+        ),
+        ServeMethod::Single => {
+            let mut back = back::from_config(&config);
+            worker::run(
+                worker::Worker {
+                    listener: &listener,
+                    limits: config.limits,
+                    signals,
+                    maxrequests: 0,
+                    alone: true,
+                    retire: &|| {
+                        on_tick();
+                        false
+                    },
+                    report: &mut |_| {},
+                },
+                back.as_mut(),
+            );
+            back.shutdown();
+        }
+    }
+    if reload_pending.get() {
+        // The socket file and the pidfile stay: the new image takes them over.
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&keep);
+        let env = match sys::clear_cloexec(std::os::fd::AsFd::as_fd(&keep)) {
+            Ok(()) if raw == 0 => Ok(Vec::new()),
+            Ok(()) => Ok(vec![(launch::LISTEN_FD_ENV, raw.to_string())]),
+            Err(e) => Err(e),
+        };
+        let err = match env {
+            Ok(env) => reloader.exec(&env),
+            Err(e) => e,
+        };
+        log::error!("reload: exec failed ({err}); stopping");
+    }
+    if let Some(b) = &bound {
+        b.remove_socket();
+    }
+    if let Some(p) = &pidfile {
+        p.remove();
+    }
+    log::info!("stopped");
+    Ok(())
 }

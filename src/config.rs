@@ -33,6 +33,9 @@ struct RawSettings {
     app: Option<Spanned<RawApp>>,
     log: Option<RawLog>,
     limits: Option<RawLimits>,
+    /// `fcgi-shim serve` settings (runfcgi's names); validated in the
+    /// "Standalone server" block below.
+    server: Option<BTreeMap<String, Spanned<toml::Value>>>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +137,8 @@ pub struct Config {
     pub app: AppConfig,
     pub log: LogConfig,
     pub limits: Limits,
+    /// The `[server]` table: how `fcgi-shim serve` listens and runs.
+    pub server: ServerSettings,
 }
 
 /// The application, by kind.
@@ -374,6 +379,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let log = validate_log(&src, &base, raw.log)?;
     let limits = validate_limits(&src, raw.limits)?;
     let watch = validate_watch(&src, &base, raw.watch)?;
+    let server = validate_server(&src, &base, raw.server)?;
     Ok(Config {
         path: path.to_path_buf(),
         site,
@@ -381,6 +387,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         app,
         log,
         limits,
+        server,
     })
 }
 
@@ -654,6 +661,449 @@ pub fn find(arg: Option<&Path>, exe: &Path, env: Option<PathBuf>) -> Option<Foun
 /// `mysite.toml` for the executable `mysite.fcgi`.
 pub fn sibling_of(exe: &Path) -> PathBuf {
     exe.with_extension("toml")
+}
+
+// ---------------------------------------------------------------------------
+// Standalone server (`fcgi-shim serve`): Django's runfcgi options.
+//
+// The same names are accepted as `key=value` words on the command line and
+// as keys of a `[server]` table in the settings file; the command line wins.
+// Everything here is additive to the settings above: `Config::server` is the
+// only link.
+
+/// Which protocol the standalone server speaks to the web server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontProtocol {
+    FastCgi,
+    Scgi,
+}
+
+/// How the standalone server runs requests concurrently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeMethod {
+    /// A manager process and worker processes (runfcgi's `prefork`, `fork`).
+    Prefork,
+    /// A pool of threads in one process.
+    Threaded,
+    /// One request at a time.
+    Single,
+}
+
+/// Validated `[server]` settings (defaults are runfcgi's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub protocol: FrontProtocol,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub socket: Option<PathBuf>,
+    pub method: ServeMethod,
+    /// `None`: runfcgi's default, daemonize when we bind a socket or port ourselves.
+    pub daemonize: Option<bool>,
+    /// Directory to change to when daemonizing.
+    pub workdir: PathBuf,
+    pub pidfile: Option<PathBuf>,
+    pub maxspare: usize,
+    pub minspare: usize,
+    pub maxchildren: usize,
+    /// Connections a worker serves before it is replaced (one request each
+    /// unless the web server keeps connections open); 0 = never.
+    pub maxrequests: usize,
+    pub debug: bool,
+    pub outlog: Option<PathBuf>,
+    pub errlog: Option<PathBuf>,
+    /// Process umask, when set (octal). Unset: the unix socket is still created
+    /// owner- and group-only.
+    pub umask: Option<u32>,
+    /// Peers allowed on a TCP listener (empty: any; FCGI_WEB_SERVER_ADDRS adds to it).
+    pub allowed_addrs: Vec<std::net::IpAddr>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            protocol: FrontProtocol::FastCgi,
+            host: None,
+            port: None,
+            socket: None,
+            method: ServeMethod::Prefork,
+            daemonize: None,
+            workdir: PathBuf::from("/"),
+            pidfile: None,
+            maxspare: 5,
+            minspare: 2,
+            maxchildren: 50,
+            maxrequests: 0,
+            debug: false,
+            outlog: None,
+            errlog: None,
+            umask: None,
+            allowed_addrs: Vec::new(),
+        }
+    }
+}
+
+/// Every `serve` option: name, default, meaning (for `fcgi-shim serve help`).
+pub const SERVER_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "protocol",
+        "fcgi",
+        "fcgi or scgi (ajp is not supported yet)",
+    ),
+    (
+        "host",
+        "127.0.0.1 when port is given",
+        "address to listen on",
+    ),
+    ("port", "-", "TCP port to listen on"),
+    (
+        "socket",
+        "-",
+        "unix socket to listen on (instead of host/port)",
+    ),
+    ("method", "prefork", "prefork (or fork), threaded, single"),
+    (
+        "daemonize",
+        "true when socket or port is given",
+        "detach from the terminal",
+    ),
+    ("workdir", "/", "directory to change to when daemonizing"),
+    ("pidfile", "-", "write the process id to this file"),
+    ("maxspare", "5", "most idle workers"),
+    ("minspare", "2", "fewest idle workers"),
+    ("maxchildren", "50", "most workers in all"),
+    (
+        "maxrequests",
+        "0",
+        "connections a worker serves before it is replaced (0 = no limit)",
+    ),
+    ("debug", "false", "log at debug level"),
+    ("outlog", "/dev/null", "stdout when daemonized"),
+    (
+        "errlog",
+        "/dev/null",
+        "stderr (and the log) when daemonized",
+    ),
+    (
+        "umask",
+        "022 when daemonized; socket 0660",
+        "umask, in octal",
+    ),
+    (
+        "allowed_addrs",
+        "any",
+        "comma-separated peer addresses allowed on TCP",
+    ),
+];
+
+/// Why a `serve` option was refused (the caller adds where it was written).
+fn server_option_error(key: &str, value: &toml::Value, expected: &str) -> String {
+    format!("`{key}`: {value} is not {expected}")
+}
+
+fn value_text(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn value_bool(key: &str, value: &toml::Value) -> Result<bool, String> {
+    if let toml::Value::Boolean(b) = value {
+        return Ok(*b);
+    }
+    match value_text(value).map(|t| t.to_ascii_lowercase()).as_deref() {
+        Some("true" | "yes" | "on" | "1") => Ok(true),
+        Some("false" | "no" | "off" | "0") => Ok(false),
+        _ => Err(server_option_error(key, value, "true or false")),
+    }
+}
+
+fn value_count(key: &str, value: &toml::Value) -> Result<usize, String> {
+    value_text(value)
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .ok_or_else(|| server_option_error(key, value, "a whole number"))
+}
+
+fn value_path(key: &str, value: &toml::Value, base: &Path) -> Result<PathBuf, String> {
+    match value {
+        toml::Value::String(s) if !s.is_empty() => Ok(resolve(base, s)),
+        _ => Err(server_option_error(key, value, "a path")),
+    }
+}
+
+impl ServerSettings {
+    /// Apply one option. Relative paths are taken from `base` (the settings
+    /// file's directory, or the current directory for the command line).
+    pub fn set(&mut self, key: &str, value: &toml::Value, base: &Path) -> Result<(), String> {
+        match key {
+            "protocol" => {
+                self.protocol = match value_text(value).as_deref() {
+                    Some("fcgi" | "fastcgi") => FrontProtocol::FastCgi,
+                    Some("scgi") => FrontProtocol::Scgi,
+                    Some("ajp") => {
+                        return Err(
+                            "`protocol`: ajp is not supported yet (use fcgi or scgi)".into()
+                        );
+                    }
+                    _ => return Err(server_option_error(key, value, "fcgi or scgi")),
+                }
+            }
+            "host" => {
+                self.host = Some(
+                    value_text(value)
+                        .filter(|h| !h.is_empty())
+                        .ok_or_else(|| server_option_error(key, value, "a host name or address"))?,
+                )
+            }
+            "port" => {
+                self.port = Some(
+                    value_text(value)
+                        .and_then(|t| t.trim().parse::<u16>().ok())
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| server_option_error(key, value, "a port number"))?,
+                )
+            }
+            "socket" => self.socket = Some(value_path(key, value, base)?),
+            "method" => {
+                self.method = match value_text(value).as_deref() {
+                    Some("prefork" | "fork") => ServeMethod::Prefork,
+                    Some("threaded") => ServeMethod::Threaded,
+                    Some("single") => ServeMethod::Single,
+                    _ => {
+                        return Err(server_option_error(
+                            key,
+                            value,
+                            "prefork, fork, threaded or single",
+                        ));
+                    }
+                }
+            }
+            "daemonize" => self.daemonize = Some(value_bool(key, value)?),
+            "workdir" => self.workdir = value_path(key, value, base)?,
+            "pidfile" => self.pidfile = Some(value_path(key, value, base)?),
+            "maxspare" => self.maxspare = value_count(key, value)?,
+            "minspare" => self.minspare = value_count(key, value)?,
+            "maxchildren" => self.maxchildren = value_count(key, value)?,
+            "maxrequests" => self.maxrequests = value_count(key, value)?,
+            "debug" => self.debug = value_bool(key, value)?,
+            "outlog" => self.outlog = Some(value_path(key, value, base)?),
+            "errlog" => self.errlog = Some(value_path(key, value, base)?),
+            "umask" => {
+                let mask = match value {
+                    // In TOML write 0o022 (a number) or "022" (octal text).
+                    toml::Value::Integer(i) => u32::try_from(*i).ok(),
+                    _ => value_text(value).and_then(|t| u32::from_str_radix(t.trim(), 8).ok()),
+                };
+                self.umask =
+                    Some(mask.filter(|m| *m <= 0o777).ok_or_else(|| {
+                        server_option_error(key, value, "an octal umask like 022")
+                    })?);
+            }
+            "allowed_addrs" => {
+                let items: Vec<String> = match value {
+                    toml::Value::Array(a) => a.iter().filter_map(value_text).collect(),
+                    other => value_text(other)
+                        .map(|t| t.split(',').map(str::to_string).collect())
+                        .unwrap_or_default(),
+                };
+                self.allowed_addrs = parse_addrs(items.iter().map(String::as_str))
+                    .map_err(|bad| format!("`allowed_addrs`: {bad:?} is not an IP address"))?;
+            }
+            other => {
+                let names: Vec<String> = SERVER_KEYS.iter().map(|k| k.0.to_string()).collect();
+                let hint = nearest(other, &names)
+                    .map(|n| format!("; did you mean `{n}`?"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "unknown server option `{other}`{hint} (options: {}; `fcgi-shim serve help` explains them)",
+                    names.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a command-line word `key=value`.
+    pub fn set_word(&mut self, word: &str, cwd: &Path) -> Result<(), String> {
+        let Some((key, value)) = word.split_once('=') else {
+            let names: Vec<String> = SERVER_KEYS.iter().map(|k| k.0.to_string()).collect();
+            let hint = nearest(word, &names)
+                .map(|n| format!("; did you mean `{n}=...`?"))
+                .unwrap_or_default();
+            return Err(format!(
+                "`{word}`: expected key=value{hint} (`fcgi-shim serve help` lists the options)"
+            ));
+        };
+        self.set(key.trim(), &toml::Value::String(value.to_string()), cwd)
+            .map_err(|e| format!("command line word `{word}`: {e}"))
+    }
+
+    /// Checks between options, once all are applied.
+    pub fn check(&self) -> Result<(), String> {
+        if self.socket.is_some() && (self.host.is_some() || self.port.is_some()) {
+            return Err("give either `socket` or `host`/`port`, not both".into());
+        }
+        if self.host.is_some() && self.port.is_none() {
+            return Err("`host` needs a `port`".into());
+        }
+        if self.maxchildren == 0 {
+            return Err("`maxchildren` must be at least 1".into());
+        }
+        if self.minspare > self.maxspare {
+            return Err(format!(
+                "`minspare` ({}) is more than `maxspare` ({})",
+                self.minspare, self.maxspare
+            ));
+        }
+        Ok(())
+    }
+
+    /// Do we bind a listener ourselves (rather than use an inherited one)?
+    pub fn binds(&self) -> bool {
+        self.socket.is_some() || self.port.is_some()
+    }
+
+    /// runfcgi's rule: daemonize by default when binding our own socket.
+    pub fn daemonizes(&self) -> bool {
+        self.daemonize.unwrap_or_else(|| self.binds())
+    }
+}
+
+/// Parse IP addresses; the first one that is not an address is the error.
+pub fn parse_addrs<'a>(
+    items: impl Iterator<Item = &'a str>,
+) -> Result<Vec<std::net::IpAddr>, String> {
+    items
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| s.to_string()))
+        .collect()
+}
+
+fn validate_server(
+    src: &Source<'_>,
+    base: &Path,
+    raw: Option<BTreeMap<String, Spanned<toml::Value>>>,
+) -> Result<ServerSettings, ConfigError> {
+    let mut settings = ServerSettings::default();
+    for (key, value) in raw.unwrap_or_default() {
+        settings
+            .set(&key, value.get_ref(), base)
+            .map_err(|e| src.at(value.span(), e))?;
+    }
+    settings
+        .check()
+        .map_err(|e| src.error(None, format!("[server]: {e}")))?;
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+
+    const APP: &str = "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n";
+
+    #[test]
+    fn runfcgi_words() {
+        let mut s = ServerSettings::default();
+        let cwd = Path::new("/home/user");
+        for w in [
+            "method=prefork",
+            "socket=mysite.sock",
+            "pidfile=django.pid",
+            "maxrequests=1",
+            "daemonize=false",
+            "umask=002",
+        ] {
+            s.set_word(w, cwd).unwrap();
+        }
+        assert_eq!(s.method, ServeMethod::Prefork);
+        assert_eq!(s.socket, Some(PathBuf::from("/home/user/mysite.sock")));
+        assert_eq!(s.pidfile, Some(PathBuf::from("/home/user/django.pid")));
+        assert_eq!(
+            (s.maxrequests, s.daemonize, s.umask),
+            (1, Some(false), Some(0o002))
+        );
+        s.set_word("method=fork", cwd).unwrap();
+        assert_eq!(s.method, ServeMethod::Prefork);
+        s.set_word("protocol=scgi", cwd).unwrap();
+        assert_eq!(s.protocol, FrontProtocol::Scgi);
+        s.check().unwrap();
+    }
+
+    /// Every runfcgi command line of Django's FastCGI guide, as written.
+    #[test]
+    fn django_guide_command_lines() {
+        let lines = [
+            "method=threaded host=127.0.0.1 port=3033",
+            "method=prefork socket=/home/user/mysite.sock pidfile=django.pid",
+            "daemonize=false socket=/tmp/mysite.sock maxrequests=1",
+            "protocol=scgi method=prefork host=127.0.0.1 port=3033",
+            "socket=/home/user/mysite.sock pidfile=/home/user/mysite.pid",
+            "method=prefork maxchildren=10 maxspare=5 minspare=2 maxrequests=100 host=127.0.0.1 port=3033",
+            "method=fork socket=/tmp/s.sock outlog=/tmp/out.log errlog=/tmp/err.log umask=022 workdir=/tmp debug=true",
+        ];
+        for line in lines {
+            let mut s = ServerSettings::default();
+            for word in line.split_whitespace() {
+                s.set_word(word, Path::new("/home/user"))
+                    .unwrap_or_else(|e| panic!("{line}: {e}"));
+            }
+            s.check().unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(s.binds(), "{line}");
+        }
+    }
+
+    #[test]
+    fn wrong_words_are_named() {
+        let mut s = ServerSettings::default();
+        let cwd = Path::new("/");
+        let e = s.set_word("maxchilden=3", cwd).unwrap_err();
+        assert!(
+            e.contains("`maxchilden`") && e.contains("did you mean `maxchildren`"),
+            "{e}"
+        );
+        let e = s.set_word("method=forked", cwd).unwrap_err();
+        assert!(e.contains("method=forked"), "{e}");
+        let e = s.set_word("protocol=ajp", cwd).unwrap_err();
+        assert!(e.contains("ajp is not supported yet"), "{e}");
+        let e = s.set_word("daemonize", cwd).unwrap_err();
+        assert!(e.contains("expected key=value"), "{e}");
+        let e = s.set_word("port=http", cwd).unwrap_err();
+        assert!(e.contains("not a port number"), "{e}");
+    }
+
+    #[test]
+    fn server_table_in_file() {
+        let text = format!(
+            "{APP}[server]\nmethod = \"threaded\"\nhost = \"127.0.0.1\"\nport = 3033\nmaxchildren = 4\numask = 0o027\nallowed_addrs = [\"127.0.0.1\", \"::1\"]\n"
+        );
+        let c = parse(Path::new("/site/mysite.toml"), &text).unwrap();
+        assert_eq!(c.server.method, ServeMethod::Threaded);
+        assert_eq!(c.server.port, Some(3033));
+        assert_eq!(c.server.umask, Some(0o027));
+        assert_eq!(c.server.allowed_addrs.len(), 2);
+        assert!(c.server.daemonizes());
+    }
+
+    #[test]
+    fn server_table_errors_point_into_the_file() {
+        let e = parse(
+            Path::new("/site/mysite.toml"),
+            &format!("{APP}[server]\nmethdo = \"single\"\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.position, Some((5, 10)), "{e}");
+        assert!(e.message.contains("did you mean `method`"), "{e}");
+        let e = parse(
+            Path::new("/site/mysite.toml"),
+            &format!("{APP}[server]\nsocket = \"/x.sock\"\nport = 3\n"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("not both"), "{e}");
+    }
 }
 
 #[cfg(test)]

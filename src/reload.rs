@@ -246,8 +246,9 @@ impl Reloader {
     }
 
     /// Run the new version's own `check` on the settings: proves that the
-    /// executable runs and that the settings are valid for it.
-    fn validate(&self) -> Result<(), Rejected> {
+    /// executable runs and that the settings are valid for it. (Standalone
+    /// `serve` calls this on SIGHUP.)
+    pub fn validate(&self) -> Result<(), Rejected> {
         let (program, mut args) = self.check_command()?;
         args.push("check".into());
         if let Some(s) = &self.settings {
@@ -332,7 +333,8 @@ impl Reloader {
     }
 
     /// Replace this process with the new version, keeping the listening
-    /// socket (fd 0, or systemd's fd 3). Returns only if exec failed.
+    /// socket (fd 0, systemd's fd 3, or the fd `extra_env` names). Returns
+    /// only if exec failed.
     pub fn exec(&self, extra_env: &[(&str, String)]) -> io::Error {
         let mut command = match &self.started.shebang_settings {
             // The kernel reads the shebang line again: a changed interpreter takes effect.

@@ -28,9 +28,17 @@ static SIGNAL_PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// Standalone `serve`: SIGHUP asks for a reload instead of a stop.
+static HUP_RELOADS: AtomicBool = AtomicBool::new(false);
+static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_stop_signal(signo: libc::c_int) {
-    STOP_REQUESTED.store(true, Ordering::SeqCst);
-    LAST_SIGNAL.store(signo, Ordering::SeqCst);
+    if signo == libc::SIGHUP && HUP_RELOADS.load(Ordering::SeqCst) {
+        RELOAD_REQUESTED.store(true, Ordering::SeqCst);
+    } else {
+        STOP_REQUESTED.store(true, Ordering::SeqCst);
+        LAST_SIGNAL.store(signo, Ordering::SeqCst);
+    }
     let fd = SIGNAL_PIPE_WRITE.load(Ordering::SeqCst);
     if fd >= 0 {
         let byte = [0u8; 1];
@@ -100,6 +108,33 @@ pub fn stop_requested() -> bool {
 /// The number of the last stop signal received (0 if none).
 pub fn last_signal() -> i32 {
     LAST_SIGNAL.load(Ordering::SeqCst)
+}
+
+/// From now on SIGHUP asks for a reload ([`take_reload_request`]) instead of
+/// a stop: standalone servers. Under a web server SIGHUP means the server is
+/// restarting (Apache's prefork signals its whole process group): stop.
+pub fn hup_means_reload() {
+    HUP_RELOADS.store(true, Ordering::SeqCst);
+}
+
+/// Did a SIGHUP ask for a reload since the last call?
+pub fn take_reload_request() -> bool {
+    RELOAD_REQUESTED.swap(false, Ordering::SeqCst)
+}
+
+/// Stop as if `signal` had arrived (a validated reload stops the server
+/// before it re-execs), and wake whoever polls the signal pipe.
+pub fn request_stop(signal: Signal) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+    LAST_SIGNAL.store(signal as i32, Ordering::SeqCst);
+    let fd = SIGNAL_PIPE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is the write end of the signal pipe, open for the life
+        // of the process; a one-byte buffer; a full pipe (EAGAIN) is fine.
+        unsafe {
+            libc::write(fd, [0u8; 1].as_ptr().cast(), 1);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -233,9 +268,11 @@ pub fn inspect_fd(raw: RawFd) -> FdKind {
 /// # Safety contract (checked by the caller)
 /// `raw` must be open and not owned by anything else in this process.
 pub fn adopt_fd(raw: RawFd) -> OwnedFd {
-    // SAFETY: callers pass only fd 0 or fd 3 after inspect_fd found them open,
-    // and nothing else in the process owns those fds (std never wraps fd 0 in
-    // an OwnedFd; stdin is only read through libc by std if used, and we never use it).
+    // SAFETY: callers pass only fd 0, fd 3, or the fd a standalone server
+    // named in FCGI_SHIM_LISTEN_FD before re-exec'ing itself, after
+    // inspect_fd found it open; nothing else in the process owns those fds
+    // (std never wraps fd 0 in an OwnedFd; stdin is only read through libc by
+    // std if used, and we never use it).
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
@@ -254,6 +291,15 @@ pub fn forget_listen_env() {
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
+    }
+}
+
+/// Remove one variable from our environment (start-up, single-threaded).
+pub fn forget_env(name: &str) {
+    // SAFETY: called during start-up while the process has a single thread,
+    // so no other thread reads the environment concurrently.
+    unsafe {
+        std::env::remove_var(name);
     }
 }
 
@@ -468,5 +514,132 @@ unsafe fn guard_end_groups(groups: &[libc::pid_t]) {
         for &g in groups.iter().filter(|g| **g > 1) {
             libc::kill(-g, libc::SIGKILL);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Standalone server (`fcgi-shim serve`): fork, sessions, umask, peers.
+
+/// Which side of a [`fork_single_threaded`] we are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    Parent { child: u32 },
+    Child,
+}
+
+/// Threads of this process, from /proc/self/task.
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|entries| entries.count())
+}
+
+/// fork(2), refused unless this process has exactly one thread.
+///
+/// With one thread, the child is a complete copy of the process in which no
+/// lock (allocator, logger, stdio) can be held by a thread that does not
+/// exist there, so the child may go on running ordinary Rust code.
+pub fn fork_single_threaded() -> io::Result<Forked> {
+    match thread_count() {
+        Some(1) => {}
+        Some(n) => {
+            return Err(io::Error::other(format!(
+                "refusing to fork: the process has {n} threads"
+            )));
+        }
+        None => return Err(io::Error::other("refusing to fork: cannot count threads")),
+    }
+    // SAFETY: the process has a single thread (checked just above; this
+    // crate never starts threads behind the caller's back), so the child
+    // inherits no lock held by another thread and may allocate and log.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent {
+            child: child.as_raw().unsigned_abs(),
+        }),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// In a forked worker: receive `signal` when the parent dies, and exit at
+/// once if the parent `parent` is already gone.
+pub fn die_with_parent(parent: u32, signal: Signal) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(signal)?;
+    if nix::unistd::getppid().as_raw().unsigned_abs() != parent {
+        std::process::exit(0);
+    }
+    Ok(())
+}
+
+/// Set the process umask; returns the previous one.
+pub fn set_umask(mask: u32) -> u32 {
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mask as libc::mode_t);
+    nix::sys::stat::umask(mode).bits()
+}
+
+/// Start a new session (detach from the controlling terminal).
+pub fn new_session() -> io::Result<()> {
+    nix::unistd::setsid()?;
+    Ok(())
+}
+
+/// Point fd 0 at /dev/null and fd 1 and fd 2 at the given files.
+pub fn redirect_stdio(stdout: BorrowedFd<'_>, stderr: BorrowedFd<'_>) -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(stdout)?;
+    nix::unistd::dup2_stderr(stderr)?;
+    Ok(())
+}
+
+/// Is there a process with this pid (ours or another user's)?
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    raw > 0
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
+            Err(Errno::ESRCH)
+        )
+}
+
+/// Send `signal` to the process `pid` (never to a group).
+pub fn signal_process(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid)
+        && raw > 1
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+    }
+}
+
+/// Reap `pid` if it has exited (`block`: wait for it).
+pub fn reap(pid: u32, block: bool) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    let flags = if block {
+        None
+    } else {
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+    };
+    !matches!(
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(raw), flags),
+        Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(Errno::EINTR)
+    )
+}
+
+impl Conn {
+    /// The peer's IP address (None for a unix socket).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let addr = socket::getpeername::<SockaddrStorage>(self.0.as_raw_fd()).ok()?;
+        if let Some(v4) = addr.as_sockaddr_in() {
+            return Some(std::net::IpAddr::V4(v4.ip()));
+        }
+        addr.as_sockaddr_in6().map(|v6| {
+            let ip = v6.ip();
+            // An IPv4 peer on a dual-stack socket: compare it as IPv4.
+            ip.to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4)
+        })
     }
 }

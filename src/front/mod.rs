@@ -2,3 +2,5 @@
 //! protocol into a [`crate::request::Request`] and an [`crate::request::Exchange`].
 pub mod cgi;
 pub mod fastcgi;
+pub mod outq;
+pub mod scgi;

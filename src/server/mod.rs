@@ -6,6 +6,13 @@
 //! asking `reload` whether anything changed before each request and on the
 //! idle tick, and restarting in place when it did.
 //! Must not: parse protocols or run applications itself.
+//!
+//! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the
+//! accept loop of one worker), [`prefork`] and [`threaded`].
+
+pub mod prefork;
+pub mod threaded;
+pub mod worker;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};

@@ -11,7 +11,7 @@
 pub mod codec;
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use self::codec::{
 };
 use crate::back::{Back, Context, Outcome};
 use crate::config::Limits;
+use crate::front::outq::OutQueue;
 use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
@@ -103,8 +104,7 @@ struct Connection {
     values: ServerValues,
     management_records: usize,
     /// Output not yet taken by the peer (the socket is non-blocking).
-    out: Vec<u8>,
-    out_start: usize,
+    out: OutQueue,
 }
 
 /// What one read(2) produced.
@@ -134,8 +134,7 @@ impl Connection {
             limits,
             values,
             management_records: 0,
-            out: Vec::new(),
-            out_start: 0,
+            out: OutQueue::new(),
         }
     }
 
@@ -210,28 +209,12 @@ impl Connection {
     }
 
     fn pending_output(&self) -> usize {
-        self.out.len() - self.out_start
+        self.out.pending()
     }
 
     /// Write queued output until it is all written or the socket is full.
     fn try_flush(&mut self) -> io::Result<()> {
-        while self.out_start < self.out.len() {
-            match self.conn.write(&self.out[self.out_start..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.out_start += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if self.out_start == self.out.len() {
-            self.out.clear();
-            self.out_start = 0;
-        } else if self.out_start > 0 && self.out_start * 2 >= self.out.len() {
-            self.out.drain(..self.out_start);
-            self.out_start = 0;
-        }
-        Ok(())
+        self.out.flush_to(&mut self.conn)
     }
 
     /// Drop buffered STDIN/DATA records of the finished request `id`.
@@ -397,16 +380,16 @@ impl Connection {
         }
         match frame.rtype {
             RecordType::GetValues => {
-                codec::encode_get_values_result(&mut self.out, &frame.content, &self.values)?
+                codec::encode_get_values_result(self.out.tail(), &frame.content, &self.values)?
             }
-            other => codec::encode_unknown_type(&mut self.out, other.as_u8()),
+            other => codec::encode_unknown_type(self.out.tail(), other.as_u8()),
         }
         self.try_flush()?;
         Ok(())
     }
 
     fn end_request(&mut self, id: u16, status: ProtocolStatus) -> io::Result<()> {
-        codec::encode_end_request(&mut self.out, id, 0, status);
+        codec::encode_end_request(self.out.tail(), id, 0, status);
         self.try_flush()
     }
 }
@@ -604,8 +587,8 @@ fn serve_request(
     if outcome == Outcome::FrontGone {
         return Ok(false);
     }
-    codec::encode_record(&mut c.out, RecordType::Stdout, id, &[]);
-    codec::encode_end_request(&mut c.out, id, 0, ProtocolStatus::RequestComplete);
+    codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
+    codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
     c.settle(ctx, Some(id), !begin.keep_conn && !body_eof)?;
     Ok(true)
 }
@@ -752,7 +735,7 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
-        codec::encode_stream(&mut self.c.out, RecordType::Stdout, self.id, data);
+        codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
         self.c.try_flush()
     }
 
