@@ -56,13 +56,7 @@ pub fn run(
 ) {
     let mut children: Vec<Child> = Vec::new();
     let mut paused_until: Option<Instant> = None;
-    log::info!(
-        "prefork: minspare={} maxspare={} maxchildren={} maxrequests={}",
-        bounds.minspare,
-        bounds.maxspare,
-        bounds.maxchildren,
-        bounds.maxrequests
-    );
+    bounds.log_start("prefork");
     while !sys::stop_requested() {
         on_tick();
         if sys::stop_requested() {

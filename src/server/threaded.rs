@@ -41,13 +41,7 @@ pub fn run(
     let (tx, rx) = mpsc::channel::<(u64, Event)>();
     let mut slots: HashMap<u64, Slot> = HashMap::new();
     let mut next_id = 0u64;
-    log::info!(
-        "threaded: minspare={} maxspare={} maxchildren={} maxrequests={}",
-        bounds.minspare,
-        bounds.maxspare,
-        bounds.maxchildren,
-        bounds.maxrequests
-    );
+    bounds.log_start("threaded");
     while !sys::stop_requested() {
         on_tick();
         if sys::stop_requested() {

@@ -166,6 +166,17 @@ impl Bounds {
         }
     }
 
+    /// Say in the log which bounds the pool `pool` runs with.
+    pub fn log_start(&self, pool: &str) {
+        log::info!(
+            "{pool}: minspare={} maxspare={} maxchildren={} maxrequests={}",
+            self.minspare,
+            self.maxspare,
+            self.maxchildren,
+            self.maxrequests
+        );
+    }
+
     /// With `idle` idle workers of `total`: how many to start, how many idle
     /// ones to retire. At least one worker is kept idle (else nobody accepts),
     /// and never more than `maxchildren` run.
