@@ -5,6 +5,7 @@
 //! Must not: know which front a request came from.
 
 pub mod cgi;
+pub mod wsgi;
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,7 @@ pub trait Back {
 pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
+        AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
     }
 }
 
