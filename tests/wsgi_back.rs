@@ -1,0 +1,366 @@
+//! The `wsgi` kind against the real binary and a real Python, spoken to by the
+//! test FastCGI client (`tests/common/`): the adapter's PEP 3333 behaviour
+//! (with `wsgiref.validate.validator` around the test application), streaming
+//! both ways, and the worker's lifecycle (import error 503, crash 502, timeout
+//! 504, recycling, coming back once fixed).
+//!
+//! Needs only a python3 with its standard library: `$FCGI_SHIM_TEST_PYTHON`
+//! (set by `make test`) or `python3` from PATH.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn python() -> String {
+    std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn probe_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wsgi_apps")
+}
+
+fn wsgi_settings(module: &str, python_path: &Path, extra: &str) -> String {
+    format!(
+        "[app]\nkind = \"wsgi\"\nmodule = \"{module}\"\npython = \"{}\"\npython_path = [\"{}\"]\n\
+         env = {{ PROBE = \"from-settings\" }}\n{extra}\n[log]\nlevel = \"info\"\n",
+        python(),
+        python_path.display()
+    )
+}
+
+/// A shim running tests/wsgi_apps/probe.py.
+fn probe_shim(extra: &str) -> Shim {
+    Shim::start(&wsgi_settings("probe", &probe_dir(), extra))
+}
+
+fn params(method: &str, path: &str, query: &str, body_len: usize) -> Vec<(String, String)> {
+    let mut p = cgi_params(method, query, body_len);
+    for (k, v) in p.iter_mut() {
+        match k.as_str() {
+            "SCRIPT_NAME" => *v = "/mysite.fcgi".into(),
+            "PATH_INFO" => *v = path.into(),
+            "REQUEST_URI" => *v = format!("/mysite.fcgi{path}"),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn get(shim: &Shim, path: &str, query: &str) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(&mut conn, &params("GET", path, query, 0), b"", false).complete_cgi()
+}
+
+fn post(shim: &Shim, path: &str, body: &[u8]) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(
+        &mut conn,
+        &params("POST", path, "", body.len()),
+        body,
+        false,
+    )
+    .complete_cgi()
+}
+
+#[test]
+fn hello_environ_and_pep3333_details() {
+    let shim = probe_shim("");
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    assert_eq!(r.body_text(), "hello from wsgi");
+    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+
+    let mut p = params("GET", "/environ", "a=1", 0);
+    p.push(("HTTPS".into(), "on".into()));
+    p.push(("HTTP_PROXY".into(), "http://evil.example/".into()));
+    p.push(("REDIRECT_HTTP_AUTHORIZATION".into(), "Basic dTpw".into()));
+    let mut conn = shim.connect();
+    let r = request(&mut conn, &p, b"", false).complete_cgi();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let env = r.body_text();
+    for needle in [
+        "\"wsgi.url_scheme\": \"https\"",
+        "\"wsgi.version\": [1, 0]",
+        "\"wsgi.multithread\": false",
+        "\"wsgi.run_once\": false",
+        "\"QUERY_STRING\": \"a=1\"",
+        "\"HTTP_AUTHORIZATION\": \"Basic dTpw\"",
+        "\"os.environ.PROBE\": \"from-settings\"",
+        // Not rewritten: the visitor used /mysite.fcgi/environ itself.
+        "\"SCRIPT_NAME\": \"/mysite.fcgi\"",
+        "\"PATH_INFO\": \"/environ\"",
+    ] {
+        assert!(env.contains(needle), "no {needle} in {env}");
+    }
+    assert!(!env.contains("HTTP_PROXY"), "{env}");
+
+    let r = get(&shim, "/write", "");
+    assert_eq!(r.body_text(), "written, then returned");
+    let r = get(&shim, "/file", "");
+    assert_eq!(r.body, std::fs::read(probe_dir().join("probe.py")).unwrap());
+    let r = get(&shim, "/status", "");
+    assert_eq!(r.status, 418);
+    let r = get(&shim, "/redirect", "");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/hello")));
+    let r = get(&shim, "/exc-info", "");
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (500, "handled with exc_info")
+    );
+
+    let marker = shim.dir().join("closed");
+    let r = get(&shim, "/close", marker.to_str().unwrap());
+    assert_eq!(r.body_text(), "body");
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(2)),
+        "close() was not called"
+    );
+
+    // wsgi.errors and print() reach the log, never the response.
+    let r = get(&shim, "/errors", "");
+    assert_eq!(r.body_text(), "logged");
+    assert!(
+        shim.wait_for_log("probe wrote to wsgi.errors", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    assert!(
+        shim.wait_for_log("probe printed to stdout", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    // One worker served everything: its pid never changed.
+    assert_eq!(
+        shim.log().matches(" ready in ").count(),
+        1,
+        "{}",
+        shim.log()
+    );
+    assert!(
+        !shim.log().contains("AssertionError"),
+        "validator complained:\n{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn application_errors_give_500_and_a_traceback_in_the_log() {
+    let shim = probe_shim("");
+    let r = get(&shim, "/raise", "");
+    assert_eq!(r.status, 500, "{}", r.body_text());
+    assert!(
+        !r.body_text().contains("probe raised"),
+        "traceback shown without debug"
+    );
+    assert!(
+        shim.wait_for_log(
+            "ValueError: probe raised on purpose",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+    // The same worker goes on.
+    assert_eq!(get(&shim, "/hello", "").status, 200);
+}
+
+#[test]
+fn bodies_stream_both_ways() {
+    let shim = probe_shim("");
+    // 5 MiB up (past the shim's 1 MiB in-memory spool) and back.
+    let sent = prng_bytes(5 << 20, 7);
+    let t0 = Instant::now();
+    let r = post(&shim, "/echo", &sent);
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert_eq!(r.body.len(), sent.len());
+    assert!(r.body == sent, "echoed body differs");
+    eprintln!("5 MiB echo took {:?}", t0.elapsed());
+    // A body read by lines (iteration), and one the app ignores.
+    let r = post(&shim, "/lines", b"a\nb\nc");
+    assert_eq!(r.body_text(), "3 lines, last b'c'");
+    let r = post(&shim, "/ignore-body", &prng_bytes(3 << 20, 9));
+    assert_eq!(r.body_text(), "ignored");
+    // The worker is in step after the ignored body.
+    assert_eq!(get(&shim, "/hello", "").body_text(), "hello from wsgi");
+    let r = get(&shim, "/big", "3000000");
+    assert_eq!(r.body.len(), 3_000_000);
+    assert!(
+        r.body
+            .chunks(256)
+            .all(|c| c.iter().enumerate().all(|(i, &b)| b == i as u8))
+    );
+}
+
+#[test]
+fn a_streamed_response_arrives_chunk_by_chunk() {
+    let shim = probe_shim("");
+    let gate = shim.dir().join("gate");
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(
+            1,
+            &params("GET", "/stream", gate.to_str().unwrap(), 0),
+            b"",
+            false,
+        ),
+    );
+    // The first chunk comes while the view still waits for the gate file.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("first chunk") {
+        assert!(
+            Instant::now() < deadline,
+            "first chunk did not arrive: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        let rec = read_record(&mut conn).unwrap().expect("record");
+        seen.extend_from_slice(&rec.content);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("last chunk"));
+    std::fs::write(&gate, "go").unwrap();
+    let rest = read_response(&mut conn, 1).unwrap();
+    seen.extend_from_slice(&rest.stdout);
+    assert!(String::from_utf8_lossy(&seen).contains("last chunk"));
+}
+
+#[test]
+fn worker_crash_is_502_and_the_worker_comes_back() {
+    let shim = probe_shim("");
+    let r = get(&shim, "/crash", "");
+    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert!(
+        shim.wait_for_log("SIGKILL", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    let log = shim.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("during GET"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("probe about to crash") && line.contains("(502)"),
+        "{line}"
+    );
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+}
+
+#[test]
+fn request_timeout_is_504_with_a_fresh_worker() {
+    let shim = probe_shim("request_timeout = 1\n");
+    let t0 = Instant::now();
+    let r = get(&shim, "/sleep", "30");
+    assert_eq!(r.status, 504);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        shim.wait_for_log("timed out after", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
+}
+
+#[test]
+fn max_requests_recycles_the_worker() {
+    let shim = probe_shim("max_requests = 2\n");
+    let pid_of = |r: CgiResponse| {
+        let t = r.body_text();
+        let i = t.find("\"pid\": ").expect("pid") + 7;
+        t[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let a = pid_of(get(&shim, "/environ", ""));
+    let b = pid_of(get(&shim, "/environ", ""));
+    let c = pid_of(get(&shim, "/environ", ""));
+    assert_eq!(a, b);
+    assert_ne!(b, c);
+    assert!(
+        shim.log().contains("recycling after 2 requests"),
+        "{}",
+        shim.log()
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !Path::new(&format!("/proc/{a}")).exists()
+            || std::fs::read_to_string(format!("/proc/{a}/stat"))
+                .unwrap_or_default()
+                .contains(") Z"),
+        "old worker {a} still running"
+    );
+}
+
+#[test]
+fn import_error_is_503_with_the_python_error_and_recovers_once_fixed() {
+    let dir = TempDir::new("wsgiimp");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    let shim = Shim::start(&wsgi_settings("brokenapp", &app_dir, "debug = false\n"));
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503);
+    assert!(
+        !r.body_text().contains("Traceback"),
+        "traceback shown without debug"
+    );
+    assert!(
+        shim.wait_for_log(
+            "ModuleNotFoundError: No module named 'brokenapp'",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+    // Fix it: the next request after the backoff gets a working worker.
+    std::fs::write(
+        app_dir.join("brokenapp.py"),
+        "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'fixed']\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&shim, "/", "");
+        if r.status == 200 {
+            assert_eq!(r.body_text(), "fixed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered:\n{}",
+            shim.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn import_error_with_debug_shows_the_traceback_and_innermost_frame() {
+    let dir = TempDir::new("wsgidbg");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("badapp.py"),
+        "x = 1\nimport no_such_dependency\n",
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings("badapp", &app_dir, "debug = true\n"));
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503);
+    let page = r.body_text();
+    assert!(
+        page.contains("Traceback") && page.contains("no_such_dependency"),
+        "{page}"
+    );
+    assert!(
+        shim.wait_for_log("badapp.py\", line 2", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+}
