@@ -26,7 +26,7 @@ fn probe_dir() -> PathBuf {
 fn wsgi_settings(module: &str, python_path: &Path, extra: &str) -> String {
     format!(
         "[app]\nkind = \"wsgi\"\nmodule = \"{module}\"\npython = \"{}\"\npython_path = [\"{}\"]\n\
-         env = {{ PROBE = \"from-settings\" }}\n{extra}\n[log]\nlevel = \"info\"\n",
+         env = {{ PROBE = \"from-settings\", PYTHONDONTWRITEBYTECODE = \"1\" }}\n{extra}\n[log]\nlevel = \"info\"\n",
         python(),
         python_path.display()
     )
