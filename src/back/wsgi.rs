@@ -592,6 +592,15 @@ impl WsgiBack {
     fn run(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
         let started = Instant::now();
         let deadline = started + self.config.request_timeout;
+        // Records the front already holds (typically the end of an empty
+        // body): take them now, so the end marker goes out with the request.
+        while ex.input_pending() && !ex.body_finished() {
+            match ex.on_ready() {
+                Ok(InputEvent::Progress) => {}
+                Ok(InputEvent::Aborted) => return Outcome::Aborted,
+                Ok(InputEvent::Closed) | Err(_) => return Outcome::FrontGone,
+            }
+        }
         // The request's meta-variables as one frame.
         let frame_start = self.to_worker.len();
         self.to_worker.extend_from_slice(&[b'R', 0, 0, 0, 0]);
