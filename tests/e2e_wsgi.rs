@@ -157,14 +157,33 @@ fn assert_no_script_file(r: &HttpResponse, what: &str) {
     );
 }
 
-fn django_settings(python: &str, project: &Path, debug: bool) -> String {
+fn django_settings(python: &str, project: &Path) -> String {
     format!(
         "[app]\nkind = \"wsgi\"\nmodule = \"djsite.wsgi:application\"\npython = \"{python}\"\n\
          python_path = [\"{}\"]\nrequest_timeout = 20\n\
-         env = {{ DJANGO_SETTINGS_MODULE = \"djsite.settings\", DJANGO_DEBUG = \"{}\", PYTHONDONTWRITEBYTECODE = \"1\" }}\n",
+         env = {{ DJANGO_SETTINGS_MODULE = \"djsite.settings\", DJANGO_DEBUG = \"1\", PYTHONDONTWRITEBYTECODE = \"1\" }}\n",
         project.display(),
-        if debug { 1 } else { 0 }
     )
+}
+
+/// shim-templates/django.fcgi edited as its comments say, in the shebang form:
+/// the file Apache runs is the settings, its first line names the shim.
+fn django_template(shim: &Path, python: &str, project: &Path) -> String {
+    let text = fs::read_to_string(repo_path("shim-templates/django.fcgi")).expect("template");
+    let edited = text
+        .replacen("#!/home/USER/bin/fcgi-shim", &format!("#!{}", shim.display()), 1)
+        .replace("/home/USER/venv/bin/python", python)
+        .replace("/home/USER/myproject", &project.display().to_string())
+        .replace("\"myproject.", "\"djsite.")
+        .replace(
+            "env = { DJANGO_SETTINGS_MODULE = \"djsite.settings\" }",
+            "env = { DJANGO_SETTINGS_MODULE = \"djsite.settings\", DJANGO_DEBUG = \"0\", PYTHONDONTWRITEBYTECODE = \"1\" }",
+        );
+    assert!(
+        !edited.contains("USER") && edited.contains("DJANGO_DEBUG"),
+        "shim-templates/django.fcgi changed; update this test:\n{edited}"
+    );
+    edited
 }
 
 /// `name=value` of the first Set-Cookie header setting `name`.
@@ -231,11 +250,18 @@ fn django_site_at_the_root_and_in_a_subdirectory() {
     };
     let project = site.dir.path().join("app/djsite");
     copy_tree(&repo_path("tests/wsgi_apps/djsite"), &project);
-    site.install(&site.www, &django_settings(&python, &project, false));
-    site.install(
-        &site.www.join("blog"),
-        &django_settings(&python, &project, true),
+    // The root site: shim-templates/django.fcgi in the shebang form.
+    let shim = site.dir.mkdir("bin").join("fcgi-shim");
+    copy_file(Path::new(env!("CARGO_BIN_EXE_fcgi-shim")), &shim, 0o755);
+    site.install(&site.www, "");
+    fs::remove_file(site.www.join("mysite.toml")).expect("rm mysite.toml");
+    write_file(
+        &site.www.join("mysite.fcgi"),
+        django_template(&shim, &python, &project),
+        0o755,
     );
+    // The same project in /blog/ with DEBUG = True: binary + mysite.toml.
+    site.install(&site.www.join("blog"), &django_settings(&python, &project));
     site.start();
     let port = site.apache().port();
 
