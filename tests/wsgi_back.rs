@@ -364,3 +364,56 @@ fn import_error_with_debug_shows_the_traceback_and_innermost_frame() {
         shim.log()
     );
 }
+
+#[test]
+fn abort_lets_the_application_finish_and_keeps_the_worker() {
+    let shim = probe_shim("");
+    let pid_of = |r: CgiResponse| {
+        let t = r.body_text();
+        let i = t.find("\"pid\": ").expect("pid") + 7;
+        t[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let before = pid_of(get(&shim, "/environ", ""));
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(1, &params("GET", "/sleep", "0.5", 0), b"", false),
+    );
+    thread::sleep(Duration::from_millis(100));
+    let mut abort = Vec::new();
+    encode_record(&mut abort, ABORT_REQUEST, 1, &[]);
+    send(&mut conn, &abort);
+    let t0 = Instant::now();
+    let response = read_response(&mut conn, 1).expect("END_REQUEST after ABORT_REQUEST");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(!String::from_utf8_lossy(&response.stdout).contains("slept"));
+    // The application finished in time: the same worker serves the next request.
+    assert_eq!(pid_of(get(&shim, "/environ", "")), before, "{}", shim.log());
+}
+
+#[test]
+fn a_worker_that_dies_while_idle_is_replaced_without_a_502() {
+    let shim = probe_shim("");
+    let t = get(&shim, "/environ", "").body_text();
+    let i = t.find("\"pid\": ").expect("pid") + 7;
+    let pid: i32 = t[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Our own grandchild, by pid.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(shim.log().contains("while idle"), "{}", shim.log());
+}

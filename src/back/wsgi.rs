@@ -39,9 +39,10 @@ const CHUNK: usize = 65536;
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Lines of the worker's stderr quoted when it fails.
 const STDERR_TAIL_LINES: usize = 5;
-/// After the web server went away, how long the worker may take to finish
-/// the response we throw away before it is replaced.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// After the web server went away (or aborted the request), how long the
+/// worker may take to finish the response we throw away before it is
+/// replaced (a restart costs the application's imports).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Grace for the worker at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -404,6 +405,20 @@ impl WsgiBack {
         ctx: &mut Context<'_>,
     ) -> Result<(), Outcome> {
         let deadline = Instant::now() + self.config.start_timeout;
+        // A worker that died while idle (OOM killer, a thread calling
+        // os._exit) is not this request's fault: start another for it.
+        if let Some(w) = self.sup.worker()
+            && let Some(status) = w.process.try_wait()
+        {
+            let pid = w.process.pid();
+            let stderr = self.stderr_summary();
+            log::error!(
+                "wsgi: {}: the worker (pid {pid}) {} while idle; {stderr}; starting another",
+                self.label,
+                DescribeExit(status)
+            );
+            self.sup.failed();
+        }
         loop {
             let now = Instant::now();
             if ctx.stop_deadline.is_some_and(|s| s <= now) {
