@@ -5,9 +5,13 @@
 //! Must not: know which front a request came from.
 
 pub mod cgi;
+pub mod stderr_lines;
 pub mod wsgi;
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, poll};
 
 use crate::config::{AppConfig, Config};
 use crate::request::{self, Exchange};
@@ -104,4 +108,70 @@ impl Back for Broken {
     }
 
     fn shutdown(&mut self) {}
+}
+
+// ---------------------------------------------------------------------------
+// Waiting on the front and an application's fds at once (cgi, wsgi).
+
+/// Which of the fds given to [`poll_round`] are ready.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    /// The front has input or room for output: call `Exchange::on_ready`.
+    pub front: bool,
+    /// The application's stdin takes more.
+    pub stdin: bool,
+    /// The application's stdout has output (or was closed).
+    pub stdout: bool,
+    pub stderr: bool,
+    pub signal: bool,
+}
+
+/// One poll(2) over the front's interest (when `ex` is given), the
+/// application's pipes that are given (stdin for writing, stdout and stderr
+/// for reading) and the signal pipe. Input the front already holds makes the
+/// front ready without waiting.
+pub fn poll_round(
+    ex: Option<&dyn Exchange>,
+    [stdin, stdout, stderr]: [Option<BorrowedFd<'_>>; 3],
+    signals: &SignalPipe,
+    timeout: Duration,
+) -> std::io::Result<Ready> {
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
+    // Index in `fds` of: the front, stdin, stdout, stderr, the signal pipe.
+    let mut slots = [usize::MAX; 5];
+    let wanted = [
+        ex.and_then(|ex| ex.poll_interest()),
+        stdin.map(|fd| (fd, PollFlags::POLLOUT)),
+        stdout.map(|fd| (fd, PollFlags::POLLIN)),
+        stderr.map(|fd| (fd, PollFlags::POLLIN)),
+        Some((signals.fd(), PollFlags::POLLIN)),
+    ];
+    for (slot, entry) in wanted.into_iter().enumerate() {
+        if let Some((fd, flags)) = entry {
+            slots[slot] = fds.len();
+            fds.push(PollFd::new(fd, flags));
+        }
+    }
+    let input_pending = ex.is_some_and(|ex| ex.input_pending());
+    let timeout = if input_pending {
+        Duration::ZERO
+    } else {
+        timeout
+    };
+    match poll(&mut fds, crate::sys::poll_timeout(timeout)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let is_ready = |slot: usize| {
+        fds.get(slots[slot])
+            .and_then(PollFd::revents)
+            .is_some_and(|r| !r.is_empty())
+    };
+    Ok(Ready {
+        front: is_ready(0) || input_pending,
+        stdin: is_ready(1),
+        stdout: is_ready(2),
+        stderr: is_ready(3),
+        signal: is_ready(4),
+    })
 }

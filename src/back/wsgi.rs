@@ -11,19 +11,16 @@
 //! Must not: spawn, restart or stop the worker itself (that is
 //! `supervise::Supervisor`), or know the front's protocol.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, poll};
-
-use super::{Back, Context, Outcome, finish_with_error};
+use super::stderr_lines::StderrLines;
+use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
 use crate::request::{self, Exchange, InputEvent, ResponseHead};
 use crate::supervise::{self, DescribeExit, SpawnSpec, StartError, Supervisor};
-use crate::sys;
 
 /// The adapter, written to the worker's stdin at start.
 const ADAPTER: &str = include_str!("wsgi_adapter.py");
@@ -61,8 +58,7 @@ pub struct WsgiBack {
     to_worker: Vec<u8>,
     /// Frames from the worker not yet handled.
     from_worker: Vec<u8>,
-    stderr_partial: Vec<u8>,
-    stderr_tail: VecDeque<String>,
+    stderr_lines: StderrLines,
     /// The last import failure: (log summary, Python traceback).
     import_error: Option<(String, String)>,
 }
@@ -74,16 +70,6 @@ enum Frame<'a> {
     Head(&'a [u8]),
     Body(&'a [u8]),
     Done,
-}
-
-/// Which polled fds are ready.
-#[derive(Default)]
-struct Ready {
-    front: bool,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    signal: bool,
 }
 
 /// How a wait ended early, or what the front did.
@@ -122,6 +108,7 @@ impl WsgiBack {
             env,
             workdir: Some(config.workdir.clone()),
         };
+        let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
         let mut back = WsgiBack {
             sup: Supervisor::new(spec, config.max_requests),
             config,
@@ -130,8 +117,7 @@ impl WsgiBack {
             greeted: None,
             to_worker: Vec::new(),
             from_worker: Vec::new(),
-            stderr_partial: Vec::new(),
-            stderr_tail: VecDeque::new(),
+            stderr_lines,
             import_error: None,
         };
         match back.sup.start() {
@@ -163,8 +149,7 @@ impl WsgiBack {
         self.to_worker.clear();
         self.to_worker.extend_from_slice(ADAPTER.as_bytes());
         self.from_worker.clear();
-        self.stderr_partial.clear();
-        self.stderr_tail.clear();
+        self.stderr_lines.clear();
         // A worker that cannot take its source is dying; its closed stdout
         // tells the handshake how.
         let _ = self.write_to_worker();
@@ -203,69 +188,15 @@ impl WsgiBack {
         let Some(w) = self.sup.worker() else {
             return Err(io::Error::other("no worker"));
         };
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
-        let mut slots = [usize::MAX; 5];
-        fn add<'a>(
-            slots: &mut [usize; 5],
-            slot: usize,
-            fd: std::os::fd::BorrowedFd<'a>,
-            flags: PollFlags,
-            fds: &mut Vec<PollFd<'a>>,
-        ) {
-            slots[slot] = fds.len();
-            fds.push(PollFd::new(fd, flags));
-        }
-        if let Some((fd, flags)) = ex.and_then(|ex| ex.poll_interest()) {
-            add(&mut slots, 0, fd, flags, &mut fds);
-        }
-        if pending_in {
-            add(
-                &mut slots,
-                1,
-                w.pipes.stdin.as_fd(),
-                PollFlags::POLLOUT,
-                &mut fds,
-            );
-        }
-        if want_stdout {
-            add(
-                &mut slots,
-                2,
-                w.pipes.stdout.as_fd(),
-                PollFlags::POLLIN,
-                &mut fds,
-            );
-        }
-        add(
-            &mut slots,
-            3,
-            w.pipes.stderr.as_fd(),
-            PollFlags::POLLIN,
-            &mut fds,
-        );
-        add(&mut slots, 4, ctx.signals.fd(), PollFlags::POLLIN, &mut fds);
-        let input_pending = ex.is_some_and(|ex| ex.input_pending());
-        let timeout = if input_pending {
-            Duration::ZERO
-        } else {
-            timeout
-        };
-        match poll(&mut fds, sys::poll_timeout(timeout)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let is_ready = |slot: usize| {
-            fds.get(slots[slot])
-                .and_then(PollFd::revents)
-                .is_some_and(|r| !r.is_empty())
-        };
-        Ok(Ready {
-            front: is_ready(0) || input_pending,
-            stdin: is_ready(1),
-            stdout: is_ready(2),
-            stderr: is_ready(3),
-            signal: is_ready(4),
-        })
+        let p = &w.pipes;
+        let stdin = pending_in.then(|| p.stdin.as_fd());
+        let stdout = want_stdout.then(|| p.stdout.as_fd());
+        super::poll_round(
+            ex,
+            [stdin, stdout, Some(p.stderr.as_fd())],
+            ctx.signals,
+            timeout,
+        )
     }
 
     /// Handle what a poll round found on the signal pipe and stderr.
@@ -341,15 +272,7 @@ impl WsgiBack {
             match w.pipes.stderr.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    self.stderr_partial.extend_from_slice(&buf[..n]);
-                    while let Some(pos) = self.stderr_partial.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = self.stderr_partial.drain(..=pos).collect();
-                        self.log_stderr_line(&line[..line.len() - 1]);
-                    }
-                    if self.stderr_partial.len() > 4096 {
-                        let line = std::mem::take(&mut self.stderr_partial);
-                        self.log_stderr_line(&line);
-                    }
+                    self.stderr_lines.push(&buf[..n]);
                     if n < buf.len() {
                         break;
                     }
@@ -358,28 +281,11 @@ impl WsgiBack {
         }
     }
 
-    fn log_stderr_line(&mut self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        log::warn!("wsgi: {} stderr: {text}", self.label);
-        if self.stderr_tail.len() == STDERR_TAIL_LINES {
-            self.stderr_tail.pop_front();
-        }
-        self.stderr_tail.push_back(text.to_string());
-    }
-
+    /// What the worker last wrote to stderr, after reading what is left.
     fn stderr_summary(&mut self) -> String {
         self.read_stderr();
-        if !self.stderr_partial.is_empty() {
-            let line = std::mem::take(&mut self.stderr_partial);
-            self.log_stderr_line(&line);
-        }
-        if self.stderr_tail.is_empty() {
-            "no stderr output".to_string()
-        } else {
-            let tail: Vec<&str> = self.stderr_tail.iter().map(String::as_str).collect();
-            format!("stderr: {}", tail.join(" | "))
-        }
+        self.stderr_lines.flush();
+        self.stderr_lines.summary()
     }
 
     /// How the worker ended (it closed its stdout): reaped within a moment.
