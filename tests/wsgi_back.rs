@@ -66,6 +66,17 @@ fn post(shim: &Shim, path: &str, body: &[u8]) -> CgiResponse {
     .complete_cgi()
 }
 
+/// The pid of the worker that serves the next request (from /environ).
+fn worker_pid(shim: &Shim) -> String {
+    let text = get(shim, "/environ", "").body_text();
+    let at = text.find("\"pid\": ").expect("pid in /environ") + 7;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn hello_environ_and_pep3333_details() {
     let shim = probe_shim("");
@@ -269,18 +280,9 @@ fn request_timeout_is_504_with_a_fresh_worker() {
 #[test]
 fn max_requests_recycles_the_worker() {
     let shim = probe_shim("max_requests = 2\n");
-    let pid_of = |r: CgiResponse| {
-        let t = r.body_text();
-        let i = t.find("\"pid\": ").expect("pid") + 7;
-        t[i..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let a = pid_of(get(&shim, "/environ", ""));
-    let b = pid_of(get(&shim, "/environ", ""));
-    let c = pid_of(get(&shim, "/environ", ""));
+    let a = worker_pid(&shim);
+    let b = worker_pid(&shim);
+    let c = worker_pid(&shim);
     assert_eq!(a, b);
     assert_ne!(b, c);
     assert!(
@@ -368,16 +370,7 @@ fn import_error_with_debug_shows_the_traceback_and_innermost_frame() {
 #[test]
 fn abort_lets_the_application_finish_and_keeps_the_worker() {
     let shim = probe_shim("");
-    let pid_of = |r: CgiResponse| {
-        let t = r.body_text();
-        let i = t.find("\"pid\": ").expect("pid") + 7;
-        t[i..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let before = pid_of(get(&shim, "/environ", ""));
+    let before = worker_pid(&shim);
     let mut conn = shim.connect();
     send(
         &mut conn,
@@ -392,20 +385,13 @@ fn abort_lets_the_application_finish_and_keeps_the_worker() {
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert!(!String::from_utf8_lossy(&response.stdout).contains("slept"));
     // The application finished in time: the same worker serves the next request.
-    assert_eq!(pid_of(get(&shim, "/environ", "")), before, "{}", shim.log());
+    assert_eq!(worker_pid(&shim), before, "{}", shim.log());
 }
 
 #[test]
 fn a_worker_that_dies_while_idle_is_replaced_without_a_502() {
     let shim = probe_shim("");
-    let t = get(&shim, "/environ", "").body_text();
-    let i = t.find("\"pid\": ").expect("pid") + 7;
-    let pid: i32 = t[i..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid: i32 = worker_pid(&shim).parse().unwrap();
     // Our own grandchild, by pid.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
