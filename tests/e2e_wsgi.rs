@@ -429,8 +429,27 @@ fn flask_routes_url_for_form_and_redirect() {
             app.display()
         ),
     );
+    // The documented line that passes Authorization, uncommented.
+    let htaccess = fs::read_to_string(site.www.join(".htaccess")).expect("read .htaccess");
+    let line = "#RewriteRule .* - [E=HTTP_AUTHORIZATION:%{HTTP:Authorization}]";
+    assert!(
+        htaccess.contains(line),
+        "the example .htaccess lost the Authorization line"
+    );
+    write_file(
+        &site.www.join(".htaccess"),
+        htaccess.replace(line, &line[1..]),
+        0o644,
+    );
     site.start();
     let port = site.apache().port();
+
+    let r = site
+        .apache()
+        .request("GET", "/auth", &[("Authorization", "Basic dTpw")], None);
+    assert_eq!(r.text(), "authorization: 'Basic dTpw'", "{}", r.summary());
+    let r = site.get("/auth");
+    assert_eq!(r.text(), "authorization: None", "{}", r.summary());
 
     let r = site.get("/");
     assert_status(&r, 200, "GET /");

@@ -29,3 +29,9 @@ def form():
 @app.route("/go")
 def go():
     return redirect(url_for("hello", name="redirected"))
+
+
+@app.route("/auth")
+def auth():
+    # Reaches the application only with the .htaccess line that passes it.
+    return "authorization: %r" % request.headers.get("Authorization")
