@@ -16,6 +16,7 @@
 # shim logs line by line.
 
 import os
+import re
 import struct
 import sys
 import traceback
@@ -198,12 +199,17 @@ class FileWrapper:
             yield data
 
 
+_BAD_NAME = re.compile(r"[:\r\n\0 \t]").search
+_BAD_VALUE = re.compile(r"[\r\n\0]").search
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "upgrade"))
+
+
 def _check_header(name, value):
     if type(name) is not str or type(value) is not str:
         raise TypeError("header %r: names and values must be str" % ((name, value),))
-    if not name or any(c in name for c in ":\r\n\0 \t") or any(c in value for c in "\r\n\0"):
+    if not name or _BAD_NAME(name) or _BAD_VALUE(value):
         raise ValueError("invalid header %r" % ((name, value),))
-    if name.lower() in ("connection", "keep-alive", "transfer-encoding", "upgrade"):
+    if name.lower() in _HOP_BY_HOP:
         raise ValueError("hop-by-hop header %r is not allowed in WSGI (PEP 3333)" % name)
 
 
