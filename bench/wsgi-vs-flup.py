@@ -124,6 +124,8 @@ def main():
     ap.add_argument("--processes", type=int, default=0,
                     help="FcgidMaxProcessesPerClass (default: twice the connections)")
     ap.add_argument("--shim", default=os.path.join(REPO, "target/release/fcgi-shim"))
+    ap.add_argument("--c-responder", default="",
+                    help="also measure this FastCGI program (bench/hello-libfcgi.c): the ceiling")
     args = ap.parse_args()
 
     try:
@@ -139,15 +141,18 @@ def main():
     apache = None
     try:
         www, app, state = (os.path.join(tmp, d) for d in ("www", "app", "apache"))
-        for d in (www, app, state, state + "/run", state + "/fcgid-ipc",
-                  www + "/shim", www + "/flup"):
+        sites = ["shim", "flup"] + (["c"] if args.c_responder else [])
+        for d in [www, app, state, state + "/run", state + "/fcgid-ipc"] + [www + "/" + x for x in sites]:
             os.makedirs(d, mode=0o755, exist_ok=True)
             os.chmod(d, 0o755)
         shutil.copy(os.path.join(REPO, "bench/hello.py"), app)
         os.chmod(app + "/hello.py", 0o644)
         htaccess = open(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess")).read()
-        for site in ("shim", "flup"):
+        for site in sites:
             write("%s/%s/.htaccess" % (www, site), htaccess, 0o644)
+        if args.c_responder:
+            shutil.copy(args.c_responder, www + "/c/mysite.fcgi")
+            os.chmod(www + "/c/mysite.fcgi", 0o755)
         shutil.copy(args.shim, www + "/shim/mysite.fcgi")
         os.chmod(www + "/shim/mysite.fcgi", 0o755)
         write(www + "/shim/mysite.toml",
@@ -191,7 +196,7 @@ def main():
                     sys.exit("bench: Apache did not start:\n" + open(state + "/error.log").read())
                 time.sleep(0.05)
 
-        urls = {site: "http://127.0.0.1:%d/%s/hello" % (port, site) for site in ("shim", "flup")}
+        urls = {site: "http://127.0.0.1:%d/%s/hello" % (port, site) for site in sites}
         # Warm up with more connections than processes, so mod_fcgid spawns
         # its maximum of processes for both sites before anything is measured
         # (it spawns one only when a request finds none idle).
@@ -203,11 +208,14 @@ def main():
                 if len(processes_under(www + "/" + site + "/mysite.fcgi")) >= max_procs:
                     break
             say("%s: %d processes" % (site, len(processes_under(www + "/" + site + "/mysite.fcgi"))))
+        if os.environ.get("BENCH_CPU_SPLIT"):
+            for site in sites:
+                subprocess.run([sys.executable, os.environ["BENCH_CPU_SPLIT"], www, urls[site], "4"])
         measured_from = os.path.getsize(state + "/access.log")
-        results = {"shim": [], "flup": []}
+        results = {site: [] for site in sites}
         for r in range(args.rounds):
-            # Alternate which goes first, so neither always follows the other.
-            for site in ("shim", "flup") if r % 2 == 0 else ("flup", "shim"):
+            # Rotate which goes first, so none always follows another.
+            for site in sites[r % len(sites):] + sites[:r % len(sites)]:
                 res = wrk(urls[site], args.seconds, args.connections)
                 results[site].append(res)
                 say("round %d %-4s %8.0f req/s  p50 %.2f ms  p99 %.2f ms%s" % (
@@ -216,11 +224,11 @@ def main():
 
         # Memory: the FastCGI processes mod_fcgid started, and their children.
         rss = {}
-        for site in ("shim", "flup"):
+        for site in sites:
             procs = [p for p, cmd in processes_under(www + "/" + site + "/").items()]
             rows = []
             for p in procs:
-                rows.append((p, "fcgi-shim" if site == "shim" else "flup", rss_kib(p)))
+                rows.append((p, {"shim": "fcgi-shim", "flup": "flup", "c": "libfcgi"}[site], rss_kib(p)))
                 for kid in children(p):
                     rows.append((kid, "python worker", rss_kib(kid)))
             rss[site] = rows
@@ -261,7 +269,7 @@ def main():
     print("wrk -t2 -c%d -d%ds, %d alternating rounds, medians; %d cores, shared machine"
           % (args.connections, args.seconds, args.rounds, os.cpu_count()))
     print("%-10s %10s %10s %10s" % ("", "req/s", "p50 ms", "p99 ms"))
-    for site in ("shim", "flup"):
+    for site in sites:
         m = med[site]
         print("%-10s %10.0f %10.2f %10.2f" % (site, m["rps"], m["p50"], m["p99"]))
     # Load from elsewhere drifts: compare each round's pair, then take the median.
@@ -270,7 +278,10 @@ def main():
     print("ratio shim/flup req/s: %.2fx (median of the %d per-round ratios %s; target >= 1.5x); p99 %s" % (
         ratio, len(ratios), ", ".join("%.2f" % r for r in ratios),
         "no worse" if med["shim"]["p99"] <= med["flup"]["p99"] else "WORSE"))
-    for site in ("shim", "flup"):
+    if "c" in results:
+        c_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["c"], results["flup"]))
+        print("ceiling: the C libfcgi responder does %.2fx flup here" % c_ratio)
+    for site in sites:
         rows = rss[site]
         total = sum(r[2] for r in rows)
         print("RSS %s: %d processes, %d KiB in all: %s" % (

@@ -10,4 +10,13 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 cargo build --release
 python=$(./scripts/test-venv.sh)
-exec "$python" bench/wsgi-vs-flup.py "$@"
+# The ceiling, when libfcgi-dev is installed: a C responder measured alongside.
+extra=()
+if [ -f /usr/include/fcgiapp.h ]; then
+    mkdir -p target/bench
+    gcc -O2 -o target/bench/hello-libfcgi bench/hello-libfcgi.c -lfcgi
+    extra=(--c-responder target/bench/hello-libfcgi)
+else
+    echo "bench: no libfcgi-dev; not measuring the C responder (apt-get install libfcgi-dev)" >&2
+fi
+exec "$python" bench/wsgi-vs-flup.py "${extra[@]}" "$@"

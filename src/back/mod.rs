@@ -136,22 +136,23 @@ pub fn poll_round(
     signals: &SignalPipe,
     timeout: Duration,
 ) -> std::io::Result<Ready> {
-    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
-    // Index in `fds` of: the front, stdin, stdout, stderr, the signal pipe.
-    let mut slots = [usize::MAX; 5];
-    let wanted = [
-        ex.and_then(|ex| ex.poll_interest()),
-        stdin.map(|fd| (fd, PollFlags::POLLOUT)),
-        stdout.map(|fd| (fd, PollFlags::POLLIN)),
-        stderr.map(|fd| (fd, PollFlags::POLLIN)),
-        Some((signals.fd(), PollFlags::POLLIN)),
-    ];
-    for (slot, entry) in wanted.into_iter().enumerate() {
-        if let Some((fd, flags)) = entry {
-            slots[slot] = fds.len();
-            fds.push(PollFd::new(fd, flags));
+    // One slot each: the front, stdin, stdout, stderr, the signal pipe. A
+    // slot not wanted polls the signal pipe for no events (it never reports
+    // an error or a hang-up: we hold its write end), so nothing is allocated.
+    fn entry<'a>(want: Option<(BorrowedFd<'a>, PollFlags)>, idle: BorrowedFd<'a>) -> PollFd<'a> {
+        match want {
+            Some((fd, flags)) => PollFd::new(fd, flags),
+            None => PollFd::new(idle, PollFlags::empty()),
         }
     }
+    let idle = signals.fd();
+    let mut fds = [
+        entry(ex.and_then(|ex| ex.poll_interest()), idle),
+        entry(stdin.map(|fd| (fd, PollFlags::POLLOUT)), idle),
+        entry(stdout.map(|fd| (fd, PollFlags::POLLIN)), idle),
+        entry(stderr.map(|fd| (fd, PollFlags::POLLIN)), idle),
+        PollFd::new(idle, PollFlags::POLLIN),
+    ];
     let input_pending = ex.is_some_and(|ex| ex.input_pending());
     let timeout = if input_pending {
         Duration::ZERO
@@ -162,11 +163,7 @@ pub fn poll_round(
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}
         Err(e) => return Err(e.into()),
     }
-    let is_ready = |slot: usize| {
-        fds.get(slots[slot])
-            .and_then(PollFd::revents)
-            .is_some_and(|r| !r.is_empty())
-    };
+    let is_ready = |slot: usize| fds[slot].revents().is_some_and(|r| !r.is_empty());
     Ok(Ready {
         front: is_ready(0) || input_pending,
         stdin: is_ready(1),

@@ -58,6 +58,8 @@ pub struct WsgiBack {
     to_worker: Vec<u8>,
     /// Frames from the worker not yet handled.
     from_worker: Vec<u8>,
+    /// What one read of the worker's stdout goes into.
+    scratch: Box<[u8]>,
     stderr_lines: StderrLines,
     /// The last import failure: (log summary, Python traceback).
     import_error: Option<(String, String)>,
@@ -117,6 +119,7 @@ impl WsgiBack {
             greeted: None,
             to_worker: Vec::new(),
             from_worker: Vec::new(),
+            scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
             stderr_lines,
             import_error: None,
         };
@@ -214,27 +217,20 @@ impl WsgiBack {
         let Some(w) = self.sup.worker() else {
             return Ok(false);
         };
-        let old = self.from_worker.len();
-        self.from_worker.resize(old + CHUNK + FRAME_HEADER, 0);
+        // Into a scratch buffer kept across reads: no 64 KiB to zero each time.
         let result = loop {
-            match w.pipes.stdout.read(&mut self.from_worker[old..]) {
+            match w.pipes.stdout.read(&mut self.scratch) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
         match result {
             Ok(n) => {
-                self.from_worker.truncate(old + n);
+                self.from_worker.extend_from_slice(&self.scratch[..n]);
                 Ok(n > 0)
             }
-            Err(e) => {
-                self.from_worker.truncate(old);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    Ok(true)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
         }
     }
 
