@@ -423,39 +423,37 @@ pub fn restored_authorization(req: &Request) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The meta-variables an application is given: every one received except
-/// the forbidden ones (HTTP_PROXY) and an empty HTTP_AUTHORIZATION, with
-/// SCRIPT_NAME as `mode` says and Authorization restored. Each name once
-/// (the last value wins).
-pub fn application_meta_variables<'a>(
-    req: &'a Request,
+/// Visit the meta-variables an application is given, in order: every one
+/// received except the forbidden ones (HTTP_PROXY) and an empty
+/// HTTP_AUTHORIZATION, with SCRIPT_NAME as `mode` says and Authorization
+/// restored. A repeated name is visited again; the last one wins when they
+/// go into a map (as the WSGI environ does). Allocates only a changed
+/// SCRIPT_NAME.
+pub fn for_each_application_meta_variable(
+    req: &Request,
     mode: &ScriptName,
-) -> Vec<(&'a [u8], std::borrow::Cow<'a, [u8]>)> {
-    use std::borrow::Cow;
+    mut visit: impl FnMut(&[u8], &[u8]),
+) {
     let script_name = presented_script_name(req, mode);
-    let authorization = restored_authorization(req);
-    let mut out: Vec<(&[u8], Cow<'a, [u8]>)> = Vec::with_capacity(req.params.len() + 1);
-    for (i, (name, value)) in req.params.iter().enumerate() {
-        let name = name.as_slice();
-        if is_forbidden_meta_variable(name)
-            || req.params[i + 1..].iter().any(|(n, _)| n == name)
-            || (name == b"HTTP_AUTHORIZATION" && value.is_empty())
-        {
+    let mut saw_script_name = false;
+    for (name, value) in req.params() {
+        if is_forbidden_meta_variable(name) || (name == b"HTTP_AUTHORIZATION" && value.is_empty()) {
             continue;
         }
-        let value = match (name, &script_name) {
-            (b"SCRIPT_NAME", Some(s)) => Cow::Owned(s.clone().into_bytes()),
-            _ => Cow::Borrowed(value.as_slice()),
-        };
-        out.push((name, value));
+        match (name, &script_name) {
+            (b"SCRIPT_NAME", Some(s)) => {
+                saw_script_name = true;
+                visit(name, s.as_bytes());
+            }
+            _ => visit(name, value),
+        }
     }
-    if let Some(auth) = authorization {
-        out.push((b"HTTP_AUTHORIZATION", Cow::Borrowed(auth.as_bytes())));
+    if let Some(auth) = restored_authorization(req) {
+        visit(b"HTTP_AUTHORIZATION", auth.as_bytes());
     }
-    if let (Some(s), None) = (&script_name, req.get("SCRIPT_NAME")) {
-        out.push((b"SCRIPT_NAME", Cow::Owned(s.clone().into_bytes())));
+    if let (Some(s), false) = (&script_name, saw_script_name) {
+        visit(b"SCRIPT_NAME", s.as_bytes());
     }
-    out
 }
 
 /// `%XX` decoded (invalid escapes kept as they are; invalid UTF-8 replaced).
@@ -615,15 +613,13 @@ mod script_name_tests {
             ("HTTP_X", "1"),
             ("HTTP_X", "2"),
         ]);
-        let vars: Vec<(String, String)> = application_meta_variables(&r, &ScriptName::Auto)
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(n).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect();
+        let mut vars: Vec<(String, String)> = Vec::new();
+        for_each_application_meta_variable(&r, &ScriptName::Auto, |n, v| {
+            vars.push((
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ))
+        });
         let get = |n: &str| {
             let found: Vec<&str> = vars
                 .iter()
@@ -635,7 +631,8 @@ mod script_name_tests {
         assert_eq!(get("SCRIPT_NAME"), [""]);
         assert_eq!(get("HTTP_PROXY"), Vec::<&str>::new());
         assert_eq!(get("HTTP_AUTHORIZATION"), ["Basic dTpw"]);
-        assert_eq!(get("HTTP_X"), ["2"]);
+        // In order; a map built from them keeps the last.
+        assert_eq!(get("HTTP_X"), ["1", "2"]);
         assert_eq!(get("PATH_INFO"), ["/x"]);
     }
 

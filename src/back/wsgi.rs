@@ -521,17 +521,19 @@ impl WsgiBack {
         // The request's meta-variables as one frame.
         let frame_start = self.to_worker.len();
         self.to_worker.extend_from_slice(&[b'R', 0, 0, 0, 0]);
-        for (name, value) in
-            request::application_meta_variables(ex.request(), &self.config.script_name)
-        {
-            if name.contains(&0) || value.contains(&0) {
-                continue;
-            }
-            self.to_worker.extend_from_slice(name);
-            self.to_worker.push(0);
-            self.to_worker.extend_from_slice(&value);
-            self.to_worker.push(0);
-        }
+        let out = &mut self.to_worker;
+        request::for_each_application_meta_variable(
+            ex.request(),
+            &self.config.script_name,
+            |name, value| {
+                if !name.contains(&0) && !value.contains(&0) {
+                    out.extend_from_slice(name);
+                    out.push(0);
+                    out.extend_from_slice(value);
+                    out.push(0);
+                }
+            },
+        );
         let len = self.to_worker.len() - frame_start - FRAME_HEADER;
         let Ok(len32) = u32::try_from(len) else {
             return finish_with_error(ex, 500, "");
