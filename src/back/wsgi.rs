@@ -323,7 +323,9 @@ impl WsgiBack {
         }
         loop {
             let now = Instant::now();
-            if ctx.stop_deadline.is_some_and(|s| s <= now) {
+            // Stopping: no point starting a worker (mod_fcgid's SIGKILL
+            // follows its SIGTERM within seconds).
+            if ctx.stop_deadline.is_some_and(|s| s <= now) || crate::sys::stop_requested() {
                 return Err(finish_with_error(ex, 503, "The server is restarting."));
             }
             match self.sup.start() {
