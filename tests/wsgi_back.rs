@@ -403,3 +403,46 @@ fn a_worker_that_dies_while_idle_is_replaced_without_a_502() {
     assert_eq!(r.status, 200, "{}", shim.log());
     assert!(shim.log().contains("while idle"), "{}", shim.log());
 }
+
+#[test]
+fn the_worker_imports_the_application_before_the_first_request() {
+    let dir = TempDir::new("wsgistart");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    let marker = dir.join("imported");
+    std::fs::write(
+        app_dir.join("startapp.py"),
+        format!(
+            "open({:?}, 'w').write('yes')\n\
+             def application(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'started']\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings("startapp", &app_dir, ""));
+    // No request yet: the import happens anyway.
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(10)),
+        "the application was not imported at start:\n{}",
+        shim.log()
+    );
+    assert_eq!(get(&shim, "/", "").body_text(), "started");
+}
+
+#[test]
+fn a_python_that_cannot_be_started_is_503_and_a_log_line() {
+    let shim = Shim::start(
+        "[app]\nkind = \"wsgi\"\nmodule = \"probe\"\npython = \"fcgi-shim-no-such-python\"\n",
+    );
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 503);
+    assert!(
+        shim.wait_for_log(
+            "cannot start fcgi-shim-no-such-python",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+}
