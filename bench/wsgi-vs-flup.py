@@ -10,7 +10,10 @@ Each round runs wrk against one site, then the other, so load from anything
 else on the machine falls on both. Every request runs the application.
 
 Standard library only; run with the test virtualenv's python (it has flup):
-  bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4]
+  bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4] [--c-responder BIN]
+
+BENCH_CPU_SPLIT=bench/cpu-split.py adds the CPU time per request of each kind
+of process; BENCH_KEEP_LOGS=/path/prefix keeps Apache's logs.
 """
 
 import argparse
