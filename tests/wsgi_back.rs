@@ -108,6 +108,13 @@ fn hello_environ_and_pep3333_details() {
         assert!(env.contains(needle), "no {needle} in {env}");
     }
     assert!(!env.contains("HTTP_PROXY"), "{env}");
+    // python_path first; the working directory ("") last.
+    let path_at = env.find("\"sys.path\": [").expect("sys.path") + 13;
+    let path = &env[path_at..path_at + env[path_at..].find(']').unwrap()];
+    assert!(
+        path.starts_with(&format!("\"{}\"", probe_dir().display())) && path.ends_with("\"\""),
+        "{path}"
+    );
 
     let r = get(&shim, "/write", "");
     assert_eq!(r.body_text(), "written, then returned");

@@ -429,6 +429,11 @@ def load(module_name, attribute):
 
 def main(argv):
     module_name, attribute, debug = argv[0], argv[1], argv[2] == "1"
+    # `python -c` put the working directory (often the web root) first; keep
+    # it importable, but after the standard library and site-packages, so a
+    # stray json.py there cannot shadow them.
+    if sys.path and sys.path[0] == "":
+        sys.path.append(sys.path.pop(0))
     for path in reversed(argv[3:]):
         sys.path.insert(0, path)
     try:

@@ -38,6 +38,7 @@ def raw_app(environ, start_response):
         shown["wsgi.run_once"] = environ["wsgi.run_once"]
         shown["os.environ.PROBE"] = os.environ.get("PROBE", "")
         shown["cwd"] = os.getcwd()
+        shown["sys.path"] = sys.path
         shown["pid"] = os.getpid()
         return text(start_response, json.dumps(shown), ctype="application/json")
     if path == "/echo":
