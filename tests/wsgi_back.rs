@@ -453,3 +453,36 @@ fn a_python_that_cannot_be_started_is_503_and_a_log_line() {
         shim.log()
     );
 }
+
+#[test]
+fn an_application_slower_to_import_than_start_timeout_is_503() {
+    let dir = TempDir::new("wsgislow");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("slowapp.py"),
+        "import time\ntime.sleep(30)\napplication = None\n",
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings("slowapp", &app_dir, "start_timeout = 1\n"));
+    let t0 = Instant::now();
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(
+        shim.wait_for_log(
+            "did not start within 1.0s (start_timeout)",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn a_fixed_script_name_replaces_the_web_servers() {
+    let shim = probe_shim("script_name = \"/shop/\"\n");
+    let env = get(&shim, "/environ", "").body_text();
+    assert!(env.contains("\"SCRIPT_NAME\": \"/shop\""), "{env}");
+    assert!(env.contains("\"PATH_INFO\": \"/environ\""), "{env}");
+}
