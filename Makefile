@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PREFIX ?= $(HOME)/.local
 
-.PHONY: all build test lint check install demo fuzz-check clean
+.PHONY: all build test lint check install demo fuzz-check clean bench
 
 all: build
 
@@ -11,8 +11,10 @@ build:
 
 # The whole suite: unit tables, integration tests against the real binary,
 # and end-to-end tests through a private Apache + mod_fcgid.
+# The WSGI tests need a Python with Django, Flask and flup that Apache's
+# www-data can run: scripts/test-venv.sh makes (or reuses) it under /var/tmp.
 test:
-	$(CARGO) test --all-targets
+	py="$$(./scripts/test-venv.sh)" && FCGI_SHIM_TEST_PYTHON="$$py" $(CARGO) test --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -27,6 +29,10 @@ install: build
 # Build the shim and serve a demo site through a private Apache + mod_fcgid.
 demo:
 	@./scripts/demo.sh || [ $$? -eq 130 ]
+
+# fcgi-shim vs flup behind the same private Apache + mod_fcgid (wrk; not part of `make test`).
+bench:
+	./bench/wsgi-vs-flup.sh
 
 # The fuzz targets build on stable; running them needs cargo-fuzz and nightly.
 fuzz-check:

@@ -366,6 +366,283 @@ pub fn send_error(exchange: &mut dyn Exchange, status: u16, detail: &str) -> io:
     exchange.send_body(body.as_bytes())
 }
 
+// ---------------------------------------------------------------------------
+// What an application that builds URLs sees (issue 3): SCRIPT_NAME after a
+// rewrite, Authorization restored, httpoxy. Front- and back-neutral.
+
+/// How SCRIPT_NAME is presented to an application that builds URLs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptName {
+    /// Keep the web server's SCRIPT_NAME, unless the request was rewritten
+    /// (REDIRECT_URL or SCRIPT_URL present, or REQUEST_URI not under
+    /// SCRIPT_NAME): then use the prefix the visitor actually used, so that
+    /// generated URLs never contain `mysite.fcgi`.
+    Auto,
+    /// Always this prefix ("" for a site at the root): Django's FORCE_SCRIPT_NAME.
+    Fixed(String),
+}
+
+/// The SCRIPT_NAME to present instead of the one received, if it differs.
+pub fn presented_script_name(req: &Request, mode: &ScriptName) -> Option<String> {
+    let script = req.get("SCRIPT_NAME").unwrap_or("");
+    let wanted = match mode {
+        ScriptName::Fixed(prefix) => prefix.clone(),
+        ScriptName::Auto => {
+            let visited = req
+                .get("REDIRECT_URL")
+                .or_else(|| req.get("SCRIPT_URL"))
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .or_else(|| {
+                    let uri = req.get("REQUEST_URI")?;
+                    let path = percent_decode(uri.split('?').next().unwrap_or(""));
+                    (!path.starts_with(script)).then_some(path)
+                })?;
+            let path_info = req.get("PATH_INFO").unwrap_or("");
+            let prefix = match visited.strip_suffix(path_info) {
+                Some(prefix) if !path_info.is_empty() => prefix,
+                // The rewrite changed the path: the directory of the script is
+                // the best guess (the .htaccess lives beside it).
+                _ => script.rsplit_once('/').map_or("", |(dir, _)| dir),
+            };
+            prefix.trim_end_matches('/').to_string()
+        }
+    };
+    (wanted != script).then_some(wanted)
+}
+
+/// Apache hides `Authorization` from (Fast)CGI applications; the documented
+/// `.htaccess` line passes it as HTTP_AUTHORIZATION, which becomes
+/// REDIRECT_HTTP_AUTHORIZATION after mod_rewrite's internal redirect. The value
+/// to present as HTTP_AUTHORIZATION when only the latter arrived.
+pub fn restored_authorization(req: &Request) -> Option<&str> {
+    if req.get("HTTP_AUTHORIZATION").is_some_and(|v| !v.is_empty()) {
+        return None;
+    }
+    req.get("REDIRECT_HTTP_AUTHORIZATION")
+        .filter(|v| !v.is_empty())
+}
+
+/// Visit the meta-variables an application is given, in order: every one
+/// received except the forbidden ones (HTTP_PROXY) and an empty
+/// HTTP_AUTHORIZATION, with SCRIPT_NAME as `mode` says and Authorization
+/// restored. A repeated name is visited again; the last one wins when they
+/// go into a map (as the WSGI environ does). Allocates only a changed
+/// SCRIPT_NAME.
+pub fn for_each_application_meta_variable(
+    req: &Request,
+    mode: &ScriptName,
+    mut visit: impl FnMut(&[u8], &[u8]),
+) {
+    let script_name = presented_script_name(req, mode);
+    let mut saw_script_name = false;
+    for (name, value) in req.params() {
+        if is_forbidden_meta_variable(name) || (name == b"HTTP_AUTHORIZATION" && value.is_empty()) {
+            continue;
+        }
+        match (name, &script_name) {
+            (b"SCRIPT_NAME", Some(s)) => {
+                saw_script_name = true;
+                visit(name, s.as_bytes());
+            }
+            _ => visit(name, value),
+        }
+    }
+    if let Some(auth) = restored_authorization(req) {
+        visit(b"HTTP_AUTHORIZATION", auth.as_bytes());
+    }
+    if let (Some(s), false) = (&script_name, saw_script_name) {
+        visit(b"SCRIPT_NAME", s.as_bytes());
+    }
+}
+
+/// `%XX` decoded (invalid escapes kept as they are; invalid UTF-8 replaced).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod script_name_tests {
+    use super::*;
+
+    fn req(pairs: &[(&str, &str)]) -> Request {
+        Request::new(
+            pairs
+                .iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// (what the web server sent, the SCRIPT_NAME the application must see)
+    #[test]
+    fn auto_script_name_table() {
+        let table: &[(&[(&str, &str)], &str)] = &[
+            // mod_fcgid + the rewrite .htaccess at the web root.
+            (
+                &[
+                    ("SCRIPT_NAME", "/mysite.fcgi"),
+                    ("PATH_INFO", "/admin/login/"),
+                    ("REQUEST_URI", "/admin/login/?next=/admin/"),
+                    ("REDIRECT_URL", "/admin/login/"),
+                ],
+                "",
+            ),
+            // The same site in /blog/ (the .htaccess in /blog/).
+            (
+                &[
+                    ("SCRIPT_NAME", "/blog/mysite.fcgi"),
+                    ("PATH_INFO", "/admin/login/"),
+                    ("REQUEST_URI", "/blog/admin/login/"),
+                    ("REDIRECT_URL", "/blog/admin/login/"),
+                ],
+                "/blog",
+            ),
+            // The root of the subdirectory.
+            (
+                &[
+                    ("SCRIPT_NAME", "/blog/mysite.fcgi"),
+                    ("PATH_INFO", "/"),
+                    ("REQUEST_URI", "/blog/"),
+                    ("REDIRECT_URL", "/blog/"),
+                ],
+                "/blog",
+            ),
+            // SCRIPT_URL (server-context mod_rewrite) instead of REDIRECT_URL.
+            (
+                &[
+                    ("SCRIPT_NAME", "/blog/mysite.fcgi"),
+                    ("PATH_INFO", "/a b"),
+                    ("REQUEST_URI", "/blog/a%20b"),
+                    ("SCRIPT_URL", "/blog/a b"),
+                ],
+                "/blog",
+            ),
+            // No rewrite variables, but REQUEST_URI is not under SCRIPT_NAME
+            // (an Alias or a server-level rewrite); percent-encoding decoded.
+            (
+                &[
+                    ("SCRIPT_NAME", "/cgi/mysite.fcgi"),
+                    ("PATH_INFO", "/caf\u{e9}/x"),
+                    ("REQUEST_URI", "/shop/caf%C3%A9/x?q=1"),
+                ],
+                "/shop",
+            ),
+            // A rewrite that changed the path: the script's directory.
+            (
+                &[
+                    ("SCRIPT_NAME", "/app/mysite.fcgi"),
+                    ("PATH_INFO", "/internal/x"),
+                    ("REQUEST_URI", "/pretty/x"),
+                    ("REDIRECT_URL", "/pretty/x"),
+                ],
+                "/app",
+            ),
+        ];
+        for (pairs, want) in table {
+            let r = req(pairs);
+            assert_eq!(
+                presented_script_name(&r, &ScriptName::Auto).as_deref(),
+                Some(*want),
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_keeps_what_the_visitor_used() {
+        // The visitor asked for /mysite.fcgi/x itself: nothing to fix.
+        for pairs in [
+            &[
+                ("SCRIPT_NAME", "/mysite.fcgi"),
+                ("PATH_INFO", "/x"),
+                ("REQUEST_URI", "/mysite.fcgi/x?y=1"),
+            ][..],
+            // nginx with a location prefix.
+            &[
+                ("SCRIPT_NAME", "/app"),
+                ("PATH_INFO", "/x"),
+                ("REQUEST_URI", "/app/x"),
+            ][..],
+        ] {
+            assert_eq!(presented_script_name(&req(pairs), &ScriptName::Auto), None);
+        }
+    }
+
+    #[test]
+    fn fixed_script_name() {
+        let r = req(&[("SCRIPT_NAME", "/mysite.fcgi"), ("PATH_INFO", "/x")]);
+        assert_eq!(
+            presented_script_name(&r, &ScriptName::Fixed(String::new())).as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            presented_script_name(&r, &ScriptName::Fixed("/mysite.fcgi".into())),
+            None
+        );
+    }
+
+    #[test]
+    fn meta_variables_for_applications() {
+        let r = req(&[
+            ("SCRIPT_NAME", "/mysite.fcgi"),
+            ("PATH_INFO", "/x"),
+            ("REDIRECT_URL", "/x"),
+            ("HTTP_PROXY", "http://evil/"),
+            ("HTTP_AUTHORIZATION", ""),
+            ("REDIRECT_HTTP_AUTHORIZATION", "Basic dTpw"),
+            ("HTTP_X", "1"),
+            ("HTTP_X", "2"),
+        ]);
+        let mut vars: Vec<(String, String)> = Vec::new();
+        for_each_application_meta_variable(&r, &ScriptName::Auto, |n, v| {
+            vars.push((
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ))
+        });
+        let get = |n: &str| {
+            let found: Vec<&str> = vars
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            found
+        };
+        assert_eq!(get("SCRIPT_NAME"), [""]);
+        assert_eq!(get("HTTP_PROXY"), Vec::<&str>::new());
+        assert_eq!(get("HTTP_AUTHORIZATION"), ["Basic dTpw"]);
+        // In order; a map built from them keeps the last.
+        assert_eq!(get("HTTP_X"), ["1", "2"]);
+        assert_eq!(get("PATH_INFO"), ["/x"]);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/a%20b%zz%2"), "/a b%zz%2");
+        assert_eq!(percent_decode("/caf%C3%A9"), "/caf\u{e9}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

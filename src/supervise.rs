@@ -12,6 +12,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
@@ -192,6 +193,12 @@ fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
     }
 }
 
+/// Start the guard now (if not yet): a prefork manager does this before it
+/// forks its workers, so that they all share one guard process.
+pub fn start_guard() {
+    with_guard(|_| Ok(()));
+}
+
 fn guard_watch(pgid: u32) {
     with_guard(|g| g.watch(pgid));
 }
@@ -239,4 +246,209 @@ pub fn base_env() -> Vec<(OsString, OsString)> {
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| DEFAULT_PATH.into());
     vec![("PATH".into(), path)]
+}
+
+// ---------------------------------------------------------------------------
+// Supervisor: one persistent application process (issue 3). Generic: any back
+// that keeps a process between requests (a WSGI worker, an HTTP server)
+// uses it; the back speaks its protocol and tells the supervisor how it went.
+
+/// First delay before restarting a process that failed; doubles per
+/// consecutive failure.
+pub const RESTART_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// The longest delay between restarts.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a process being replaced gets after SIGTERM before SIGKILL.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// The running process of a [`Supervisor`], with its pipes.
+pub struct Worker {
+    pub process: Process,
+    pub pipes: Stdio3,
+    /// Has the back seen it ready (its handshake done)?
+    pub ready: bool,
+    pub started: Instant,
+    /// Requests completed by this process.
+    pub served: u64,
+}
+
+/// Why no worker can be had right now.
+#[derive(Debug)]
+pub enum StartError {
+    /// It failed recently; the next start is allowed at this instant.
+    Backoff(Instant),
+    /// It could not be spawned at all.
+    Spawn(io::Error),
+}
+
+/// Keeps one application process running: started at once, restarted with
+/// backoff (0.1 s doubling to 10 s) after consecutive failures, recycled after
+/// `max_requests`, replaced at once when the back gives up on it (a timeout),
+/// stopped with SIGTERM, a grace period and SIGKILL. Processes on their way
+/// out are reaped without blocking the request at hand.
+pub struct Supervisor {
+    spec: SpawnSpec,
+    max_requests: u64,
+    current: Option<Worker>,
+    failures: u32,
+    next_start: Option<Instant>,
+    retiring: Vec<(Process, Instant)>,
+}
+
+impl Supervisor {
+    /// `max_requests` = 0: never recycle.
+    pub fn new(spec: SpawnSpec, max_requests: u64) -> Supervisor {
+        Supervisor {
+            spec,
+            max_requests,
+            current: None,
+            failures: 0,
+            next_start: None,
+            retiring: Vec::new(),
+        }
+    }
+
+    /// The running worker, if any.
+    pub fn worker(&mut self) -> Option<&mut Worker> {
+        self.current.as_mut()
+    }
+
+    /// Consecutive failures since the last request served.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The running worker, or a new one when none runs and the backoff allows.
+    pub fn start(&mut self) -> Result<&mut Worker, StartError> {
+        self.reap_retiring();
+        if self.current.is_none() {
+            if let Some(at) = self.next_start.filter(|at| *at > Instant::now()) {
+                return Err(StartError::Backoff(at));
+            }
+            let (process, pipes) = Process::spawn(&self.spec).map_err(|e| {
+                self.note_failure();
+                StartError::Spawn(e)
+            })?;
+            for fd in [
+                pipes.stdin.as_fd(),
+                pipes.stdout.as_fd(),
+                pipes.stderr.as_fd(),
+            ] {
+                sys::set_nonblocking(fd).map_err(StartError::Spawn)?;
+            }
+            self.current = Some(Worker {
+                process,
+                pipes,
+                ready: false,
+                started: Instant::now(),
+                served: 0,
+            });
+        }
+        match self.current.as_mut() {
+            Some(w) => Ok(w),
+            // Invariant: set just above when it was None.
+            None => Err(StartError::Spawn(io::Error::other("no worker"))),
+        }
+    }
+
+    /// The worker finished its start-up handshake.
+    pub fn mark_ready(&mut self) {
+        if let Some(w) = &mut self.current {
+            w.ready = true;
+        }
+    }
+
+    /// The worker completed a request; recycle it after `max_requests`
+    /// (a fresh one is started at once, so the next request does not wait).
+    pub fn request_done(&mut self) {
+        self.failures = 0;
+        self.next_start = None;
+        let Some(w) = &mut self.current else { return };
+        w.served += 1;
+        let served = w.served;
+        if self.max_requests > 0 && served >= self.max_requests {
+            log::info!(
+                "{}: recycling after {served} requests (max_requests)",
+                self.name()
+            );
+            self.retire();
+            let _ = self.start();
+        }
+    }
+
+    /// The worker failed (died, could not start, broke its protocol): kill
+    /// what is left of it; the next start waits out the backoff.
+    pub fn failed(&mut self) {
+        if let Some(mut w) = self.current.take() {
+            w.process.kill();
+        }
+        self.note_failure();
+    }
+
+    /// The back gave up on the worker (a request timed out): kill it and
+    /// start a fresh one at once.
+    pub fn replace(&mut self) {
+        if let Some(mut w) = self.current.take() {
+            w.process.kill();
+        }
+        let _ = self.start();
+    }
+
+    /// Stop the worker and everything retiring: SIGTERM, `grace`, SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(mut w) = self.current.take() {
+            drop(w.pipes);
+            w.process.stop(grace);
+        }
+        for (mut p, _) in self.retiring.drain(..) {
+            p.stop(grace);
+        }
+    }
+
+    /// The program's name for log lines.
+    pub fn name(&self) -> String {
+        std::path::Path::new(&self.spec.program)
+            .display()
+            .to_string()
+    }
+
+    fn note_failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = RESTART_BACKOFF_FIRST
+            .saturating_mul(1u32 << (self.failures - 1).min(16))
+            .min(RESTART_BACKOFF_MAX);
+        self.next_start = Some(Instant::now() + delay);
+    }
+
+    /// Close the worker's pipes and SIGTERM it; it is reaped later.
+    fn retire(&mut self) {
+        if let Some(w) = self.current.take() {
+            drop(w.pipes);
+            sys::signal_group(w.process.pgid, Signal::SIGTERM);
+            self.retiring
+                .push((w.process, Instant::now() + RETIRE_GRACE));
+        }
+    }
+
+    /// Reap retired processes that exited; SIGKILL those past their grace.
+    fn reap_retiring(&mut self) {
+        let now = Instant::now();
+        self.retiring.retain_mut(|(p, deadline)| {
+            if p.try_wait().is_some() {
+                sys::signal_group(p.pgid, Signal::SIGKILL);
+                return false;
+            }
+            if now >= *deadline {
+                p.kill();
+                return false;
+            }
+            true
+        });
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop(Duration::from_millis(500));
+    }
 }

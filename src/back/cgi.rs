@@ -7,19 +7,17 @@
 //! Must not: spawn or stop processes itself (that is `supervise`), or know the
 //! front's protocol.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, poll};
-
-use super::{Back, Context, Outcome, finish_with_error};
+use super::stderr_lines::StderrLines;
+use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{CgiConfig, CgiProgram, Limits};
 use crate::request::{self, CgiHeadParser, Exchange, HeadProgress, InputEvent};
 use crate::supervise::{self, DescribeExit, Process, SpawnSpec};
@@ -195,6 +193,7 @@ impl Back for CgiBack {
         if let Err(e) = sys::set_nonblocking(pipes.stdin.as_fd()) {
             log::warn!("cgi: {name}: cannot make stdin non-blocking: {e}");
         }
+        let stderr_lines = StderrLines::new(format!("cgi: {name}"), STDERR_TAIL_LINES);
         let run = Run {
             name,
             process,
@@ -202,8 +201,7 @@ impl Back for CgiBack {
             stdout: Some(pipes.stdout),
             stderr: Some(pipes.stderr),
             parser: CgiHeadParser::new(self.limits.max_response_head_bytes),
-            stderr_partial: Vec::new(),
-            stderr_tail: VecDeque::new(),
+            stderr_lines,
             deadline: Instant::now() + self.config.timeout,
             timeout: self.config.timeout,
         };
@@ -223,20 +221,9 @@ struct Run {
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     parser: CgiHeadParser,
-    stderr_partial: Vec<u8>,
-    stderr_tail: VecDeque<String>,
+    stderr_lines: StderrLines,
     deadline: Instant,
     timeout: Duration,
-}
-
-/// Which of the polled fds are ready.
-#[derive(Default)]
-struct Ready {
-    front: bool,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    signal: bool,
 }
 
 impl Run {
@@ -306,59 +293,19 @@ impl Run {
     }
 
     fn wait(&self, ex: &dyn Exchange, ctx: &Context<'_>, timeout: Duration) -> io::Result<Ready> {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
-        let mut slots = [usize::MAX; 5];
-        fn add<'a>(
-            slots: &mut [usize; 5],
-            slot: usize,
-            fd: BorrowedFd<'a>,
-            flags: PollFlags,
-            fds: &mut Vec<PollFd<'a>>,
-        ) {
-            slots[slot] = fds.len();
-            fds.push(PollFd::new(fd, flags));
-        }
-        if let Some((fd, flags)) = ex.poll_interest() {
-            add(&mut slots, 0, fd, flags, &mut fds);
-        }
-        if let Some(stdin) = &self.stdin
-            && !ex.body().is_empty()
-        {
-            add(&mut slots, 1, stdin.as_fd(), PollFlags::POLLOUT, &mut fds);
-        }
+        let stdin = self
+            .stdin
+            .as_ref()
+            .filter(|_| !ex.body().is_empty())
+            .map(AsFd::as_fd);
         // Let the program wait while the web server has not taken what we hold.
-        if let Some(out) = self
+        let stdout = self
             .stdout
             .as_ref()
             .filter(|_| ex.output_backlog() < OUTPUT_HIGH_WATER)
-        {
-            add(&mut slots, 2, out.as_fd(), PollFlags::POLLIN, &mut fds);
-        }
-        if let Some(err) = &self.stderr {
-            add(&mut slots, 3, err.as_fd(), PollFlags::POLLIN, &mut fds);
-        }
-        add(&mut slots, 4, ctx.signals.fd(), PollFlags::POLLIN, &mut fds);
-        let timeout = if ex.input_pending() {
-            Duration::ZERO
-        } else {
-            timeout
-        };
-        match poll(&mut fds, sys::poll_timeout(timeout)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let is_ready = |slot: usize| {
-            fds.get(slots[slot])
-                .and_then(PollFd::revents)
-                .is_some_and(|r| !r.is_empty())
-        };
-        Ok(Ready {
-            front: is_ready(0) || ex.input_pending(),
-            stdin: is_ready(1),
-            stdout: is_ready(2),
-            stderr: is_ready(3),
-            signal: is_ready(4),
-        })
+            .map(AsFd::as_fd);
+        let stderr = self.stderr.as_ref().map(AsFd::as_fd);
+        super::poll_round(Some(ex), [stdin, stdout, stderr], ctx.signals, timeout)
     }
 
     /// Move buffered body bytes into the program's stdin. When the program no
@@ -395,36 +342,10 @@ impl Run {
         match stderr.read(buf) {
             Ok(0) | Err(_) => {
                 self.stderr = None;
-                self.flush_stderr_line();
+                self.stderr_lines.flush();
             }
-            Ok(n) => {
-                self.stderr_partial.extend_from_slice(&buf[..n]);
-                while let Some(pos) = self.stderr_partial.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = self.stderr_partial.drain(..=pos).collect();
-                    self.log_stderr_line(&line[..line.len() - 1]);
-                }
-                if self.stderr_partial.len() > 4096 {
-                    self.flush_stderr_line();
-                }
-            }
+            Ok(n) => self.stderr_lines.push(&buf[..n]),
         }
-    }
-
-    fn flush_stderr_line(&mut self) {
-        if !self.stderr_partial.is_empty() {
-            let line = std::mem::take(&mut self.stderr_partial);
-            self.log_stderr_line(&line);
-        }
-    }
-
-    fn log_stderr_line(&mut self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        log::warn!("cgi: {} stderr: {text}", self.name);
-        if self.stderr_tail.len() == STDERR_TAIL_LINES {
-            self.stderr_tail.pop_front();
-        }
-        self.stderr_tail.push_back(text.to_string());
     }
 
     /// Read the program's output; returns an outcome when the request is over.
@@ -496,12 +417,7 @@ impl Run {
         } else {
             ""
         };
-        let tail: Vec<&str> = self.stderr_tail.iter().map(String::as_str).collect();
-        let stderr = if tail.is_empty() {
-            "no stderr output".to_string()
-        } else {
-            format!("stderr: {}", tail.join(" | "))
-        };
+        let stderr = self.stderr_lines.summary();
         log::error!(
             "cgi: {} {how} before sending headers{partial}; {stderr} (502)",
             self.name
@@ -523,7 +439,7 @@ impl Run {
             self.read_stderr(&mut buf);
         }
         self.stderr = None;
-        self.flush_stderr_line();
+        self.stderr_lines.flush();
     }
 
     /// The timeout (504) or the stop grace period (503) ran out.

@@ -5,8 +5,13 @@
 //! Must not: know which front a request came from.
 
 pub mod cgi;
+pub mod stderr_lines;
+pub mod wsgi;
 
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, poll};
 
 use crate::config::{AppConfig, Config};
 use crate::request::{self, Exchange};
@@ -59,6 +64,7 @@ pub trait Back {
 pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
+        AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
     }
 }
 
@@ -104,4 +110,67 @@ impl Back for Broken {
     }
 
     fn shutdown(&mut self) {}
+}
+
+// ---------------------------------------------------------------------------
+// Waiting on the front and an application's fds at once (cgi, wsgi).
+
+/// Which of the fds given to [`poll_round`] are ready.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ready {
+    /// The front has input or room for output: call `Exchange::on_ready`.
+    pub front: bool,
+    /// The application's stdin takes more.
+    pub stdin: bool,
+    /// The application's stdout has output (or was closed).
+    pub stdout: bool,
+    pub stderr: bool,
+    pub signal: bool,
+}
+
+/// One poll(2) over the front's interest (when `ex` is given), the
+/// application's pipes that are given (stdin for writing, stdout and stderr
+/// for reading) and the signal pipe. Input the front already holds makes the
+/// front ready without waiting.
+pub fn poll_round(
+    ex: Option<&dyn Exchange>,
+    [stdin, stdout, stderr]: [Option<BorrowedFd<'_>>; 3],
+    signals: &SignalPipe,
+    timeout: Duration,
+) -> std::io::Result<Ready> {
+    // One slot each: the front, stdin, stdout, stderr, the signal pipe. A
+    // slot not wanted polls the signal pipe for no events (it never reports
+    // an error or a hang-up: we hold its write end), so nothing is allocated.
+    fn entry<'a>(want: Option<(BorrowedFd<'a>, PollFlags)>, idle: BorrowedFd<'a>) -> PollFd<'a> {
+        match want {
+            Some((fd, flags)) => PollFd::new(fd, flags),
+            None => PollFd::new(idle, PollFlags::empty()),
+        }
+    }
+    let idle = signals.fd();
+    let mut fds = [
+        entry(ex.and_then(|ex| ex.poll_interest()), idle),
+        entry(stdin.map(|fd| (fd, PollFlags::POLLOUT)), idle),
+        entry(stdout.map(|fd| (fd, PollFlags::POLLIN)), idle),
+        entry(stderr.map(|fd| (fd, PollFlags::POLLIN)), idle),
+        PollFd::new(idle, PollFlags::POLLIN),
+    ];
+    let input_pending = ex.is_some_and(|ex| ex.input_pending());
+    let timeout = if input_pending {
+        Duration::ZERO
+    } else {
+        timeout
+    };
+    match poll(&mut fds, crate::sys::poll_timeout(timeout)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let is_ready = |slot: usize| fds[slot].revents().is_some_and(|r| !r.is_empty());
+    Ok(Ready {
+        front: is_ready(0) || input_pending,
+        stdin: is_ready(1),
+        stdout: is_ready(2),
+        stderr: is_ready(3),
+        signal: is_ready(4),
+    })
 }

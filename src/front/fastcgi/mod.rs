@@ -37,6 +37,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Input we hold undecoded while the peer does not read our response.
 const MAX_UNREAD_INPUT: usize = 4 * 1024 * 1024;
+/// Queued response bytes written at once by `send_body`; less waits for the
+/// back's next poll round or the end of the request.
+const EAGER_FLUSH: usize = 16 * 1024;
 
 /// What we tell GET_VALUES in the one-request-at-a-time mode.
 pub const SINGLE_VALUES: ServerValues = ServerValues {
@@ -731,12 +734,23 @@ impl Exchange for FcgiExchange<'_> {
         let mut text = Vec::with_capacity(256);
         head.write_cgi(&mut text);
         self.head_sent = true;
-        self.send_body(&text)
+        // Queued only: the body (or the end of the request) follows and goes
+        // out in the same write; poll_interest asks for POLLOUT meanwhile.
+        codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, &text);
+        Ok(())
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
         codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
-        self.c.try_flush()
+        // A little output waits for the back's next poll round (POLLOUT,
+        // then on_ready flushes it) or for the end of the request, so that a
+        // short response and its END_REQUEST leave in one write: one wake-up
+        // of the web server instead of three.
+        if self.c.pending_output() >= EAGER_FLUSH {
+            self.c.try_flush()
+        } else {
+            Ok(())
+        }
     }
 
     fn output_backlog(&self) -> usize {

@@ -1,0 +1,302 @@
+"""`make bench`: fcgi-shim's WSGI kind vs flup's WSGIServer, behind the same
+private Apache + mod_fcgid, measured alternately with wrk.
+
+Both sites serve bench/hello.py through the rewrite .htaccess from
+htaccess-examples/ in one Apache (the template of the end-to-end tests):
+  /shim/  mysite.fcgi = the release fcgi-shim, mysite.toml: kind = "wsgi"
+  /flup/  mysite.fcgi = a Python script running flup.server.fcgi.WSGIServer
+          (threaded; what Django's old runfastcgi guide used)
+Each round runs wrk against one site, then the other, so load from anything
+else on the machine falls on both. Every request runs the application.
+
+Standard library only; run with the test virtualenv's python (it has flup):
+  bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4] [--c-responder BIN]
+
+BENCH_CPU_SPLIT=bench/cpu-split.py adds the CPU time per request of each kind
+of process; BENCH_KEEP_LOGS=/path/prefix keeps Apache's logs.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APACHE = "/usr/sbin/apache2"
+
+
+def say(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write(path, text, mode):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def processes_under(needle):
+    """pid -> cmdline of live processes whose command line or exe mentions needle."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            try:
+                exe = os.readlink("/proc/%s/exe" % name)
+            except OSError:
+                exe = ""
+            with open("/proc/%s/stat" % name) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (needle in cmd or needle in exe):
+            found[int(name)] = cmd
+    return found
+
+
+def rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid):
+    kids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(name))
+            except OSError:
+                pass
+    return kids
+
+
+def wrk(url, seconds, connections):
+    out = subprocess.run(
+        ["wrk", "-t%d" % min(2, connections), "-c%d" % connections, "-d%ds" % seconds, "--latency", url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise RuntimeError("wrk printed no Requests/sec:\n" + out)
+
+    def pct(label):
+        mm = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, out, re.M)
+        value, unit = float(mm.group(1)), mm.group(2)
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(m.group(1)),
+        "p50": pct("50"),
+        "p99": pct("99"),
+        "bad": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--processes", type=int, default=0,
+                    help="FcgidMaxProcessesPerClass (default: twice the connections)")
+    ap.add_argument("--shim", default=os.path.join(REPO, "target/release/fcgi-shim"))
+    ap.add_argument("--c-responder", default="",
+                    help="also measure this FastCGI program (bench/hello-libfcgi.c): the ceiling")
+    args = ap.parse_args()
+
+    try:
+        import flup.server.fcgi  # noqa: F401
+    except ImportError:
+        sys.exit("bench: this Python has no flup; run it with the test virtualenv (make bench does)")
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk is missing: apt-get install -y wrk")
+    python = sys.executable
+
+    tmp = tempfile.mkdtemp(prefix="fcgi-shim-bench.")
+    os.chmod(tmp, 0o755)
+    apache = None
+    try:
+        www, app, state = (os.path.join(tmp, d) for d in ("www", "app", "apache"))
+        sites = ["shim", "flup"] + (["c"] if args.c_responder else [])
+        for d in [www, app, state, state + "/run", state + "/fcgid-ipc"] + [www + "/" + x for x in sites]:
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)
+        shutil.copy(os.path.join(REPO, "bench/hello.py"), app)
+        os.chmod(app + "/hello.py", 0o644)
+        htaccess = open(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess")).read()
+        for site in sites:
+            write("%s/%s/.htaccess" % (www, site), htaccess, 0o644)
+        if args.c_responder:
+            shutil.copy(args.c_responder, www + "/c/mysite.fcgi")
+            os.chmod(www + "/c/mysite.fcgi", 0o755)
+        shutil.copy(args.shim, www + "/shim/mysite.fcgi")
+        os.chmod(www + "/shim/mysite.fcgi", 0o755)
+        write(www + "/shim/mysite.toml",
+              '[app]\nkind = "wsgi"\nmodule = "hello"\npython = "%s"\npython_path = ["%s"]\n'
+              '[log]\nlevel = "warn"\n' % (python, app), 0o644)
+        write(www + "/flup/mysite.fcgi",
+              "#!%s\n# flup's WSGIServer, as in Django's old runfastcgi guide.\n"
+              "import sys\nsys.path.insert(0, %r)\n"
+              "from hello import application\n"
+              "from flup.server.fcgi import WSGIServer\n"
+              "WSGIServer(application).run()\n" % (python, app), 0o755)
+
+        run_as = "User www-data\nGroup www-data" if os.geteuid() == 0 else "# not root"
+        if os.geteuid() == 0:
+            shutil.chown(state + "/fcgid-ipc", "www-data", "www-data")
+            os.chmod(state + "/fcgid-ipc", 0o700)
+        port = free_port()
+        # mod_fcgid hands a process back to its idle list only after the
+        # response went out; a request that finds none idle waits a whole
+        # second. Allow more processes than connections so that neither
+        # server is measured on that stall.
+        extra = "FcgidMaxProcessesPerClass %d\n" % (args.processes or 2 * args.connections)
+        conf = open(os.path.join(REPO, "tests/apache_support/httpd.conf.in")).read()
+        for key, value in (("STATE_DIR", state), ("WEB_ROOT", www), ("PORT", str(port)),
+                           ("RUN_AS", run_as), ("EXTRA_CONF", extra)):
+            conf = conf.replace("@%s@" % key, value)
+        write(state + "/httpd.conf", conf, 0o644)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C"}
+        apache = subprocess.Popen(
+            [APACHE, "-f", state + "/httpd.conf", "-DFOREGROUND"], env=env, cwd=state,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if apache.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("bench: Apache did not start:\n" + open(state + "/error.log").read())
+                time.sleep(0.05)
+
+        urls = {site: "http://127.0.0.1:%d/%s/hello" % (port, site) for site in sites}
+        # Warm up with more connections than processes, so mod_fcgid spawns
+        # its maximum of processes for both sites before anything is measured
+        # (it spawns one only when a request finds none idle).
+        max_procs = args.processes or 2 * args.connections
+        say("Apache on port %d; warming up until mod_fcgid runs %d processes per site" % (port, max_procs))
+        for site, url in urls.items():
+            for _ in range(10):
+                wrk(url, 2, 2 * max_procs)
+                if len(processes_under(www + "/" + site + "/mysite.fcgi")) >= max_procs:
+                    break
+            say("%s: %d processes" % (site, len(processes_under(www + "/" + site + "/mysite.fcgi"))))
+        if os.environ.get("BENCH_CPU_SPLIT"):
+            for site in sites:
+                subprocess.run([sys.executable, os.environ["BENCH_CPU_SPLIT"], www, urls[site], "4"])
+        measured_from = os.path.getsize(state + "/access.log")
+        results = {site: [] for site in sites}
+        for r in range(args.rounds):
+            # Rotate which goes first, so none always follows another.
+            for site in sites[r % len(sites):] + sites[:r % len(sites)]:
+                res = wrk(urls[site], args.seconds, args.connections)
+                results[site].append(res)
+                say("round %d %-4s %8.0f req/s  p50 %.2f ms  p99 %.2f ms%s" % (
+                    r + 1, site, res["rps"], res["p50"], res["p99"],
+                    "  (non-2xx: %d)" % res["bad"] if res["bad"] else ""))
+
+        # Memory: the FastCGI processes mod_fcgid started, and their children.
+        rss = {}
+        for site in sites:
+            procs = [p for p, cmd in processes_under(www + "/" + site + "/").items()]
+            rows = []
+            for p in procs:
+                rows.append((p, {"shim": "fcgi-shim", "flup": "flup", "c": "libfcgi"}[site], rss_kib(p)))
+                for kid in children(p):
+                    rows.append((kid, "python worker", rss_kib(kid)))
+            rss[site] = rows
+        log = open(state + "/error.log").read()
+        slow = {site: 0 for site in results}
+        with open(state + "/access.log") as f:
+            f.seek(measured_from)
+            measured_lines = f.read().splitlines()
+        for line in measured_lines:
+            m = re.search(r'"GET /(shim|flup)/\S* [^"]*" \d+ \S+ (\d+)us', line)
+            if m and int(m.group(2)) > 500000:
+                slow[m.group(1)] += 1
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.copy(state + "/error.log", os.environ["BENCH_KEEP_LOGS"] + ".error.log")
+            shutil.copy(state + "/access.log", os.environ["BENCH_KEEP_LOGS"] + ".access.log")
+    finally:
+        if apache is not None and apache.poll() is None:
+            apache.send_signal(signal.SIGTERM)
+            try:
+                apache.wait(15)
+            except subprocess.TimeoutExpired:
+                apache.kill()
+                apache.wait()
+        for _ in range(100):
+            if not processes_under(tmp):
+                break
+            time.sleep(0.1)
+        for pid in processes_under(tmp):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {site: {k: statistics.median(x[k] for x in rows) for k in ("rps", "p50", "p99")}
+           for site, rows in results.items()}
+    bad = sum(x["bad"] for rows in results.values() for x in rows)
+    print()
+    print("fcgi-shim (kind = \"wsgi\") vs flup WSGIServer, hello world, behind one Apache %s + mod_fcgid"
+          % subprocess.run([APACHE, "-v"], capture_output=True, text=True).stdout.split("\n")[0].split("/")[-1])
+    print("wrk -t2 -c%d -d%ds, %d alternating rounds, medians; %d cores, shared machine"
+          % (args.connections, args.seconds, args.rounds, os.cpu_count()))
+    print("%-10s %10s %10s %10s" % ("", "req/s", "p50 ms", "p99 ms"))
+    for site in sites:
+        m = med[site]
+        print("%-10s %10.0f %10.2f %10.2f" % (site, m["rps"], m["p50"], m["p99"]))
+    # Load from elsewhere drifts: compare each round's pair, then take the median.
+    ratios = sorted(a["rps"] / b["rps"] for a, b in zip(results["shim"], results["flup"]))
+    ratio = statistics.median(ratios)
+    print("ratio shim/flup req/s: %.2fx (median of the %d per-round ratios %s; target >= 1.5x); p99 %s" % (
+        ratio, len(ratios), ", ".join("%.2f" % r for r in ratios),
+        "no worse" if med["shim"]["p99"] <= med["flup"]["p99"] else "WORSE"))
+    if "c" in results:
+        c_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["c"], results["flup"]))
+        print("ceiling: the C libfcgi responder does %.2fx flup here" % c_ratio)
+    for site in sites:
+        rows = rss[site]
+        total = sum(r[2] for r in rows)
+        print("RSS %s: %d processes, %d KiB in all: %s" % (
+            site, len(rows), total, ", ".join("%s %d KiB" % (name, kib) for _, name, kib in rows)))
+    print("measured requests over 0.5 s in Apache's access log (mod_fcgid's 1 s wait for a free process): %s"
+          % ", ".join("%s %d" % kv for kv in sorted(slow.items())))
+    if bad:
+        print("WARNING: %d non-2xx responses" % bad)
+    errors = [l for l in log.splitlines() if "error" in l.lower() and "fcgi-shim" in l]
+    if errors:
+        print("shim errors in Apache's log:\n" + "\n".join(errors[:10]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,885 @@
+//! The `wsgi` back: a WSGI application (Django, Flask, ...) in one persistent
+//! Python worker, run by the adapter that ships inside the binary
+//! (`wsgi_adapter.py`, standard library only).
+//!
+//! Owns: the shim ↔ worker protocol (frames on the worker's stdin and stdout:
+//! a type byte, a 4-byte big-endian length, the payload), the start-up
+//! handshake (ready, or the import error: 503), streaming the body to the
+//! worker and the response back chunk by chunk without blocking the front, the
+//! per-request timeout (504, fresh worker), a worker dying mid-request (502),
+//! and logging the worker's stderr (wsgi.errors) line by line.
+//! Must not: spawn, restart or stop the worker itself (that is
+//! `supervise::Supervisor`), or know the front's protocol.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use super::stderr_lines::StderrLines;
+use super::{Back, Context, Outcome, Ready, finish_with_error};
+use crate::config::{Limits, WsgiConfig};
+use crate::request::{self, Exchange, InputEvent, ResponseHead};
+use crate::supervise::{self, DescribeExit, SpawnSpec, StartError, Supervisor};
+
+/// The adapter, written to the worker's stdin at start.
+const ADAPTER: &str = include_str!("wsgi_adapter.py");
+/// What `python -c` runs: read LEN bytes of adapter source from fd 0, run them.
+const BOOTSTRAP: &str = "import os,sys\nn=int(sys.argv[1]);b=b''\n\
+while len(b)<n:\n c=os.read(0,n-len(b))\n if not c:sys.exit(1)\n b+=c\n\
+exec(compile(b,'<fcgi-shim wsgi adapter>','exec'))";
+
+/// Body bytes per frame sent to the worker.
+const CHUNK: usize = 65536;
+/// Response bytes queued for the web server above which we stop reading the
+/// worker's output (it then blocks writing: backpressure).
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Lines of the worker's stderr quoted when it fails.
+const STDERR_TAIL_LINES: usize = 5;
+/// After the web server went away (or aborted the request), how long the
+/// worker may take to finish the response we throw away before it is
+/// replaced (a restart costs the application's imports).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// Grace for the worker at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+const FRAME_HEADER: usize = 5;
+
+pub struct WsgiBack {
+    config: WsgiConfig,
+    limits: Limits,
+    /// "myproject.wsgi:application", for log lines.
+    label: String,
+    sup: Supervisor,
+    /// The pid the adapter source was written to.
+    greeted: Option<u32>,
+    /// Frames for the worker not yet written (kept across requests: a body
+    /// end marker may still be on its way).
+    to_worker: Vec<u8>,
+    /// Frames from the worker not yet handled.
+    from_worker: Vec<u8>,
+    /// What one read of the worker's stdout goes into.
+    scratch: Box<[u8]>,
+    stderr_lines: StderrLines,
+    /// The last import failure: (log summary, Python traceback).
+    import_error: Option<(String, String)>,
+}
+
+/// What the worker sent.
+enum Frame<'a> {
+    Ready(&'a [u8]),
+    ImportFailed(&'a [u8]),
+    Head(&'a [u8]),
+    Body(&'a [u8]),
+    Done,
+}
+
+/// How a wait ended early, or what the front did.
+enum Interrupt {
+    Aborted,
+    FrontGone,
+}
+
+impl WsgiBack {
+    /// Builds the back and starts the worker at once, so that the first
+    /// request does not pay for the application's imports.
+    pub fn new(config: WsgiConfig, limits: Limits) -> WsgiBack {
+        let label = format!("{}:{}", config.module, config.attribute);
+        let mut args: Vec<OsString> = vec![
+            "-c".into(),
+            BOOTSTRAP.into(),
+            ADAPTER.len().to_string().into(),
+            config.module.clone().into(),
+            config.attribute.clone().into(),
+            if config.debug { "1" } else { "0" }.into(),
+        ];
+        args.extend(
+            config
+                .python_path
+                .iter()
+                .map(|p| p.clone().into_os_string()),
+        );
+        let mut env = supervise::base_env();
+        for (name, value) in &config.env {
+            env.retain(|(n, _)| n != name.as_str());
+            env.push((name.into(), value.into()));
+        }
+        let spec = SpawnSpec {
+            program: config.python.clone().into(),
+            args,
+            env,
+            workdir: Some(config.workdir.clone()),
+        };
+        let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
+        let mut back = WsgiBack {
+            sup: Supervisor::new(spec, config.max_requests),
+            config,
+            limits,
+            label,
+            greeted: None,
+            to_worker: Vec::new(),
+            from_worker: Vec::new(),
+            scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
+            stderr_lines,
+            import_error: None,
+        };
+        match back.sup.start() {
+            Ok(_) => back.greet(),
+            Err(e) => back.log_start_error(&e),
+        }
+        back
+    }
+
+    fn log_start_error(&self, e: &StartError) {
+        match e {
+            StartError::Spawn(e) => log::error!(
+                "wsgi: {}: cannot start {}: {e}",
+                self.label,
+                self.sup.name()
+            ),
+            StartError::Backoff(_) => {}
+        }
+    }
+
+    /// A new worker: forget the old one's buffers, send it the adapter.
+    fn greet(&mut self) {
+        let Some(w) = self.sup.worker() else { return };
+        let pid = w.process.pid();
+        if self.greeted == Some(pid) {
+            return;
+        }
+        self.greeted = Some(pid);
+        self.to_worker.clear();
+        self.to_worker.extend_from_slice(ADAPTER.as_bytes());
+        self.from_worker.clear();
+        self.stderr_lines.clear();
+        // A worker that cannot take its source is dying; its closed stdout
+        // tells the handshake how.
+        let _ = self.write_to_worker();
+    }
+
+    /// Write what we can of `to_worker` without blocking. Err = the worker
+    /// closed its input (it is gone).
+    fn write_to_worker(&mut self) -> io::Result<()> {
+        let Some(w) = self.sup.worker() else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let mut written = 0;
+        while written < self.to_worker.len() {
+            match w.pipes.stdin.write(&self.to_worker[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.to_worker.drain(..written);
+                    return Err(e);
+                }
+            }
+        }
+        self.to_worker.drain(..written);
+        Ok(())
+    }
+
+    fn poll_round(
+        &mut self,
+        ex: Option<&dyn Exchange>,
+        ctx: &Context<'_>,
+        want_stdout: bool,
+        timeout: Duration,
+    ) -> io::Result<Ready> {
+        let pending_in = !self.to_worker.is_empty();
+        let Some(w) = self.sup.worker() else {
+            return Err(io::Error::other("no worker"));
+        };
+        let p = &w.pipes;
+        let stdin = pending_in.then(|| p.stdin.as_fd());
+        let stdout = want_stdout.then(|| p.stdout.as_fd());
+        super::poll_round(
+            ex,
+            [stdin, stdout, Some(p.stderr.as_fd())],
+            ctx.signals,
+            timeout,
+        )
+    }
+
+    /// Handle what a poll round found on the signal pipe and stderr.
+    fn on_events(&mut self, ready: &Ready, ctx: &mut Context<'_>) {
+        if ready.signal {
+            ctx.on_signal();
+        }
+        if ready.stderr {
+            self.read_stderr();
+        }
+    }
+
+    /// Read from the worker's stdout into `from_worker`. Ok(false) = EOF.
+    fn read_stdout(&mut self) -> io::Result<bool> {
+        let Some(w) = self.sup.worker() else {
+            return Ok(false);
+        };
+        // Into a scratch buffer kept across reads: no 64 KiB to zero each time.
+        let result = loop {
+            match w.pipes.stdout.read(&mut self.scratch) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(n) => {
+                self.from_worker.extend_from_slice(&self.scratch[..n]);
+                Ok(n > 0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next complete frame in `from_worker` and its total length.
+    fn next_frame(&self) -> Result<Option<(Frame<'_>, usize)>, String> {
+        let buf = &self.from_worker;
+        let Some(header) = buf.get(..FRAME_HEADER) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
+            if header[0] == b'H' && len > self.limits.max_response_head_bytes {
+                return Err(format!(
+                    "response header block larger than {} bytes",
+                    self.limits.max_response_head_bytes
+                ));
+            }
+            return Ok(None);
+        };
+        let frame = match header[0] {
+            b'S' => Frame::Ready(payload),
+            b'I' => Frame::ImportFailed(payload),
+            b'H' => Frame::Head(payload),
+            b'B' => Frame::Body(payload),
+            b'D' => Frame::Done,
+            other => return Err(format!("unknown frame type {other:#04x} from the worker")),
+        };
+        Ok(Some((frame, FRAME_HEADER + len)))
+    }
+
+    fn read_stderr(&mut self) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Some(w) = self.sup.worker() else { return };
+            match w.pipes.stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.stderr_lines.push(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the worker last wrote to stderr, after reading what is left.
+    fn stderr_summary(&mut self) -> String {
+        self.read_stderr();
+        self.stderr_lines.flush();
+        self.stderr_lines.summary()
+    }
+
+    /// How the worker ended (it closed its stdout): reaped within a moment.
+    fn describe_death(&mut self) -> String {
+        let Some(w) = self.sup.worker() else {
+            return "is gone".into();
+        };
+        let pid = w.process.pid();
+        match w.process.wait_for(Duration::from_millis(500)) {
+            Some(status) => format!("(pid {pid}) {}", DescribeExit(status)),
+            None => format!("(pid {pid}) closed its output"),
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Start-up: a ready worker, or the reason there is none.
+
+    /// Get a ready worker, waiting for its start-up (or its restart backoff)
+    /// while keeping the front going. Err = the response was sent (503).
+    fn ready_worker(
+        &mut self,
+        ex: &mut dyn Exchange,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), Outcome> {
+        let deadline = Instant::now() + self.config.start_timeout;
+        // A worker that died while idle (OOM killer, a thread calling
+        // os._exit) is not this request's fault: start another for it.
+        if let Some(w) = self.sup.worker()
+            && let Some(status) = w.process.try_wait()
+        {
+            let pid = w.process.pid();
+            let stderr = self.stderr_summary();
+            log::error!(
+                "wsgi: {}: the worker (pid {pid}) {} while idle; {stderr}; starting another",
+                self.label,
+                DescribeExit(status)
+            );
+            self.sup.failed();
+        }
+        loop {
+            let now = Instant::now();
+            // Stopping: no point starting a worker (mod_fcgid's SIGKILL
+            // follows its SIGTERM within seconds).
+            if ctx.stop_deadline.is_some_and(|s| s <= now) || crate::sys::stop_requested() {
+                return Err(finish_with_error(ex, 503, "The server is restarting."));
+            }
+            match self.sup.start() {
+                Ok(w) if w.ready => return Ok(()),
+                Ok(_) => {
+                    self.greet();
+                    return self.handshake(ex, ctx, deadline);
+                }
+                Err(StartError::Backoff(at)) => {
+                    if self.import_error.is_some() || at > deadline {
+                        return Err(self.unavailable(ex));
+                    }
+                    std::thread::sleep((at - now).min(Duration::from_millis(50)));
+                    if let Some(Err(_)) = self.pump_front(ex) {
+                        return Err(Outcome::FrontGone);
+                    }
+                }
+                Err(e) => {
+                    self.log_start_error(&e);
+                    return Err(self.unavailable(ex));
+                }
+            }
+        }
+    }
+
+    /// Keep reading the front (the body) while we wait: Some(Err) if it went away.
+    fn pump_front(&mut self, ex: &mut dyn Exchange) -> Option<Result<(), ()>> {
+        if !ex.input_pending() {
+            return None;
+        }
+        match ex.on_ready() {
+            Ok(InputEvent::Progress) => Some(Ok(())),
+            _ => Some(Err(())),
+        }
+    }
+
+    /// Wait for the new worker's first frame: ready, or its import error.
+    fn handshake(
+        &mut self,
+        ex: &mut dyn Exchange,
+        ctx: &mut Context<'_>,
+        deadline: Instant,
+    ) -> Result<(), Outcome> {
+        loop {
+            match self.next_frame() {
+                Ok(Some((Frame::Ready(version), used))) => {
+                    let version = String::from_utf8_lossy(version).into_owned();
+                    self.from_worker.drain(..used);
+                    let Some(w) = self.sup.worker() else {
+                        return Err(self.unavailable(ex));
+                    };
+                    log::info!(
+                        "wsgi: {} ready in {:.2}s (pid {}, {version})",
+                        self.label,
+                        w.started.elapsed().as_secs_f64(),
+                        w.process.pid()
+                    );
+                    self.sup.mark_ready();
+                    self.import_error = None;
+                    return Ok(());
+                }
+                Ok(Some((Frame::ImportFailed(report), _))) => {
+                    let report = String::from_utf8_lossy(report).into_owned();
+                    let (summary, traceback) = report.split_once('\n').unwrap_or((&report, ""));
+                    let summary = summary.to_string();
+                    let traceback = traceback.to_string();
+                    self.sup.failed();
+                    log::error!(
+                        "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
+                        self.label,
+                        self.backoff_seconds()
+                    );
+                    self.import_error = Some((summary, traceback));
+                    return Err(self.unavailable(ex));
+                }
+                Ok(Some(_)) | Err(_) => {
+                    log::error!(
+                        "wsgi: {}: the worker broke the protocol during start-up (503)",
+                        self.label
+                    );
+                    self.sup.failed();
+                    return Err(self.unavailable(ex));
+                }
+                Ok(None) => {}
+            }
+            let now = Instant::now();
+            let limit = ctx.stop_deadline.map_or(deadline, |s| s.min(deadline));
+            if now >= limit {
+                if ctx.stop_deadline.is_some_and(|s| s <= now) {
+                    self.sup.failed();
+                    return Err(finish_with_error(ex, 503, "The server is restarting."));
+                }
+                let stderr = self.stderr_summary();
+                log::error!(
+                    "wsgi: {}: the worker did not start within {:.1}s (start_timeout); killed; {stderr} (503)",
+                    self.label,
+                    self.config.start_timeout.as_secs_f64(),
+                );
+                self.sup.failed();
+                return Err(self.unavailable(ex));
+            }
+            let ready = match self.poll_round(Some(ex), ctx, true, limit - now) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("wsgi: {}: poll failed: {e}", self.label);
+                    self.sup.failed();
+                    return Err(self.unavailable(ex));
+                }
+            };
+            self.on_events(&ready, ctx);
+            if let Err(i) = on_front(&ready, ex) {
+                return Err(self.interrupted_before_request(i));
+            }
+            if ready.stdin && self.write_to_worker().is_err() {
+                // It closed its input: it is dying; its stdout says how.
+                self.to_worker.clear();
+            }
+            if ready.stdout {
+                match self.read_stdout() {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => {
+                        let how = self.describe_death();
+                        let stderr = self.stderr_summary();
+                        log::error!(
+                            "wsgi: {}: the worker {how} during start-up; {stderr} (503)",
+                            self.label
+                        );
+                        self.sup.failed();
+                        return Err(self.unavailable(ex));
+                    }
+                }
+            }
+        }
+    }
+
+    fn interrupted_before_request(&mut self, i: Interrupt) -> Outcome {
+        match i {
+            Interrupt::Aborted => Outcome::Aborted,
+            Interrupt::FrontGone => Outcome::FrontGone,
+        }
+    }
+
+    fn backoff_seconds(&self) -> f64 {
+        let n = self.sup.failures().max(1);
+        (supervise::RESTART_BACKOFF_FIRST.as_secs_f64() * f64::from(1u32 << (n - 1).min(16)))
+            .min(supervise::RESTART_BACKOFF_MAX.as_secs_f64())
+    }
+
+    /// The 503 for "no worker": the import error when there is one (its
+    /// traceback only with `debug = true`).
+    fn unavailable(&self, ex: &mut dyn Exchange) -> Outcome {
+        let Some((summary, traceback)) = &self.import_error else {
+            return finish_with_error(
+                ex,
+                503,
+                "The application could not be started; the server log says why.",
+            );
+        };
+        if !self.config.debug {
+            return finish_with_error(
+                ex,
+                503,
+                "The application could not be started; the server log says why.",
+            );
+        }
+        let page = debug_page(&self.label, summary, traceback);
+        let mut head = ResponseHead::new(503);
+        head.headers
+            .push(("Content-Type".into(), "text/html; charset=utf-8".into()));
+        head.headers.push(("Retry-After".into(), "1".into()));
+        match ex
+            .send_head(&head)
+            .and_then(|()| ex.send_body(page.as_bytes()))
+        {
+            Ok(()) => Outcome::Done,
+            Err(_) => Outcome::FrontGone,
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // One request.
+
+    fn run(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
+        let started = Instant::now();
+        let deadline = started + self.config.request_timeout;
+        // Records the front already holds (typically the end of an empty
+        // body): take them now, so the end marker goes out with the request.
+        while ex.input_pending() && !ex.body_finished() {
+            match ex.on_ready() {
+                Ok(InputEvent::Progress) => {}
+                Ok(InputEvent::Aborted) => return Outcome::Aborted,
+                Ok(InputEvent::Closed) | Err(_) => return Outcome::FrontGone,
+            }
+        }
+        // The request's meta-variables as one frame.
+        let frame_start = self.to_worker.len();
+        self.to_worker.extend_from_slice(&[b'R', 0, 0, 0, 0]);
+        let out = &mut self.to_worker;
+        request::for_each_application_meta_variable(
+            ex.request(),
+            &self.config.script_name,
+            |name, value| {
+                if !name.contains(&0) && !value.contains(&0) {
+                    out.extend_from_slice(name);
+                    out.push(0);
+                    out.extend_from_slice(value);
+                    out.push(0);
+                }
+            },
+        );
+        let len = self.to_worker.len() - frame_start - FRAME_HEADER;
+        let Ok(len32) = u32::try_from(len) else {
+            return finish_with_error(ex, 500, "");
+        };
+        self.to_worker[frame_start + 1..frame_start + FRAME_HEADER]
+            .copy_from_slice(&len32.to_be_bytes());
+
+        let mut body_done = false;
+        let mut gone: Option<(Interrupt, Instant)> = None;
+        loop {
+            // Move body bytes into frames and on to the worker while the
+            // pipe takes them.
+            loop {
+                if !body_done && self.to_worker.len() < CHUNK {
+                    let n = ex.body().len().min(CHUNK);
+                    if n > 0 {
+                        push_frame(&mut self.to_worker, b'B', &ex.body()[..n]);
+                        ex.consume_body(n);
+                    } else if ex.body_finished() {
+                        push_frame(&mut self.to_worker, b'E', &[]);
+                        body_done = true;
+                    }
+                }
+                if self.to_worker.is_empty() {
+                    break;
+                }
+                if self.write_to_worker().is_err() {
+                    // The worker closed its input: it is dying; stdout says how.
+                    self.to_worker.clear();
+                    body_done = true;
+                }
+                let more = !body_done && (!ex.body().is_empty() || ex.body_finished());
+                if !self.to_worker.is_empty() || !more {
+                    break;
+                }
+            }
+            // Frames the worker sent.
+            loop {
+                let step = match self.next_frame() {
+                    Ok(Some((frame, used))) => {
+                        let step = if gone.is_some() {
+                            match frame {
+                                Frame::Done => Step::Done,
+                                Frame::Head(_) | Frame::Body(_) => Step::Continue,
+                                _ => Step::Broken("unexpected frame during a request".into()),
+                            }
+                        } else {
+                            forward(frame, ex, self.limits.max_response_head_bytes)
+                        };
+                        self.from_worker.drain(..used);
+                        step
+                    }
+                    Ok(None) => break,
+                    Err(e) => Step::Broken(e),
+                };
+                match step {
+                    Step::Continue => {}
+                    Step::Done => {
+                        if !body_done {
+                            // The application did not read the whole body: end
+                            // it for the worker; the front drains the rest.
+                            push_frame(&mut self.to_worker, b'E', &[]);
+                            let n = ex.body().len();
+                            ex.consume_body(n);
+                            let _ = self.write_to_worker();
+                        }
+                        self.sup.request_done();
+                        self.greet();
+                        return match gone {
+                            Some((Interrupt::Aborted, _)) => Outcome::Aborted,
+                            Some((Interrupt::FrontGone, _)) => Outcome::FrontGone,
+                            None => Outcome::Done,
+                        };
+                    }
+                    Step::FrontGone => {
+                        log::warn!(
+                            "wsgi: {}: {}: the web server stopped reading the response",
+                            self.label,
+                            ex.request().summary()
+                        );
+                        gone = Some((Interrupt::FrontGone, Instant::now()));
+                    }
+                    Step::Broken(why) => {
+                        log::error!(
+                            "wsgi: {}: {}: {why}; worker replaced (502)",
+                            self.label,
+                            ex.request().summary()
+                        );
+                        self.sup.replace();
+                        self.greet();
+                        return finish_with_error(ex, 502, "");
+                    }
+                }
+            }
+
+            let now = Instant::now();
+            let stopping = ctx.stop_deadline.is_some_and(|s| s <= deadline);
+            let mut limit = ctx.stop_deadline.map_or(deadline, |s| s.min(deadline));
+            if let Some((_, since)) = &gone {
+                limit = limit.min(*since + DRAIN_LIMIT);
+            }
+            if now >= limit {
+                return self.give_up(ex, stopping, gone.is_some(), started);
+            }
+            let want_stdout = gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER;
+            let front = if gone.is_some() { None } else { Some(&*ex) };
+            let ready = match self.poll_round(front, ctx, want_stdout, limit - now) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("wsgi: {}: poll failed: {e}", self.label);
+                    self.sup.replace();
+                    self.greet();
+                    return finish_with_error(ex, 502, "");
+                }
+            };
+            self.on_events(&ready, ctx);
+            let front = if gone.is_some() {
+                Ok(())
+            } else {
+                on_front(&ready, ex)
+            };
+            if let Err(i) = front {
+                log::info!(
+                    "wsgi: {}: {}: {}; letting the application finish",
+                    self.label,
+                    ex.request().summary(),
+                    match i {
+                        Interrupt::Aborted => "request aborted by the web server",
+                        Interrupt::FrontGone => "the web server closed the connection",
+                    }
+                );
+                gone = Some((i, Instant::now()));
+                if !body_done {
+                    push_frame(&mut self.to_worker, b'E', &[]);
+                    body_done = true;
+                }
+            }
+            if ready.stdout {
+                match self.read_stdout() {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return self.died(ex, gone.is_some()),
+                }
+            }
+        }
+    }
+
+    /// The worker closed its output in the middle of a request.
+    fn died(&mut self, ex: &mut dyn Exchange, gone: bool) -> Outcome {
+        let how = self.describe_death();
+        let stderr = self.stderr_summary();
+        let status = if ex.head_sent() {
+            "response cut short"
+        } else {
+            "502"
+        };
+        log::error!(
+            "wsgi: {}: the worker {how} during {}; {stderr} ({status}); restarting it",
+            self.label,
+            ex.request().summary()
+        );
+        self.sup.failed();
+        if gone {
+            return Outcome::FrontGone;
+        }
+        finish_with_error(ex, 502, "")
+    }
+
+    /// The request timeout (504) or the stop grace (503) ran out, or the
+    /// worker did not finish a response nobody reads.
+    fn give_up(
+        &mut self,
+        ex: &mut dyn Exchange,
+        stopping: bool,
+        gone: bool,
+        started: Instant,
+    ) -> Outcome {
+        if stopping {
+            log::warn!(
+                "wsgi: {}: shutting down; request still running, worker killed (503)",
+                self.label
+            );
+            self.sup.failed();
+            return finish_with_error(ex, 503, "The server is restarting.");
+        }
+        self.sup.replace();
+        self.greet();
+        if gone {
+            log::warn!(
+                "wsgi: {}: the application did not finish an abandoned request; worker replaced",
+                self.label
+            );
+            return Outcome::FrontGone;
+        }
+        log::error!(
+            "wsgi: {}: {} timed out after {:.1}s (request_timeout); worker replaced (504)",
+            self.label,
+            ex.request().summary(),
+            started.elapsed().as_secs_f64()
+        );
+        finish_with_error(ex, 504, "")
+    }
+}
+
+/// Read what the front has when poll said so.
+fn on_front(ready: &Ready, ex: &mut dyn Exchange) -> Result<(), Interrupt> {
+    if !ready.front {
+        return Ok(());
+    }
+    match ex.on_ready() {
+        Ok(InputEvent::Progress) => Ok(()),
+        Ok(InputEvent::Aborted) => Err(Interrupt::Aborted),
+        Ok(InputEvent::Closed) | Err(_) => Err(Interrupt::FrontGone),
+    }
+}
+
+/// What one frame from the worker means for the request.
+enum Step {
+    Continue,
+    Done,
+    FrontGone,
+    Broken(String),
+}
+
+/// Pass one frame of the response to the front.
+fn forward(frame: Frame<'_>, ex: &mut dyn Exchange, max_head: usize) -> Step {
+    let sent = match frame {
+        Frame::Head(raw) => match parse_head(raw, max_head) {
+            Ok(head) => ex.send_head(&head),
+            Err(e) => return Step::Broken(e),
+        },
+        Frame::Body(data) => ex.send_body(data),
+        Frame::Done => return Step::Done,
+        Frame::Ready(_) | Frame::ImportFailed(_) => {
+            return Step::Broken("unexpected start-up frame during a request".into());
+        }
+    };
+    match sent {
+        Ok(()) => Step::Continue,
+        Err(_) => Step::FrontGone,
+    }
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    out.push(kind);
+    // Payloads are at most CHUNK bytes.
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// "200 OK\0Name\0value\0..." → a response head.
+fn parse_head(raw: &[u8], max: usize) -> Result<ResponseHead, String> {
+    if raw.len() > max {
+        return Err(format!("response header block larger than {max} bytes"));
+    }
+    let text = String::from_utf8_lossy(raw);
+    let mut fields = text.split('\0');
+    let status_line = fields.next().unwrap_or("");
+    let (code, reason) = status_line.split_once(' ').unwrap_or((status_line, ""));
+    let status = match code.parse::<u16>() {
+        Ok(c) if code.len() == 3 && c >= 100 => c,
+        _ => return Err(format!("malformed status {status_line:?}")),
+    };
+    let mut head = ResponseHead::new(status);
+    if !reason.is_empty() {
+        head.reason = reason.to_string();
+    }
+    let mut rest: Vec<&str> = fields.collect();
+    if rest.last() == Some(&"") {
+        rest.pop();
+    }
+    if !rest.len().is_multiple_of(2) {
+        return Err("malformed header list".into());
+    }
+    for pair in rest.chunks(2) {
+        head.headers
+            .push((pair[0].to_string(), pair[1].to_string()));
+    }
+    Ok(head)
+}
+
+/// The page shown with `debug = true` when the application cannot start
+/// (Passenger's friendly error page is the model). Never shown by default.
+fn debug_page(label: &str, summary: &str, traceback: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>The application could not start</title></head>\n\
+         <body style=\"font-family: sans-serif; max-width: 60em; margin: 2em auto\">\n\
+         <h1>The application could not start</h1>\n\
+         <p>fcgi-shim could not load <code>{}</code>:</p>\n<p><strong>{}</strong></p>\n\
+         <pre style=\"background: #f4f4f4; padding: 1em; overflow: auto\">{}</pre>\n\
+         <p>Fix the error and reload the page: the worker is started again.\n\
+         This page is shown because the settings say <code>debug = true</code>; \
+         turn that off in production.</p>\n</body></html>\n",
+        escape_html(label),
+        escape_html(summary),
+        escape_html(traceback)
+    )
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl Back for WsgiBack {
+    fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
+        if let Err(outcome) = self.ready_worker(exchange, ctx) {
+            return outcome;
+        }
+        self.run(exchange, ctx)
+    }
+
+    fn shutdown(&mut self) {
+        self.sup.stop(STOP_GRACE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads() {
+        let h = parse_head(b"404 Not Found\0Content-Type\0text/plain\0X-A\0b\0", 1024).unwrap();
+        assert_eq!((h.status, h.reason.as_str()), (404, "Not Found"));
+        assert_eq!(
+            h.headers,
+            vec![
+                ("Content-Type".into(), "text/plain".into()),
+                ("X-A".into(), "b".into())
+            ]
+        );
+        assert!(parse_head(b"20 OK\0", 1024).is_err());
+        assert!(parse_head(b"200 OK\0A\0", 1024).is_err());
+        assert!(parse_head(b"200 OK\0A\0b\0", 4).is_err());
+        assert_eq!(
+            parse_head(b"204 No Content\0", 1024).unwrap().headers,
+            vec![]
+        );
+    }
+
+    #[test]
+    fn debug_page_escapes() {
+        let page = debug_page("a:b", "E: <x>", "Traceback & <y>");
+        assert!(page.contains("E: &lt;x&gt;") && page.contains("Traceback &amp; &lt;y&gt;"));
+    }
+}

@@ -1,0 +1,455 @@
+# fcgi-shim's WSGI adapter (PEP 3333), shipped inside the fcgi-shim binary.
+#
+# Owns: importing the application, turning each request the shim sends into
+# an environ, calling the application and streaming its response back.
+# Must not: import anything outside the standard library, write anything but
+# frames to the shim's pipe, or hold a response or request body whole.
+#
+# The shim starts it as `python -c BOOT LEN MODULE ATTR DEBUG [PATH...]` and
+# writes these LEN bytes of source to its stdin first. Then both sides speak
+# frames on the worker's stdin/stdout: one type byte, a 4-byte big-endian
+# length, the payload.
+#   shim -> worker: R environ ("name\0value\0"...), B body bytes, E end of body
+#   worker -> shim: S ready, I import failure ("summary\n" + traceback),
+#                   H head ("200 OK\0Name\0value\0"...), B body bytes, D done
+# wsgi.errors, print() and the application's logging go to stderr, which the
+# shim logs line by line.
+
+import os
+import re
+import struct
+import sys
+import traceback
+
+IN_FD = os.dup(0)
+OUT_FD = os.dup(1)
+# Nothing the application prints may reach the shim's pipes.
+_null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(_null, 0)
+os.close(_null)
+os.dup2(2, 1)
+sys.stdin = open(os.devnull)
+try:
+    sys.stdout.reconfigure(line_buffering=True)
+except (AttributeError, ValueError):
+    pass
+
+_HEADER = struct.Struct(">BI")
+_pack = _HEADER.pack
+_unpack_from = _HEADER.unpack_from
+_R, _B, _E = ord("R"), ord("B"), ord("E")
+READ_SIZE = 65536
+# Body frames to the shim are at most this long; queued output is written
+# once it reaches FLUSH_AT, even for a list body.
+FRAME_MAX = 65536
+FLUSH_AT = 65536
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def write_all(data):
+    view = memoryview(data)
+    while view:
+        n = os.write(OUT_FD, view)
+        view = view[n:]
+
+
+class FrameReader:
+    """Frames from the shim, read in large pieces."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b""
+        self.pos = 0
+
+    def _fill(self, need):
+        buf = self.buf[self.pos:]
+        while len(buf) < need:
+            chunk = os.read(self.fd, max(READ_SIZE, need - len(buf)))
+            if not chunk:
+                return None
+            buf += chunk
+        self.buf = buf
+        self.pos = 0
+        return buf
+
+    def next(self):
+        """(type, payload), or None when the shim closed the pipe."""
+        buf, pos = self.buf, self.pos
+        if len(buf) - pos < 5:
+            buf = self._fill(5)
+            if buf is None:
+                return None
+            pos = 0
+        kind, length = _unpack_from(buf, pos)
+        end = pos + 5 + length
+        if len(buf) < end:
+            buf = self._fill(end - pos)
+            if buf is None:
+                return None
+            pos, end = 0, 5 + length
+        self.pos = end
+        return kind, buf[pos + 5:end]
+
+
+class Input:
+    """wsgi.input: the request body as the shim streams it, with a real EOF."""
+
+    def __init__(self, reader):
+        self._reader = reader
+        self._buf = b""
+        self._eof = False
+
+    def _pull(self):
+        if self._eof:
+            return False
+        frame = self._reader.next()
+        if frame is None:
+            raise ProtocolError("the shim closed the pipe in the middle of a body")
+        kind, payload = frame
+        if kind == _B:
+            self._buf += payload
+            return True
+        if kind == _E:
+            self._eof = True
+            return False
+        raise ProtocolError("unexpected frame %r in a body" % chr(kind))
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            while self._pull():
+                pass
+            data, self._buf = self._buf, b""
+            return data
+        while len(self._buf) < size and self._pull():
+            pass
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+    def read1(self, size=-1):
+        if not self._buf:
+            self._pull()
+        if size is None or size < 0:
+            size = len(self._buf)
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+    def readline(self, size=-1):
+        start = 0
+        while True:
+            nl = self._buf.find(b"\n", start)
+            if nl >= 0:
+                end = nl + 1
+                break
+            if 0 <= size <= len(self._buf):
+                end = size
+                break
+            start = len(self._buf)
+            if not self._pull():
+                end = len(self._buf)
+                break
+        if 0 <= size < end:
+            end = size
+        data, self._buf = self._buf[:end], self._buf[end:]
+        return data
+
+    def readlines(self, hint=-1):
+        lines, total = [], 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def discard_rest(self):
+        self._buf = b""
+        while self._pull():
+            self._buf = b""
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: a file read in blocks, closed with the response."""
+
+    def __init__(self, filelike, blksize=65536):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read, size = self.filelike.read, self.blksize
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+
+_BAD_NAME = re.compile(r"[:\r\n\0 \t]").search
+_BAD_VALUE = re.compile(r"[\r\n\0]").search
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "upgrade"))
+
+
+def _check_header(name, value):
+    if type(name) is not str or type(value) is not str:
+        raise TypeError("header %r: names and values must be str" % ((name, value),))
+    if not name or _BAD_NAME(name) or _BAD_VALUE(value):
+        raise ValueError("invalid header %r" % ((name, value),))
+    if name.lower() in _HOP_BY_HOP:
+        raise ValueError("hop-by-hop header %r is not allowed in WSGI (PEP 3333)" % name)
+
+
+def _https(environ):
+    return environ.get("HTTPS", "off").lower() in ("on", "1", "yes")
+
+
+class Request:
+    """One request: start_response, write and the response's frames."""
+
+    __slots__ = ("status", "headers", "sent", "committed", "out")
+
+    def __init__(self):
+        self.status = None
+        self.headers = None
+        # sent: the head is queued; committed: it went to the shim.
+        self.sent = False
+        self.committed = False
+        self.out = bytearray()
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if self.committed:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+            self.out = bytearray()
+            self.sent = False
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError("status must be a str like '200 OK', not %r" % (status,))
+        if type(headers) is not list:
+            raise TypeError("headers must be a list, not %r" % type(headers).__name__)
+        for pair in headers:
+            if type(pair) is not tuple or len(pair) != 2:
+                raise TypeError("each header must be a (name, value) tuple, not %r" % (pair,))
+            _check_header(*pair)
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _head(self):
+        if self.status is None:
+            raise AssertionError("the application returned a body before calling start_response")
+        parts = [self.status]
+        for name, value in self.headers:
+            parts.append(name)
+            parts.append(value)
+        head = ("\0".join(parts) + "\0").encode("latin-1")
+        self.out += _pack(ord("H"), len(head))
+        self.out += head
+        self.sent = True
+
+    def add(self, data):
+        """Queue a body chunk (and the head before the first one)."""
+        if type(data) is not bytes:
+            if isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise TypeError("the application yielded %r, not bytes" % type(data).__name__)
+        if not data:
+            return
+        if not self.sent:
+            self._head()
+        out = self.out
+        if len(data) <= FRAME_MAX:
+            out += _pack(_B, len(data))
+            out += data
+        else:
+            # Frames the shim can pass on as they arrive.
+            view = memoryview(data)
+            for i in range(0, len(data), FRAME_MAX):
+                piece = view[i:i + FRAME_MAX]
+                out += _pack(_B, len(piece))
+                out += piece
+        if len(out) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self):
+        if self.out:
+            write_all(self.out)
+            self.out = bytearray()
+            self.committed = self.sent
+
+    def write(self, data):
+        """The write() callable start_response returns (unbuffered)."""
+        self.add(data)
+        self.flush()
+
+    def finish(self):
+        if not self.sent:
+            self._head()
+        self.out += _pack(ord("D"), 0)
+        self.flush()
+
+
+def error_page(title, detail):
+    body = (
+        "<!DOCTYPE html>\n<html><head><title>%s</title></head><body>\n<h1>%s</h1>\n%s</body></html>\n"
+        % (title, title, detail)
+    )
+    return body.encode("utf-8")
+
+
+def _escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Server:
+    def __init__(self, app, debug):
+        self.app = app
+        self.debug = debug
+        self.reader = FrameReader(IN_FD)
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+        }
+
+    def serve(self):
+        reader = self.reader
+        while True:
+            frame = reader.next()
+            if frame is None:
+                return
+            kind, payload = frame
+            if kind != _R:
+                raise ProtocolError("expected a request, got frame %r" % chr(kind))
+            self.handle(payload)
+
+    def handle(self, payload):
+        fields = payload.decode("latin-1").split("\0")
+        it = iter(fields)
+        environ = dict(zip(it, it))
+        environ.update(self.base)
+        environ["wsgi.url_scheme"] = "https" if _https(environ) else "http"
+        body = environ["wsgi.input"] = Input(self.reader)
+        request = Request()
+        result = None
+        try:
+            result = self.app(environ, request.start_response)
+            if type(result) is list or type(result) is tuple:
+                for data in result:
+                    request.add(data)
+            else:
+                add, flush = request.add, request.flush
+                for data in result:
+                    add(data)
+                    flush()
+        except ProtocolError:
+            raise
+        except Exception:
+            self.failed(request, environ)
+        finally:
+            if hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    self.failed(request, environ)
+        try:
+            request.finish()
+        except Exception:
+            self.failed(request, environ)
+            request.finish()
+        body.discard_rest()
+
+    def failed(self, request, environ):
+        """The application raised: log the traceback; answer 500 if we still can."""
+        text = traceback.format_exc()
+        sys.stderr.write(
+            "error in %s %s:\n%s"
+            % (environ.get("REQUEST_METHOD", "-"), environ.get("REQUEST_URI", environ.get("PATH_INFO", "-")), text)
+        )
+        sys.stderr.flush()
+        if request.committed:
+            return
+        detail = "<pre>%s</pre>\n" % _escape(text) if self.debug else "<p>The server log says why.</p>\n"
+        page = error_page("500 Internal Server Error", detail)
+        request.out = bytearray()
+        request.sent = False
+        request.status = "500 Internal Server Error"
+        request.headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]
+        request.add(page)
+
+
+def innermost_frame(exc):
+    """'File "x.py", line 3, in <module>' for the deepest frame of the user's code."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return 'File "%s", line %s' % (exc.filename, exc.lineno)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    if not frames:
+        return None
+    f = frames[-1]
+    return 'File "%s", line %s, in %s' % (f.filename, f.lineno, f.name)
+
+
+def load(module_name, attribute):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    call = attribute.endswith("()")
+    obj = module
+    for part in (attribute[:-2] if call else attribute).split("."):
+        obj = getattr(obj, part)
+    if call:
+        obj = obj()
+    if not callable(obj):
+        raise TypeError("%s:%s is not callable (a WSGI application is)" % (module_name, attribute))
+    return obj
+
+
+def main(argv):
+    module_name, attribute, debug = argv[0], argv[1], argv[2] == "1"
+    # `python -c` put the working directory (often the web root) first; keep
+    # it importable, but after the standard library and site-packages, so a
+    # stray json.py there cannot shadow them.
+    if sys.path and sys.path[0] == "":
+        sys.path.append(sys.path.pop(0))
+    for path in reversed(argv[3:]):
+        sys.path.insert(0, path)
+    try:
+        app = load(module_name, attribute)
+    except BaseException as exc:
+        summary = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
+        where = innermost_frame(exc)
+        if where:
+            summary += " (" + where + ")"
+        report = (summary.replace("\n", " ") + "\n" + traceback.format_exc()).encode("utf-8", "replace")
+        write_all(_pack(ord("I"), len(report)) + report)
+        return 1
+    ready = ("Python %s" % sys.version.split()[0]).encode()
+    write_all(_pack(ord("S"), len(ready)) + ready)
+    Server(app, debug).serve()
+    return 0
+
+
+sys.exit(main(sys.argv[2:]))

@@ -1,0 +1,488 @@
+//! The `wsgi` kind against the real binary and a real Python, spoken to by the
+//! test FastCGI client (`tests/common/`): the adapter's PEP 3333 behaviour
+//! (with `wsgiref.validate.validator` around the test application), streaming
+//! both ways, and the worker's lifecycle (import error 503, crash 502, timeout
+//! 504, recycling, coming back once fixed).
+//!
+//! Needs only a python3 with its standard library: `$FCGI_SHIM_TEST_PYTHON`
+//! (set by `make test`) or `python3` from PATH.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn python() -> String {
+    std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn probe_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wsgi_apps")
+}
+
+fn wsgi_settings(module: &str, python_path: &Path, extra: &str) -> String {
+    format!(
+        "[app]\nkind = \"wsgi\"\nmodule = \"{module}\"\npython = \"{}\"\npython_path = [\"{}\"]\n\
+         env = {{ PROBE = \"from-settings\", PYTHONDONTWRITEBYTECODE = \"1\" }}\n{extra}\n[log]\nlevel = \"info\"\n",
+        python(),
+        python_path.display()
+    )
+}
+
+/// A shim running tests/wsgi_apps/probe.py.
+fn probe_shim(extra: &str) -> Shim {
+    Shim::start(&wsgi_settings("probe", &probe_dir(), extra))
+}
+
+fn params(method: &str, path: &str, query: &str, body_len: usize) -> Vec<(String, String)> {
+    let mut p = cgi_params(method, query, body_len);
+    for (k, v) in p.iter_mut() {
+        match k.as_str() {
+            "SCRIPT_NAME" => *v = "/mysite.fcgi".into(),
+            "PATH_INFO" => *v = path.into(),
+            "REQUEST_URI" => *v = format!("/mysite.fcgi{path}"),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn get(shim: &Shim, path: &str, query: &str) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(&mut conn, &params("GET", path, query, 0), b"", false).complete_cgi()
+}
+
+fn post(shim: &Shim, path: &str, body: &[u8]) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(
+        &mut conn,
+        &params("POST", path, "", body.len()),
+        body,
+        false,
+    )
+    .complete_cgi()
+}
+
+/// The pid of the worker that serves the next request (from /environ).
+fn worker_pid(shim: &Shim) -> String {
+    let text = get(shim, "/environ", "").body_text();
+    let at = text.find("\"pid\": ").expect("pid in /environ") + 7;
+    text[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn hello_environ_and_pep3333_details() {
+    let shim = probe_shim("");
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    assert_eq!(r.body_text(), "hello from wsgi");
+    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+
+    let mut p = params("GET", "/environ", "a=1", 0);
+    p.push(("HTTPS".into(), "on".into()));
+    p.push(("HTTP_PROXY".into(), "http://evil.example/".into()));
+    p.push(("REDIRECT_HTTP_AUTHORIZATION".into(), "Basic dTpw".into()));
+    let mut conn = shim.connect();
+    let r = request(&mut conn, &p, b"", false).complete_cgi();
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let env = r.body_text();
+    for needle in [
+        "\"wsgi.url_scheme\": \"https\"",
+        "\"wsgi.version\": [1, 0]",
+        "\"wsgi.multithread\": false",
+        "\"wsgi.run_once\": false",
+        "\"QUERY_STRING\": \"a=1\"",
+        "\"HTTP_AUTHORIZATION\": \"Basic dTpw\"",
+        "\"os.environ.PROBE\": \"from-settings\"",
+        // Not rewritten: the visitor used /mysite.fcgi/environ itself.
+        "\"SCRIPT_NAME\": \"/mysite.fcgi\"",
+        "\"PATH_INFO\": \"/environ\"",
+    ] {
+        assert!(env.contains(needle), "no {needle} in {env}");
+    }
+    assert!(!env.contains("HTTP_PROXY"), "{env}");
+    // python_path first; the working directory ("") last.
+    let path_at = env.find("\"sys.path\": [").expect("sys.path") + 13;
+    let path = &env[path_at..path_at + env[path_at..].find(']').unwrap()];
+    assert!(
+        path.starts_with(&format!("\"{}\"", probe_dir().display())) && path.ends_with("\"\""),
+        "{path}"
+    );
+
+    let r = get(&shim, "/write", "");
+    assert_eq!(r.body_text(), "written, then returned");
+    let r = get(&shim, "/file", "");
+    assert_eq!(r.body, std::fs::read(probe_dir().join("probe.py")).unwrap());
+    let r = get(&shim, "/status", "");
+    assert_eq!(r.status, 418);
+    let r = get(&shim, "/redirect", "");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/hello")));
+    let r = get(&shim, "/exc-info", "");
+    assert_eq!(
+        (r.status, r.body_text().as_str()),
+        (500, "handled with exc_info")
+    );
+
+    let marker = shim.dir().join("closed");
+    let r = get(&shim, "/close", marker.to_str().unwrap());
+    assert_eq!(r.body_text(), "body");
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(2)),
+        "close() was not called"
+    );
+
+    // wsgi.errors and print() reach the log, never the response.
+    let r = get(&shim, "/errors", "");
+    assert_eq!(r.body_text(), "logged");
+    assert!(
+        shim.wait_for_log("probe wrote to wsgi.errors", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    assert!(
+        shim.wait_for_log("probe printed to stdout", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    // One worker served everything: its pid never changed.
+    assert_eq!(
+        shim.log().matches(" ready in ").count(),
+        1,
+        "{}",
+        shim.log()
+    );
+    assert!(
+        !shim.log().contains("AssertionError"),
+        "validator complained:\n{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn application_errors_give_500_and_a_traceback_in_the_log() {
+    let shim = probe_shim("");
+    let r = get(&shim, "/raise", "");
+    assert_eq!(r.status, 500, "{}", r.body_text());
+    assert!(
+        !r.body_text().contains("probe raised"),
+        "traceback shown without debug"
+    );
+    assert!(
+        shim.wait_for_log(
+            "ValueError: probe raised on purpose",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+    // The same worker goes on.
+    assert_eq!(get(&shim, "/hello", "").status, 200);
+}
+
+#[test]
+fn bodies_stream_both_ways() {
+    let shim = probe_shim("");
+    // 5 MiB up (past the shim's 1 MiB in-memory spool) and back.
+    let sent = prng_bytes(5 << 20, 7);
+    let t0 = Instant::now();
+    let r = post(&shim, "/echo", &sent);
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert_eq!(r.body.len(), sent.len());
+    assert!(r.body == sent, "echoed body differs");
+    eprintln!("5 MiB echo took {:?}", t0.elapsed());
+    // A body read by lines (iteration), and one the app ignores.
+    let r = post(&shim, "/lines", b"a\nb\nc");
+    assert_eq!(r.body_text(), "3 lines, last b'c'");
+    let r = post(&shim, "/ignore-body", &prng_bytes(3 << 20, 9));
+    assert_eq!(r.body_text(), "ignored");
+    // The worker is in step after the ignored body.
+    assert_eq!(get(&shim, "/hello", "").body_text(), "hello from wsgi");
+    let r = get(&shim, "/big", "3000000");
+    assert_eq!(r.body.len(), 3_000_000);
+    assert!(
+        r.body
+            .chunks(256)
+            .all(|c| c.iter().enumerate().all(|(i, &b)| b == i as u8))
+    );
+}
+
+#[test]
+fn a_streamed_response_arrives_chunk_by_chunk() {
+    let shim = probe_shim("");
+    let gate = shim.dir().join("gate");
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(
+            1,
+            &params("GET", "/stream", gate.to_str().unwrap(), 0),
+            b"",
+            false,
+        ),
+    );
+    // The first chunk comes while the view still waits for the gate file.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&seen).contains("first chunk") {
+        assert!(
+            Instant::now() < deadline,
+            "first chunk did not arrive: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        let rec = read_record(&mut conn).unwrap().expect("record");
+        seen.extend_from_slice(&rec.content);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("last chunk"));
+    std::fs::write(&gate, "go").unwrap();
+    let rest = read_response(&mut conn, 1).unwrap();
+    seen.extend_from_slice(&rest.stdout);
+    assert!(String::from_utf8_lossy(&seen).contains("last chunk"));
+}
+
+#[test]
+fn worker_crash_is_502_and_the_worker_comes_back() {
+    let shim = probe_shim("");
+    let r = get(&shim, "/crash", "");
+    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert!(
+        shim.wait_for_log("SIGKILL", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    let log = shim.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("during GET"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("probe about to crash") && line.contains("(502)"),
+        "{line}"
+    );
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+}
+
+#[test]
+fn request_timeout_is_504_with_a_fresh_worker() {
+    let shim = probe_shim("request_timeout = 1\n");
+    let t0 = Instant::now();
+    let r = get(&shim, "/sleep", "30");
+    assert_eq!(r.status, 504);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        shim.wait_for_log("timed out after", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
+}
+
+#[test]
+fn max_requests_recycles_the_worker() {
+    let shim = probe_shim("max_requests = 2\n");
+    let a = worker_pid(&shim);
+    let b = worker_pid(&shim);
+    let c = worker_pid(&shim);
+    assert_eq!(a, b);
+    assert_ne!(b, c);
+    assert!(
+        shim.log().contains("recycling after 2 requests"),
+        "{}",
+        shim.log()
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !Path::new(&format!("/proc/{a}")).exists()
+            || std::fs::read_to_string(format!("/proc/{a}/stat"))
+                .unwrap_or_default()
+                .contains(") Z"),
+        "old worker {a} still running"
+    );
+}
+
+#[test]
+fn import_error_is_503_with_the_python_error_and_recovers_once_fixed() {
+    let dir = TempDir::new("wsgiimp");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    let shim = Shim::start(&wsgi_settings("brokenapp", &app_dir, "debug = false\n"));
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503);
+    assert!(
+        !r.body_text().contains("Traceback"),
+        "traceback shown without debug"
+    );
+    assert!(
+        shim.wait_for_log(
+            "ModuleNotFoundError: No module named 'brokenapp'",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+    // Fix it: the next request after the backoff gets a working worker.
+    std::fs::write(
+        app_dir.join("brokenapp.py"),
+        "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'fixed']\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&shim, "/", "");
+        if r.status == 200 {
+            assert_eq!(r.body_text(), "fixed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never recovered:\n{}",
+            shim.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn import_error_with_debug_shows_the_traceback_and_innermost_frame() {
+    let dir = TempDir::new("wsgidbg");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("badapp.py"),
+        "x = 1\nimport no_such_dependency\n",
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings("badapp", &app_dir, "debug = true\n"));
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503);
+    let page = r.body_text();
+    assert!(
+        page.contains("Traceback") && page.contains("no_such_dependency"),
+        "{page}"
+    );
+    assert!(
+        shim.wait_for_log("badapp.py\", line 2", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn abort_lets_the_application_finish_and_keeps_the_worker() {
+    let shim = probe_shim("");
+    let before = worker_pid(&shim);
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(1, &params("GET", "/sleep", "0.5", 0), b"", false),
+    );
+    thread::sleep(Duration::from_millis(100));
+    let mut abort = Vec::new();
+    encode_record(&mut abort, ABORT_REQUEST, 1, &[]);
+    send(&mut conn, &abort);
+    let t0 = Instant::now();
+    let response = read_response(&mut conn, 1).expect("END_REQUEST after ABORT_REQUEST");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(!String::from_utf8_lossy(&response.stdout).contains("slept"));
+    // The application finished in time: the same worker serves the next request.
+    assert_eq!(worker_pid(&shim), before, "{}", shim.log());
+}
+
+#[test]
+fn a_worker_that_dies_while_idle_is_replaced_without_a_502() {
+    let shim = probe_shim("");
+    let pid: i32 = worker_pid(&shim).parse().unwrap();
+    // Our own grandchild, by pid.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(shim.log().contains("while idle"), "{}", shim.log());
+}
+
+#[test]
+fn the_worker_imports_the_application_before_the_first_request() {
+    let dir = TempDir::new("wsgistart");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    let marker = dir.join("imported");
+    std::fs::write(
+        app_dir.join("startapp.py"),
+        format!(
+            "open({:?}, 'w').write('yes')\n\
+             def application(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'started']\n",
+            marker.display().to_string()
+        ),
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings("startapp", &app_dir, ""));
+    // No request yet: the import happens anyway.
+    assert!(
+        wait_for_file(&marker, Duration::from_secs(10)),
+        "the application was not imported at start:\n{}",
+        shim.log()
+    );
+    assert_eq!(get(&shim, "/", "").body_text(), "started");
+}
+
+#[test]
+fn a_python_that_cannot_be_started_is_503_and_a_log_line() {
+    let shim = Shim::start(
+        "[app]\nkind = \"wsgi\"\nmodule = \"probe\"\npython = \"fcgi-shim-no-such-python\"\n",
+    );
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 503);
+    assert!(
+        shim.wait_for_log(
+            "cannot start fcgi-shim-no-such-python",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn an_application_slower_to_import_than_start_timeout_is_503() {
+    let dir = TempDir::new("wsgislow");
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    std::fs::write(
+        app_dir.join("slowapp.py"),
+        "import time\ntime.sleep(30)\napplication = None\n",
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings("slowapp", &app_dir, "start_timeout = 1\n"));
+    let t0 = Instant::now();
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(
+        shim.wait_for_log(
+            "did not start within 1.0s (start_timeout)",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn a_fixed_script_name_replaces_the_web_servers() {
+    let shim = probe_shim("script_name = \"/shop/\"\n");
+    let env = get(&shim, "/environ", "").body_text();
+    assert!(env.contains("\"SCRIPT_NAME\": \"/shop\""), "{env}");
+    assert!(env.contains("\"PATH_INFO\": \"/environ\""), "{env}");
+}
