@@ -403,7 +403,9 @@ fn serve_with(config: Config) -> Result<(), String> {
     };
     let bounds = Bounds::from_settings(&settings);
     // One process-group guard for the whole server, shared by prefork workers.
-    crate::supervise::start_guard();
+    if back::needs_group_guard(&config) {
+        crate::supervise::start_guard();
+    }
     match settings.method {
         ServeMethod::Prefork => {
             server::prefork::run(&listener, &config, bounds, signals, &mut || on_tick())

@@ -35,6 +35,21 @@ pub struct SpawnSpec {
     /// The complete environment (nothing is inherited).
     pub env: Vec<(OsString, OsString)>,
     pub workdir: Option<PathBuf>,
+    /// How the processes it may start are ended if we die by SIGKILL.
+    pub descendants: Descendants,
+}
+
+/// What makes sure an application's whole process group ends with us, even
+/// when we are killed with SIGKILL (PR_SET_PDEATHSIG reaches only its leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Descendants {
+    /// Arbitrary programs (CGI): the leader gets SIGKILL when we die, and the
+    /// process-group guard (`sys::GroupGuard`, one small process per shim,
+    /// started with the first such group) ends the rest of its group.
+    Guarded,
+    /// Our own WSGI adapter: the leader gets SIGTERM when we die and ends its
+    /// group itself. No guard process needed.
+    LeaderEndsGroup,
 }
 
 /// A running application process, leader of its own process group.
@@ -43,6 +58,7 @@ pub struct Process {
     child: Child,
     pgid: u32,
     status: Option<ExitStatus>,
+    guarded: bool,
 }
 
 /// The pipes of a freshly spawned process.
@@ -66,10 +82,18 @@ impl Process {
         if let Some(dir) = &spec.workdir {
             command.current_dir(dir);
         }
-        sys::set_child_dies_with_parent(&mut command);
+        let guarded = spec.descendants == Descendants::Guarded;
+        let death_signal = if guarded {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        sys::set_child_dies_with_parent(&mut command, death_signal);
         let mut child = command.spawn()?;
         let pgid = child.id();
-        guard_watch(pgid);
+        if guarded {
+            guard_watch(pgid);
+        }
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -78,6 +102,7 @@ impl Process {
                 child,
                 pgid,
                 status: None,
+                guarded,
             };
             p.kill();
             return Err(io::Error::other("spawned process is missing a pipe"));
@@ -87,6 +112,7 @@ impl Process {
                 child,
                 pgid,
                 status: None,
+                guarded,
             },
             Stdio3 {
                 stdin,
@@ -163,7 +189,9 @@ impl Drop for Process {
         } else {
             sys::signal_group(self.pgid, Signal::SIGKILL);
         }
-        guard_forget(self.pgid);
+        if self.guarded {
+            guard_forget(self.pgid);
+        }
     }
 }
 

@@ -140,18 +140,19 @@ pub fn request_stop(signal: Signal) {
 // ---------------------------------------------------------------------------
 // Child processes.
 
-/// Make `command` start its child in a new process group whose members die
-/// with us: PR_SET_PDEATHSIG(SIGKILL) is set between fork and exec, and the
-/// child exits at once if we were already gone by then.
-pub fn set_child_dies_with_parent(command: &mut Command) {
+/// Make `command` start its child in a new process group, its leader told
+/// of our death: PR_SET_PDEATHSIG(`death_signal`) is set between fork and
+/// exec, and the child exits at once if we were already gone by then.
+pub fn set_child_dies_with_parent(command: &mut Command, death_signal: Signal) {
     let parent = nix::unistd::getpid();
+    let death_signal = death_signal as libc::c_int;
     command.process_group(0);
     // SAFETY: the closure runs in the child between fork and exec; it calls
     // only prctl(2) and getppid(2), both async-signal-safe, allocates nothing
     // and returns an io::Error built from a raw errno (no allocation).
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.

@@ -41,17 +41,56 @@ fn shim_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fcgi-shim")))
 }
 
+/// The WSGI application: the same answers as APP_CGI, from a persistent
+/// worker that only a restart makes read `GREETING` again.
+const APP_PY: &str = r#"import subprocess
+import time
+
+GREETING = "@GREETING@"
+
+
+def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/sleep":
+        subprocess.Popen(["@BIN@/sleep", "31337"])
+        open("@BIN@/started", "w").close()
+        time.sleep(31338)
+    body = ("greeting=%s\n" % GREETING).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+/// The Python with the test virtualenv (`make test` sets it).
+fn test_python() -> String {
+    std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "the WSGI reload tests need FCGI_SHIM_TEST_PYTHON (make test sets it): \
+             FCGI_SHIM_TEST_PYTHON=$(scripts/test-venv.sh) cargo test"
+        )
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Cgi,
+    Wsgi,
+}
+
 /// A web root with mysite.fcgi (a copy of the binary) + mysite.toml + the
 /// rewrite .htaccess, served by its own Apache.
 struct Site {
     dir: TempDir,
     www: PathBuf,
     bin: PathBuf,
+    kind: Kind,
     apache: ApacheInstance,
 }
 
 impl Site {
     fn start() -> Option<Site> {
+        Site::start_kind(Kind::Cgi)
+    }
+
+    fn start_kind(kind: Kind) -> Option<Site> {
         if !apache_available_or_fail() {
             return None;
         }
@@ -70,7 +109,18 @@ impl Site {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("htaccess-examples/mod_fcgid.htaccess");
         copy_file(&htaccess, &www.join(".htaccess"), 0o644);
         copy_file(&shim_binary(), &www.join("mysite.fcgi"), 0o755);
-        write_file(&www.join("mysite.toml"), settings_text(&bin, "one"), 0o644);
+        let settings = match kind {
+            Kind::Cgi => settings_text(&bin, "one"),
+            Kind::Wsgi => {
+                write_file(&bin.join("app.py"), app_py(&bin, "one"), 0o644);
+                format!(
+                    "[app]\nkind = \"wsgi\"\nmodule = \"app\"\npython = \"{}\"\npython_path = [\"{}\"]\n\n[log]\nlevel = \"info\"\n",
+                    test_python(),
+                    bin.display()
+                )
+            }
+        };
+        write_file(&www.join("mysite.toml"), settings, 0o644);
         // Enough processes for wrk's 8 connections: with fewer, requests queue
         // in mod_fcgid, which retries once a second, whatever the shim does.
         let apache = ApacheInstance::start(&www, "FcgidMaxProcessesPerClass 16");
@@ -78,6 +128,7 @@ impl Site {
             dir,
             www,
             bin,
+            kind,
             apache,
         })
     }
@@ -92,6 +143,15 @@ impl Site {
 
     fn write_settings(&self, greeting: &str) {
         write_file(&self.settings_path(), self.settings_text(greeting), 0o644);
+    }
+
+    /// What a user edits to change the output: the settings (CGI), the
+    /// Python code (WSGI), which takes effect only with a restart.
+    fn change_greeting(&self, greeting: &str) {
+        match self.kind {
+            Kind::Cgi => self.write_settings(greeting),
+            Kind::Wsgi => write_file(&self.bin.join("app.py"), app_py(&self.bin, greeting), 0o644),
+        }
     }
 
     fn touch_site(&self) {
@@ -150,6 +210,12 @@ fn settings_text(bin: &Path, greeting: &str) -> String {
         "[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 5\nenv = {{ GREETING = \"{greeting}\" }}\n\n[log]\nlevel = \"info\"\n",
         bin.join("app.cgi").display()
     )
+}
+
+fn app_py(bin: &Path, greeting: &str) -> String {
+    APP_PY
+        .replace("@BIN@", &bin.display().to_string())
+        .replace("@GREETING@", greeting)
 }
 
 /// `touch path`: utimensat on the path (opening a running executable for
@@ -252,22 +318,39 @@ fn assert_clean_load(load: &Load, site: &Site) {
 
 #[test]
 fn touch_shows_the_change_on_the_next_request() {
-    let Some(site) = Site::start() else { return };
+    touch_shows_the_change(Kind::Cgi);
+}
+
+#[test]
+fn wsgi_touch_shows_the_changed_code_on_the_next_request() {
+    touch_shows_the_change(Kind::Wsgi);
+}
+
+fn touch_shows_the_change(kind: Kind) {
+    let Some(site) = Site::start_kind(kind) else {
+        return;
+    };
     assert_eq!(site.greeting(), "greeting=one");
     let before = site.shim_pids();
     assert!(!before.is_empty(), "no shim process found");
 
-    // A user's edit: settings changed, then `touch mysite.fcgi`.
-    site.write_settings("two");
+    // A user's edit, then `touch mysite.fcgi`. (Another length: Python's
+    // bytecode cache trusts a source file with the same size and the same
+    // mtime second as when it was compiled.)
+    site.change_greeting("second");
+    if kind == Kind::Wsgi {
+        // The worker keeps the code it imported until the site restarts.
+        assert_eq!(site.greeting(), "greeting=one");
+    }
     site.touch_site();
     let t0 = Instant::now();
-    assert_eq!(site.greeting(), "greeting=two");
-    eprintln!("touch -> first new response: {:?}", t0.elapsed());
+    assert_eq!(site.greeting(), "greeting=second");
+    eprintln!("{kind:?}: touch -> first new response: {:?}", t0.elapsed());
 
     // Only a touch, nothing else changed: still a restart.
     thread::sleep(Duration::from_millis(20));
     site.touch_site();
-    assert_eq!(site.greeting(), "greeting=two");
+    assert_eq!(site.greeting(), "greeting=second");
     let log = site.apache.wait_for_error_log(Duration::from_secs(3), |l| {
         l.matches("mysite.fcgi changed; restarting").count() >= 1
     });
@@ -283,7 +366,18 @@ fn touch_shows_the_change_on_the_next_request() {
 
 #[test]
 fn touch_every_two_seconds_under_load_fails_no_request() {
-    let Some(site) = Site::start() else { return };
+    touch_under_load(Kind::Cgi);
+}
+
+#[test]
+fn wsgi_touch_every_two_seconds_under_load_fails_no_request() {
+    touch_under_load(Kind::Wsgi);
+}
+
+fn touch_under_load(kind: Kind) {
+    let Some(site) = Site::start_kind(kind) else {
+        return;
+    };
     assert_eq!(site.greeting(), "greeting=one");
     let secs = load_secs();
     warm_up(&site);
@@ -294,13 +388,13 @@ fn touch_every_two_seconds_under_load_fails_no_request() {
         thread::sleep(Duration::from_secs(2));
         touches += 1;
         let greeting = if touches % 2 == 0 { "one" } else { "two" };
-        site.write_settings(greeting);
+        site.change_greeting(greeting);
         site.touch_site();
     }
     let load = wrk_result(child.wait_with_output().expect("wrk"));
     let restarts = site.apache.error_log().matches("; restarting").count();
     eprintln!(
-        "wrk 8 connections {secs} s, {touches} touches, {restarts} restarts: {} requests, \
+        "{kind:?}: wrk 8 connections {secs} s, {touches} touches, {restarts} restarts: {} requests, \
          {} non-2xx, socket errors: {:?}\n{}",
         load.requests, load.non_2xx, load.socket_errors, load.output
     );
@@ -345,7 +439,18 @@ fn broken_settings_keep_the_site_up_and_are_reported_precisely() {
 
 #[test]
 fn kill_9_of_a_shim_leaves_no_process_of_its_application() {
-    let Some(site) = Site::start() else { return };
+    kill_9_leaves_nothing(Kind::Cgi);
+}
+
+#[test]
+fn wsgi_kill_9_of_a_shim_leaves_no_process_of_its_application() {
+    kill_9_leaves_nothing(Kind::Wsgi);
+}
+
+fn kill_9_leaves_nothing(kind: Kind) {
+    let Some(site) = Site::start_kind(kind) else {
+        return;
+    };
     let port = site.apache.port();
     let request =
         thread::spawn(move || apache_support::http_request(port, "GET", "/sleep", &[], None));
@@ -354,11 +459,15 @@ fn kill_9_of_a_shim_leaves_no_process_of_its_application() {
     while !started.exists() && t0.elapsed() < Duration::from_secs(10) {
         thread::sleep(Duration::from_millis(20));
     }
-    let sleeper = site.bin.join("sleep").display().to_string();
+    // CGI: the program (exec'd into sleep) and the sleep it left in the
+    // background. WSGI: the Python worker (its sys.path names the directory)
+    // and the sleep the application started.
+    let app_dir = site.bin.display().to_string();
+    let before = processes_matching(&app_dir);
     assert_eq!(
-        processes_matching(&sleeper).len(),
+        before.len(),
         2,
-        "the program and its grandchild"
+        "{kind:?}: the application's processes: {before:#?}"
     );
     for pid in site.shim_pids() {
         nix::sys::signal::kill(
@@ -367,8 +476,11 @@ fn kill_9_of_a_shim_leaves_no_process_of_its_application() {
         )
         .expect("kill -9");
     }
-    let left = wait_no_processes_matching(&sleeper, Duration::from_secs(1));
-    assert!(left.is_empty(), "a second after kill -9: {left:#?}");
+    let left = wait_no_processes_matching(&app_dir, Duration::from_secs(1));
+    assert!(
+        left.is_empty(),
+        "{kind:?}: a second after kill -9: {left:#?}"
+    );
     let _ = request.join();
     site.finish();
 }

@@ -20,7 +20,7 @@ use super::stderr_lines::StderrLines;
 use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{CgiConfig, CgiProgram, Limits};
 use crate::request::{self, CgiHeadParser, Exchange, HeadProgress, InputEvent};
-use crate::supervise::{self, DescribeExit, Process, SpawnSpec};
+use crate::supervise::{self, Descendants, DescribeExit, Process, SpawnSpec};
 use crate::sys;
 
 /// Lines of a program's stderr quoted when it fails.
@@ -181,6 +181,7 @@ impl Back for CgiBack {
             args: args.to_vec(),
             env: self.environment(exchange.request()),
             workdir,
+            descendants: Descendants::Guarded,
         };
         let name = Path::new(program).display().to_string();
         let (process, pipes) = match Process::spawn(&spec) {

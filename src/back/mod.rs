@@ -68,6 +68,12 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     }
 }
 
+/// Does this application kind need the process-group guard (see
+/// `supervise::Descendants`)? CGI programs do; the WSGI adapter ends its own group.
+pub fn needs_group_guard(config: &Config) -> bool {
+    matches!(config.app, AppConfig::Cgi(_))
+}
+
 /// Send an error response (if no head went out yet) and say how the request ended.
 pub fn finish_with_error(exchange: &mut dyn Exchange, status: u16, detail: &str) -> Outcome {
     match request::send_error(exchange, status, detail) {

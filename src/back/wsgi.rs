@@ -20,7 +20,7 @@ use super::stderr_lines::StderrLines;
 use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
 use crate::request::{self, Exchange, InputEvent, ResponseHead};
-use crate::supervise::{self, DescribeExit, SpawnSpec, StartError, Supervisor};
+use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
 
 /// The adapter, written to the worker's stdin at start.
 const ADAPTER: &str = include_str!("wsgi_adapter.py");
@@ -109,6 +109,8 @@ impl WsgiBack {
             args,
             env,
             workdir: Some(config.workdir.clone()),
+            // The adapter ends its process group when we go (see its end_group).
+            descendants: Descendants::LeaderEndsGroup,
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
         let mut back = WsgiBack {

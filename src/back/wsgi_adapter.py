@@ -17,6 +17,7 @@
 
 import os
 import re
+import signal
 import struct
 import sys
 import traceback
@@ -427,7 +428,20 @@ def load(module_name, attribute):
     return obj
 
 
+def end_group(signum=None, frame=None):
+    """The shim stops us, or is gone (PR_SET_PDEATHSIG sends SIGTERM, or our
+    input ends): nothing the application started may outlive us. We lead our
+    own process group, so a SIGTERM to it reaches every process it started."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(0, signal.SIGTERM)
+    except OSError:
+        pass
+    os._exit(0)
+
+
 def main(argv):
+    signal.signal(signal.SIGTERM, end_group)
     module_name, attribute, debug = argv[0], argv[1], argv[2] == "1"
     # `python -c` put the working directory (often the web root) first; keep
     # it importable, but after the standard library and site-packages, so a
@@ -449,7 +463,7 @@ def main(argv):
     ready = ("Python %s" % sys.version.split()[0]).encode()
     write_all(_pack(ord("S"), len(ready)) + ready)
     Server(app, debug).serve()
-    return 0
+    end_group()
 
 
 sys.exit(main(sys.argv[2:]))
