@@ -295,3 +295,105 @@ fn nginx_upstream_of_two_shims_survives_one_killed_under_load() {
         "manager killed with SIGKILL",
     );
 }
+
+/// The Django project behind `server`: its `reverse()` and SCRIPT_NAME show
+/// the /app prefix the visitor used.
+fn assert_django_under_app(r: &apache_support::HttpResponse, context: &str, logs: &str) {
+    assert_eq!(r.status, 200, "{context}: {}\n{logs}", r.summary());
+    let text = r.text();
+    for want in [
+        "django index\n",
+        "login url: /app/login/\n",
+        "script_name: '/app'\n",
+    ] {
+        assert!(
+            text.contains(want),
+            "{context}: missing {want:?} in:\n{text}"
+        );
+    }
+}
+
+/// The Django project (kind = "wsgi") through every server of the examples:
+/// nginx and lighttpd on one unix socket, nginx to TCP, lighttpd bin-path,
+/// Apache mod_proxy_fcgi and mod_proxy_scgi (protocol=scgi).
+#[test]
+fn django_project_behind_nginx_lighttpd_and_apache() {
+    require(servers_support::NGINX_BIN, "nginx-light");
+    require(servers_support::LIGHTTPD_BIN, "lighttpd");
+
+    let unix_site = Site::django();
+    let sock = unix_site.path("mysite.sock");
+    let _unix_shim = unix_site.serve(
+        &[
+            "method=prefork".into(),
+            format!("socket={}", sock.display()),
+        ],
+        Endpoint::Unix(sock.clone()),
+    );
+    for (kind, example) in [
+        (Kind::Nginx, "server-examples/nginx-unix-socket.conf"),
+        (Kind::Lighttpd, "server-examples/lighttpd-socket.conf"),
+    ] {
+        let server = WebServer::start(
+            kind,
+            &repo_file(example),
+            &[("SOCKET", sock.display().to_string())],
+        );
+        assert_django_under_app(&server.get("/app/"), example, &server.logs());
+    }
+
+    let tcp_site = Site::django();
+    let port = free_loopback_port();
+    let _tcp_shim = tcp_site.serve(
+        &["method=threaded".into(), format!("port={port}")],
+        Endpoint::Tcp(port),
+    );
+    let nginx = WebServer::start(
+        Kind::Nginx,
+        &repo_file("server-examples/nginx-tcp.conf"),
+        &[("SHIM_PORT", port.to_string())],
+    );
+    assert_django_under_app(&nginx.get("/app/"), "nginx -> tcp", &nginx.logs());
+    let (apache, _root) = apache_with(
+        "server-examples/apache-proxy-fcgi.conf",
+        &["proxy", "proxy_fcgi"],
+        port,
+    );
+    assert_django_under_app(
+        &apache.get("/app/"),
+        "apache mod_proxy_fcgi",
+        &apache.logs_for_humans(),
+    );
+
+    let scgi_site = Site::django();
+    let scgi_port = free_loopback_port();
+    let _scgi_shim = scgi_site.serve(
+        &["protocol=scgi".into(), format!("port={scgi_port}")],
+        Endpoint::Tcp(scgi_port),
+    );
+    let (apache, _root) = apache_with(
+        "server-examples/apache-proxy-scgi.conf",
+        &["proxy", "proxy_scgi", "setenvif"],
+        scgi_port,
+    );
+    assert_django_under_app(
+        &apache.get("/app/"),
+        "apache mod_proxy_scgi",
+        &apache.logs_for_humans(),
+    );
+
+    let spawned = Site::django();
+    let lighttpd = WebServer::start(
+        Kind::Lighttpd,
+        &repo_file("server-examples/lighttpd-bin-path.conf"),
+        &[
+            ("SHIM", shim_bin().display().to_string()),
+            ("SETTINGS", spawned.settings.display().to_string()),
+        ],
+    );
+    assert_django_under_app(
+        &lighttpd.get("/app/"),
+        "lighttpd bin-path",
+        &lighttpd.logs(),
+    );
+}

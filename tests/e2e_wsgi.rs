@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use apache_support::{
-    ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file,
+    ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file, copy_tree,
     kill_processes_matching, mkdir_world_readable, wait_no_processes_matching, write_file,
 };
 
@@ -38,24 +38,6 @@ fn venv_python() -> String {
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// `cp -r` into a world-readable tree (Apache's children run as www-data).
-fn copy_tree(from: &Path, to: &Path) {
-    mkdir_world_readable(to);
-    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
-        let entry = entry.expect("dir entry");
-        let name = entry.file_name();
-        if name == "__pycache__" {
-            continue;
-        }
-        let (src, dst) = (entry.path(), to.join(&name));
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            copy_file(&src, &dst, 0o644);
-        }
-    }
 }
 
 /// A web root, its Apache, and the temp dirs both live in.

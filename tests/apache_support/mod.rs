@@ -163,6 +163,24 @@ pub fn write_file(path: &Path, contents: impl AsRef<[u8]>, mode: u32) {
     chmod(path, mode);
 }
 
+/// `cp -r` into a world-readable tree (Apache's children run as www-data).
+pub fn copy_tree(from: &Path, to: &Path) {
+    mkdir_world_readable(to);
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if name == "__pycache__" {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            copy_file(&src, &dst, 0o644);
+        }
+    }
+}
+
 /// Copies `from` to `to` and sets `mode`.
 pub fn copy_file(from: &Path, to: &Path, mode: u32) {
     fs::copy(from, to)

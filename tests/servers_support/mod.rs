@@ -498,6 +498,34 @@ impl Site {
         Site { dir, settings }
     }
 
+    /// The Django project of tests/wsgi_apps (copied into the site, which
+    /// www-data can read) as the application, instead of the CGI script.
+    pub fn django() -> Site {
+        let site = Site::new();
+        let python = std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| {
+            panic!(
+                "the Django tests need FCGI_SHIM_TEST_PYTHON (make test sets it): \
+                 FCGI_SHIM_TEST_PYTHON=$(scripts/test-venv.sh) cargo test"
+            )
+        });
+        let project = site.path("djsite");
+        apache_support::copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wsgi_apps/djsite"),
+            &project,
+        );
+        apache_support::write_file(
+            &site.settings,
+            format!(
+                "[app]\nkind = \"wsgi\"\nmodule = \"djsite.wsgi\"\npython = \"{python}\"\n\
+                 python_path = [\"{}\"]\n\
+                 env = {{ DJANGO_SETTINGS_MODULE = \"djsite.settings\", PYTHONDONTWRITEBYTECODE = \"1\" }}\n",
+                project.display()
+            ),
+            0o644,
+        );
+        site
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
