@@ -54,6 +54,11 @@ pub trait Back {
     /// Serve one request: read its body from `exchange`, send its response.
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome;
 
+    /// Called about once a second while no request runs: look after the
+    /// application between requests (replace a process that died, drain
+    /// its stderr). Must not block.
+    fn idle(&mut self) {}
+
     /// Stop every process of the application (on exit or reload). `serve`
     /// may still be called afterwards (a reload whose exec failed): it must
     /// then start what it needs again.

@@ -74,6 +74,13 @@ enum Frame<'a> {
     Done,
 }
 
+/// Where a new worker's start-up stands.
+enum Started {
+    Pending,
+    Ready,
+    Failed,
+}
+
 /// How a wait ended early, or what the front did.
 enum Interrupt {
     Aborted,
@@ -309,20 +316,7 @@ impl WsgiBack {
         ctx: &mut Context<'_>,
     ) -> Result<(), Outcome> {
         let deadline = Instant::now() + self.config.start_timeout;
-        // A worker that died while idle (OOM killer, a thread calling
-        // os._exit) is not this request's fault: start another for it.
-        if let Some(w) = self.sup.worker()
-            && let Some(status) = w.process.try_wait()
-        {
-            let pid = w.process.pid();
-            let stderr = self.stderr_summary();
-            log::error!(
-                "wsgi: {}: the worker (pid {pid}) {} while idle; {stderr}; starting another",
-                self.label,
-                DescribeExit(status)
-            );
-            self.sup.failed();
-        }
+        self.note_death_while_idle();
         loop {
             let now = Instant::now();
             // Stopping: no point starting a worker (mod_fcgid's SIGKILL
@@ -353,6 +347,23 @@ impl WsgiBack {
         }
     }
 
+    /// A worker that died while idle (OOM killer, a thread calling
+    /// os._exit) is not a request's fault: say so; another is started.
+    fn note_death_while_idle(&mut self) {
+        if let Some(w) = self.sup.worker()
+            && let Some(status) = w.process.try_wait()
+        {
+            let pid = w.process.pid();
+            let stderr = self.stderr_summary();
+            log::error!(
+                "wsgi: {}: the worker (pid {pid}) {} while idle; {stderr}; starting another",
+                self.label,
+                DescribeExit(status)
+            );
+            self.sup.failed();
+        }
+    }
+
     /// Keep reading the front (the body) while we wait: Some(Err) if it went away.
     fn pump_front(&mut self, ex: &mut dyn Exchange) -> Option<Result<(), ()>> {
         if !ex.input_pending() {
@@ -372,46 +383,10 @@ impl WsgiBack {
         deadline: Instant,
     ) -> Result<(), Outcome> {
         loop {
-            match self.next_frame() {
-                Ok(Some((Frame::Ready(version), used))) => {
-                    let version = String::from_utf8_lossy(version).into_owned();
-                    self.from_worker.drain(..used);
-                    let Some(w) = self.sup.worker() else {
-                        return Err(self.unavailable(ex));
-                    };
-                    log::info!(
-                        "wsgi: {} ready in {:.2}s (pid {}, {version})",
-                        self.label,
-                        w.started.elapsed().as_secs_f64(),
-                        w.process.pid()
-                    );
-                    self.sup.mark_ready();
-                    self.import_error = None;
-                    return Ok(());
-                }
-                Ok(Some((Frame::ImportFailed(report), _))) => {
-                    let report = String::from_utf8_lossy(report).into_owned();
-                    let (summary, traceback) = report.split_once('\n').unwrap_or((&report, ""));
-                    let summary = summary.to_string();
-                    let traceback = traceback.to_string();
-                    self.sup.failed();
-                    log::error!(
-                        "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
-                        self.label,
-                        self.backoff_seconds()
-                    );
-                    self.import_error = Some((summary, traceback));
-                    return Err(self.unavailable(ex));
-                }
-                Ok(Some(_)) | Err(_) => {
-                    log::error!(
-                        "wsgi: {}: the worker broke the protocol during start-up (503)",
-                        self.label
-                    );
-                    self.sup.failed();
-                    return Err(self.unavailable(ex));
-                }
-                Ok(None) => {}
+            match self.start_frame() {
+                Started::Ready => return Ok(()),
+                Started::Failed => return Err(self.unavailable(ex)),
+                Started::Pending => {}
             }
             let now = Instant::now();
             let limit = ctx.stop_deadline.map_or(deadline, |s| s.min(deadline));
@@ -460,6 +435,52 @@ impl WsgiBack {
                     }
                 }
             }
+        }
+    }
+
+    /// Handle the new worker's first frame if it has arrived: ready, or its
+    /// import error (logged, kept for the 503 page), or a protocol error.
+    fn start_frame(&mut self) -> Started {
+        match self.next_frame() {
+            Ok(Some((Frame::Ready(version), used))) => {
+                let version = String::from_utf8_lossy(version).into_owned();
+                self.from_worker.drain(..used);
+                let Some(w) = self.sup.worker() else {
+                    return Started::Failed;
+                };
+                log::info!(
+                    "wsgi: {} ready in {:.2}s (pid {}, {version})",
+                    self.label,
+                    w.started.elapsed().as_secs_f64(),
+                    w.process.pid()
+                );
+                self.sup.mark_ready();
+                self.import_error = None;
+                Started::Ready
+            }
+            Ok(Some((Frame::ImportFailed(report), _))) => {
+                let report = String::from_utf8_lossy(report).into_owned();
+                let (summary, traceback) = report.split_once('\n').unwrap_or((&report, ""));
+                let summary = summary.to_string();
+                let traceback = traceback.to_string();
+                self.sup.failed();
+                log::error!(
+                    "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
+                    self.label,
+                    self.backoff_seconds()
+                );
+                self.import_error = Some((summary, traceback));
+                Started::Failed
+            }
+            Ok(Some(_)) | Err(_) => {
+                log::error!(
+                    "wsgi: {}: the worker broke the protocol during start-up (503)",
+                    self.label
+                );
+                self.sup.failed();
+                Started::Failed
+            }
+            Ok(None) => Started::Pending,
         }
     }
 
@@ -848,6 +869,35 @@ impl Back for WsgiBack {
             return outcome;
         }
         self.run(exchange, ctx)
+    }
+
+    /// Between requests: log what the worker wrote to stderr, and replace a
+    /// worker that crashed as soon as the backoff allows, so that the next
+    /// request does not pay for the imports. (After an import error the next
+    /// try waits for a request: no Python start every 10 s on an idle site.)
+    fn idle(&mut self) {
+        self.read_stderr();
+        self.note_death_while_idle();
+        if self.sup.worker().is_none()
+            && self.import_error.is_none()
+            && !crate::sys::stop_requested()
+        {
+            match self.sup.start() {
+                Ok(_) => self.greet(),
+                Err(StartError::Backoff(_)) => {}
+                Err(e) => self.log_start_error(&e),
+            }
+        }
+        // A worker starting up: its handshake, as far as it has come.
+        if self.sup.worker().is_some_and(|w| !w.ready) {
+            if self.write_to_worker().is_err() {
+                self.to_worker.clear();
+            }
+            // (If it died during start-up, the next request says why: 503.)
+            if let Ok(true) = self.read_stdout() {
+                let _ = self.start_frame();
+            }
+        }
     }
 
     fn shutdown(&mut self) {

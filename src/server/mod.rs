@@ -90,6 +90,7 @@ pub fn run_single(
             }
         }
         if !incoming {
+            back.idle();
             continue;
         }
         match sys::accept(listener.as_fd()) {

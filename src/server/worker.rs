@@ -98,6 +98,7 @@ pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
             w.signals.drain();
         }
         if !incoming || sys::stop_requested() {
+            back.idle();
             continue;
         }
         let conn = match sys::accept(w.listener.fd.as_fd()) {
