@@ -29,7 +29,10 @@ It is not meant to be run from a shell. A web server starts it:
 
 Usage:
   fcgi-shim [SETTINGS]       be the FastCGI application (when started by a web server)
-  fcgi-shim check [SETTINGS] validate the settings and exit (0 = valid)
+  fcgi-shim check [--start-app] [SETTINGS]
+                             validate the settings and exit (0 = valid); with
+                             --start-app also start the application once (a
+                             WSGI application is imported), as a reload does
   fcgi-shim serve [SETTINGS] [key=value ...]
                              run standalone, like Django's `manage.py runfcgi`
                              (`fcgi-shim serve help` lists the options)
@@ -53,7 +56,11 @@ pub fn main() -> ExitCode {
             println!("fcgi-shim {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("check") => check(args.get(2).map(PathBuf::from).as_deref(), &exe),
+        Some("check") => {
+            let start_app = args.get(2).is_some_and(|a| a == "--start-app");
+            let settings = args.get(if start_app { 3 } else { 2 });
+            check(settings.map(PathBuf::from).as_deref(), &exe, start_app)
+        }
         Some("serve") => serve(args.get(2..).unwrap_or_default(), &exe),
         Some(flag) if flag.starts_with('-') => {
             eprintln!("fcgi-shim: unknown option {flag}\n\n{USAGE}");
@@ -92,17 +99,27 @@ fn find_settings(arg: Option<&Path>, exe: &Path) -> Result<Config, String> {
     config::load(found.path()).map_err(|e| e.to_string())
 }
 
-fn check(arg: Option<&Path>, exe: &Path) -> ExitCode {
-    match find_settings(arg, exe) {
-        Ok(config) => {
-            println!("ok: {}", config.path.display());
-            ExitCode::SUCCESS
-        }
+/// `check [--start-app] [SETTINGS]`: validate the settings; with
+/// `--start-app` also start the application once the way the shim would (a
+/// WSGI application is imported), which is what a reload asks of a new version.
+fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
+    let config = match find_settings(arg, exe) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(1)
+            return ExitCode::from(1);
+        }
+    };
+    if start_app {
+        // The application's own log lines would bury the one that matters.
+        log::set_max_level(log::LevelFilter::Off);
+        if let Err(e) = back::preflight(&config) {
+            eprintln!("{}: {e}", config.path.display());
+            return ExitCode::from(1);
         }
     }
+    println!("ok: {}", config.path.display());
+    ExitCode::SUCCESS
 }
 
 fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {

@@ -245,12 +245,14 @@ impl Reloader {
         None
     }
 
-    /// Run the new version's own `check` on the settings: proves that the
-    /// executable runs and that the settings are valid for it. (Standalone
+    /// Run the new version's own `check --start-app` on the settings: proves
+    /// that the executable runs, that the settings are valid for it, and that
+    /// the application starts (a WSGI application imports). (Standalone
     /// `serve` calls this on SIGHUP.)
     pub fn validate(&self) -> Result<(), Rejected> {
         let (program, mut args) = self.check_command()?;
         args.push("check".into());
+        args.push("--start-app".into());
         if let Some(s) = &self.settings {
             args.push(s.into());
         }

@@ -531,3 +531,37 @@ fn binary_replaced_by_rename_under_load_and_old_processes_go_away() {
     );
     site.finish();
 }
+
+#[test]
+fn wsgi_broken_code_keeps_the_old_version_serving_until_fixed() {
+    let Some(site) = Site::start_kind(Kind::Wsgi) else {
+        return;
+    };
+    assert_eq!(site.greeting(), "greeting=one");
+    // A typo in the application, then `touch mysite.fcgi`: the new version
+    // does not import, so the old one goes on serving.
+    let app = site.bin.join("app.py");
+    let broken = app_py(&site.bin, "two").replace("def application(", "def application(:");
+    write_file(&app, broken, 0o644);
+    site.touch_site();
+    for _ in 0..3 {
+        assert_eq!(site.greeting(), "greeting=one");
+    }
+    let log = site.apache.wait_for_error_log(Duration::from_secs(5), |l| {
+        l.contains("SyntaxError") && l.contains("still serving the previous version")
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("SyntaxError"))
+        .unwrap_or_else(|| panic!("no SyntaxError in the error log:\n{log}"));
+    assert!(line.contains("app.py"), "{line}");
+    assert!(
+        line.contains("still serving the previous version"),
+        "{line}"
+    );
+    // Fixed: the next touch reloads.
+    site.change_greeting("fixed");
+    site.touch_site();
+    assert_eq!(site.greeting(), "greeting=fixed");
+    site.finish();
+}

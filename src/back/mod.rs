@@ -73,6 +73,17 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     }
 }
 
+/// Start the application once and stop it again: can the new version run?
+/// (A reload asks this before it replaces a working version.) For `wsgi`
+/// the worker must import the application; a `cgi` program runs per request,
+/// so valid settings are all there is to check.
+pub fn preflight(config: &Config) -> Result<(), String> {
+    match &config.app {
+        AppConfig::Cgi(_) => Ok(()),
+        AppConfig::Wsgi(wsgi) => wsgi::preflight(wsgi.clone(), config.limits),
+    }
+}
+
 /// Does this application kind need the process-group guard (see
 /// `supervise::Descendants`)? CGI programs do; the WSGI adapter ends its own group.
 pub fn needs_group_guard(config: &Config) -> bool {

@@ -74,6 +74,51 @@ enum Frame<'a> {
     Done,
 }
 
+/// Start a worker for `config`, wait (up to `start_timeout`) until it has
+/// imported the application, stop it. Err: why it cannot (the Python error
+/// with its innermost frame, or how the worker ended).
+pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
+    let deadline = Instant::now() + config.start_timeout;
+    let mut back = WsgiBack::new(config, limits);
+    let result = loop {
+        if let Some((summary, _)) = &back.import_error {
+            break Err(format!("cannot import {}: {summary}", back.label));
+        }
+        let state = back.sup.worker().map(|w| (w.ready, w.process.try_wait()));
+        match state {
+            Some((true, _)) => break Ok(()),
+            Some((false, Some(status))) => {
+                // Its last words may be the import error.
+                back.idle_handshake();
+                if let Some((summary, _)) = &back.import_error {
+                    break Err(format!("cannot import {}: {summary}", back.label));
+                }
+                let stderr = back.stderr_summary();
+                break Err(format!(
+                    "{}: the worker {} during start-up; {stderr}",
+                    back.label,
+                    DescribeExit(status)
+                ));
+            }
+            None if back.sup.failures() > 0 => {
+                break Err(format!("{}: the worker could not be started", back.label));
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            break Err(format!(
+                "{}: the worker did not start within {:.1}s (start_timeout)",
+                back.label,
+                back.config.start_timeout.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        back.idle();
+    };
+    back.shutdown();
+    result
+}
+
 /// Where a new worker's start-up stands.
 enum Started {
     Pending,
@@ -361,6 +406,20 @@ impl WsgiBack {
                 DescribeExit(status)
             );
             self.sup.failed();
+        }
+    }
+
+    /// Between requests: move a starting worker's handshake on without
+    /// waiting. (If it died during start-up, the next request says why: 503.)
+    fn idle_handshake(&mut self) {
+        if self.sup.worker().is_none_or(|w| w.ready) {
+            return;
+        }
+        if self.write_to_worker().is_err() {
+            self.to_worker.clear();
+        }
+        if let Ok(true) = self.read_stdout() {
+            let _ = self.start_frame();
         }
     }
 
@@ -877,25 +936,21 @@ impl Back for WsgiBack {
     /// try waits for a request: no Python start every 10 s on an idle site.)
     fn idle(&mut self) {
         self.read_stderr();
+        // A worker starting up: its handshake, as far as it has come (an
+        // import error is read before the death that follows it is noticed).
+        self.idle_handshake();
         self.note_death_while_idle();
         if self.sup.worker().is_none()
             && self.import_error.is_none()
             && !crate::sys::stop_requested()
         {
             match self.sup.start() {
-                Ok(_) => self.greet(),
+                Ok(_) => {
+                    self.greet();
+                    self.idle_handshake();
+                }
                 Err(StartError::Backoff(_)) => {}
                 Err(e) => self.log_start_error(&e),
-            }
-        }
-        // A worker starting up: its handshake, as far as it has come.
-        if self.sup.worker().is_some_and(|w| !w.ready) {
-            if self.write_to_worker().is_err() {
-                self.to_worker.clear();
-            }
-            // (If it died during start-up, the next request says why: 503.)
-            if let Ok(true) = self.read_stdout() {
-                let _ = self.start_frame();
             }
         }
     }
