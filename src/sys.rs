@@ -277,9 +277,13 @@ pub fn adopt_fd(raw: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
-/// Accept one connection (close-on-exec). EINTR and EAGAIN come back as errors.
+/// Accept one connection, non-blocking and close-on-exec (one syscall, no
+/// fcntl afterwards). EINTR and EAGAIN come back as errors.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Conn> {
-    let raw = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+    let raw = socket::accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?;
     // SAFETY: accept4 just returned this fd; nothing else owns it.
     Ok(Conn(unsafe { OwnedFd::from_raw_fd(raw) }))
 }

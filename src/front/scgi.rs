@@ -173,11 +173,8 @@ fn decode_pairs(mut bytes: &[u8], max_pairs: usize) -> Result<Pairs, ScgiError> 
 // Connection driver
 
 /// Serve one accepted SCGI connection (one request). Errors are logged here.
+/// `conn` comes from `sys::accept`: non-blocking.
 pub fn serve_connection(conn: Conn, back: &mut dyn Back, ctx: &mut Context<'_>, limits: Limits) {
-    if let Err(e) = crate::sys::set_nonblocking(conn.as_fd()) {
-        log::error!("scgi: closing connection: cannot make it non-blocking: {e}");
-        return;
-    }
     let mut exchange = match read_head(conn, ctx, limits) {
         Ok(Some(exchange)) => exchange,
         Ok(None) => return,
