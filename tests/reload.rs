@@ -326,3 +326,37 @@ fn application_processes_die_within_a_second_of_a_sigkilled_shim() {
     let left = wait_until_gone(Duration::from_secs(1), || processes_with_env(&marker));
     assert!(left.is_empty(), "still running a second later: {left:?}");
 }
+
+#[test]
+fn a_stop_during_a_request_ends_the_programs_whole_group() {
+    let marker = unique_marker();
+    let dir = TempDir::new("reload-stop");
+    let started = dir.join("started");
+    let script = dir.script(
+        "app.sh",
+        &format!(
+            "sleep 30 &\nsleep 31 &\ntouch {}\nwait\n",
+            started.display()
+        ),
+    );
+    let mut shim = Shim::start(&settings_with_timeout(&script, 20));
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(1, &cgi_params("GET", &marker, 0), b"", false),
+    );
+    assert!(wait_for_file(&started, LOG_WAIT), "log:\n{}", shim.log());
+    assert_eq!(processes_with_env(&marker).len(), 3);
+    shim.terminate();
+    assert!(
+        shim.wait_exit(Duration::from_secs(5)).is_some(),
+        "log:\n{}",
+        shim.log()
+    );
+    let left = wait_until_gone(Duration::from_secs(1), || processes_with_env(&marker));
+    assert!(
+        left.is_empty(),
+        "still running after the stop: {left:?}\n{}",
+        shim.log()
+    );
+}
