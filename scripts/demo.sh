@@ -19,7 +19,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 apache_bin=/usr/sbin/apache2
 modules=/usr/lib/apache2/modules
 
-say() { printf '%s\n' "demo: $*" >&2; }
+# Never fails: the terminal (or the `| tee` we print to) may be gone.
+say() { printf '%s\n' "demo: $*" >&2 2>/dev/null || true; }
 die() { say "$*"; exit 1; }
 
 # --- 1. Apache + mod_fcgid ---------------------------------------------------
@@ -77,8 +78,10 @@ cleanup() {
     [ "$cleaned" = 1 ] && return
     cleaned=1
     trap - INT TERM
-    # The terminal (or a pipe we print to) may be gone: never die mid-cleanup.
+    # The terminal (or a pipe we print to) may be gone: never die mid-cleanup,
+    # neither of a signal nor of `set -e` after a failed write.
     trap '' PIPE HUP
+    set +e
     if [ -n "$apache_pid" ] && kill -0 "$apache_pid" 2>/dev/null; then
         say "stopping Apache (pid $apache_pid)"
         kill -TERM "$apache_pid" 2>/dev/null || true
@@ -112,7 +115,11 @@ cleanup() {
     say "stopped; removed $tmp"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C under `| tee` in tmux: tee dies of the same SIGINT, the pane closes
+# and a SIGHUP follows at once. Whichever arrives first, ignore the other
+# from then on, so the clean-up is never cut short.
+trap 'trap "" HUP PIPE; exit 130' INT TERM
+trap 'trap "" HUP PIPE INT; exit 129' HUP
 
 cp "$repo/htaccess-examples/mod_fcgid.htaccess" "$www/.htaccess"
 chmod 0644 "$www/.htaccess"
