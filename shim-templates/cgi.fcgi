@@ -4,6 +4,10 @@
 # and point the first line at the installed fcgi-shim executable.
 # Every key is described in the README's "Settings reference".
 
+# `touch mysite.fcgi` restarts the site (validated first: a broken edit keeps
+# the old version serving). More files to watch, relative to this file:
+# watch = ["tmp/restart.txt"]
+
 [app]
 kind = "cgi"
 # The CGI program run for every request (absolute, or relative to this file):

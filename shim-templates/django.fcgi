@@ -6,6 +6,10 @@
 # runfastcgi) line by line; nothing needs to be pip-installed but Django.
 # Every key is described in the README's "Settings reference".
 
+# `touch mysite.fcgi` restarts the site (validated first: a broken edit keeps
+# the old version serving). More files to watch, relative to this file:
+# watch = ["tmp/restart.txt"]
+
 [app]
 kind = "wsgi"
 # The project's WSGI application (manage.py startproject makes myproject/wsgi.py):
