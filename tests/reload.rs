@@ -294,13 +294,14 @@ fn reload_under_systemd_socket_activation_keeps_fd_3() {
     assert!(get_body(&shim).starts_with("two"));
 }
 
-#[test]
-fn application_processes_die_within_a_second_of_a_sigkilled_shim() {
+/// A shim in the middle of a request whose program left two background
+/// sleeps (which PR_SET_PDEATHSIG alone would not reach). Returns the shim,
+/// its connection, the program's directory and the marker in the
+/// environment of all three processes (QUERY_STRING, which they inherit).
+fn shim_with_a_program_and_its_children(label: &str) -> (Shim, common::Conn, TempDir, String) {
     let marker = unique_marker();
-    let dir = TempDir::new("reload-kill9");
+    let dir = TempDir::new(label);
     let started = dir.join("started");
-    // The program leaves a background grandchild, which PR_SET_PDEATHSIG
-    // alone would not reach.
     let script = dir.script(
         "app.sh",
         &format!(
@@ -308,15 +309,20 @@ fn application_processes_die_within_a_second_of_a_sigkilled_shim() {
             started.display()
         ),
     );
-    let mut shim = Shim::start(&settings_with_timeout(&script, 20));
+    let shim = Shim::start(&settings_with_timeout(&script, 20));
     let mut conn = shim.connect();
     send(
         &mut conn,
         &encode_request(1, &cgi_params("GET", &marker, 0), b"", false),
     );
     assert!(wait_for_file(&started, LOG_WAIT), "log:\n{}", shim.log());
-    // The script and its two sleeps (the marker is in QUERY_STRING, which they inherit).
     assert_eq!(processes_with_env(&marker).len(), 3);
+    (shim, conn, dir, marker)
+}
+
+#[test]
+fn application_processes_die_within_a_second_of_a_sigkilled_shim() {
+    let (mut shim, _conn, _dir, marker) = shim_with_a_program_and_its_children("reload-kill9");
     let status = Command::new("kill")
         .args(["-KILL", &shim.pid().to_string()])
         .status()
@@ -329,24 +335,7 @@ fn application_processes_die_within_a_second_of_a_sigkilled_shim() {
 
 #[test]
 fn a_stop_during_a_request_ends_the_programs_whole_group() {
-    let marker = unique_marker();
-    let dir = TempDir::new("reload-stop");
-    let started = dir.join("started");
-    let script = dir.script(
-        "app.sh",
-        &format!(
-            "sleep 30 &\nsleep 31 &\ntouch {}\nwait\n",
-            started.display()
-        ),
-    );
-    let mut shim = Shim::start(&settings_with_timeout(&script, 20));
-    let mut conn = shim.connect();
-    send(
-        &mut conn,
-        &encode_request(1, &cgi_params("GET", &marker, 0), b"", false),
-    );
-    assert!(wait_for_file(&started, LOG_WAIT), "log:\n{}", shim.log());
-    assert_eq!(processes_with_env(&marker).len(), 3);
+    let (mut shim, _conn, _dir, marker) = shim_with_a_program_and_its_children("reload-stop");
     shim.terminate();
     assert!(
         shim.wait_exit(Duration::from_secs(5)).is_some(),
