@@ -10,7 +10,8 @@ build:
 	$(CARGO) build --release
 
 # The whole suite: unit tables, integration tests against the real binary,
-# and end-to-end tests through a private Apache + mod_fcgid.
+# and end-to-end tests through private Apache (mod_fcgid, mod_proxy_fcgi,
+# mod_proxy_scgi), nginx and lighttpd instances, with real Django and Flask.
 # The WSGI tests need a Python with Django, Flask and flup that Apache's
 # www-data can run: scripts/test-venv.sh makes (or reuses) it under /var/tmp.
 test:
