@@ -456,13 +456,7 @@ fn serve_with(config: Config) -> Result<(), String> {
     }
     if reload_pending.get() {
         // The socket file and the pidfile stay: the new image takes them over.
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&keep);
-        let env = match sys::clear_cloexec(std::os::fd::AsFd::as_fd(&keep)) {
-            Ok(()) if raw == 0 => Ok(Vec::new()),
-            Ok(()) => Ok(vec![(launch::LISTEN_FD_ENV, raw.to_string())]),
-            Err(e) => Err(e),
-        };
-        let err = match env {
+        let err = match launch::prepare_reexec(std::os::fd::AsFd::as_fd(&keep), None) {
             Ok(env) => reloader.exec(&env),
             Err(e) => e,
         };

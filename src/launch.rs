@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::ServerSettings;
@@ -103,19 +103,22 @@ pub fn detect() -> Result<Launch, LaunchError> {
 }
 
 /// Make the listening socket survive a re-exec where the new image will look
-/// for it, and return the environment that tells it so.
+/// for it, and return the environment that tells it so: fd 0 and systemd's
+/// fd 3 (`source`) are found where the spawner left them; any other fd
+/// (`None`: standalone `serve`'s own socket) is named in [`LISTEN_FD_ENV`].
 pub fn prepare_reexec(
     listener: BorrowedFd<'_>,
-    source: ListenerSource,
+    source: Option<ListenerSource>,
 ) -> std::io::Result<Vec<(&'static str, String)>> {
     sys::clear_cloexec(listener)?;
     Ok(match source {
-        ListenerSource::Fd0 => Vec::new(),
+        Some(ListenerSource::Fd0) => Vec::new(),
         // Same pid after exec: systemd's variables, as systemd would set them.
-        ListenerSource::Systemd => vec![
+        Some(ListenerSource::Systemd) => vec![
             ("LISTEN_PID", sys::pid().to_string()),
             ("LISTEN_FDS", "1".to_string()),
         ],
+        None => vec![(LISTEN_FD_ENV, listener.as_raw_fd().to_string())],
     })
 }
 

@@ -148,7 +148,7 @@ fn restart(
 ) {
     back.shutdown();
     crate::supervise::release_guard();
-    let env = match launch::prepare_reexec(listener.as_fd(), source) {
+    let env = match launch::prepare_reexec(listener.as_fd(), Some(source)) {
         Ok(env) => env,
         Err(e) => {
             log::error!(
