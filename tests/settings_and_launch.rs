@@ -32,6 +32,17 @@ fn by_hand(cwd: &TempDir) -> Command {
     cmd
 }
 
+/// The run exited with `code` (its stderr in the failure message).
+fn assert_exit(outcome: &Outcome, code: i32) {
+    assert_eq!(
+        outcome.status.code(),
+        Some(code),
+        "status {:?}; stderr:\n{}",
+        outcome.status,
+        outcome.stderr
+    );
+}
+
 fn check(settings: &Path, dir: &TempDir) -> Outcome {
     run_bounded(by_hand(dir).arg("check").arg(settings), dir, RUN_LIMIT)
 }
@@ -103,13 +114,7 @@ fn provoke_log_line(shim: &Shim) -> String {
 fn run_by_hand_without_arguments_prints_usage_on_stderr_and_exits_2() {
     let cwd = TempDir::new("byhand");
     let outcome = run_bounded(&mut by_hand(&cwd), &cwd, RUN_LIMIT);
-    assert_eq!(
-        outcome.status.code(),
-        Some(2),
-        "status {:?}; stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
+    assert_exit(&outcome, 2);
     assert!(
         outcome.elapsed < Duration::from_secs(2),
         "took {:?}",
@@ -130,13 +135,7 @@ fn run_by_hand_without_arguments_prints_usage_on_stderr_and_exits_2() {
 fn help_prints_usage_on_stdout_and_exits_0() {
     let cwd = TempDir::new("help");
     let outcome = run_bounded(by_hand(&cwd).arg("--help"), &cwd, RUN_LIMIT);
-    assert_eq!(
-        outcome.status.code(),
-        Some(0),
-        "status {:?}; stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
+    assert_exit(&outcome, 0);
     assert!(
         outcome.stdout.to_ascii_lowercase().contains("usage"),
         "stdout:\n{}\nstderr:\n{}",
@@ -151,13 +150,7 @@ fn check_accepts_valid_settings() {
     let script = dir.script("app.sh", HELLO_SCRIPT);
     let path = dir.write("good.toml", &settings(&script));
     let outcome = check(&path, &dir);
-    assert_eq!(
-        outcome.status.code(),
-        Some(0),
-        "status {:?}; stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
+    assert_exit(&outcome, 0);
     assert!(
         outcome.stdout.to_ascii_lowercase().contains("ok"),
         "stdout {:?}, stderr {:?}",
@@ -171,13 +164,7 @@ fn check_reports_a_misspelt_key_with_position_and_suggestion() {
     let dir = TempDir::new("check");
     let path = dir.write("typo.toml", &misspelt_settings(Path::new("/bin/true")));
     let outcome = check(&path, &dir);
-    assert_eq!(
-        outcome.status.code(),
-        Some(1),
-        "status {:?}; stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
+    assert_exit(&outcome, 1);
     assert_located_error(&outcome.stderr, &path, 3, Some(1), &["comand", "command"]);
 }
 
@@ -189,13 +176,7 @@ fn check_reports_a_wrong_type_naming_the_key() {
         "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\ntimeout = \"soon\"\n",
     );
     let outcome = check(&path, &dir);
-    assert_eq!(
-        outcome.status.code(),
-        Some(1),
-        "status {:?}; stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
+    assert_exit(&outcome, 1);
     assert_located_error(&outcome.stderr, &path, 4, None, &["timeout"]);
 }
 
@@ -204,13 +185,7 @@ fn check_reports_a_missing_file() {
     let dir = TempDir::new("check");
     let path = dir.join("does-not-exist.toml");
     let outcome = check(&path, &dir);
-    assert_eq!(
-        outcome.status.code(),
-        Some(1),
-        "status {:?}; stderr:\n{}",
-        outcome.status,
-        outcome.stderr
-    );
+    assert_exit(&outcome, 1);
     assert!(
         outcome.stderr.contains(&path.display().to_string()),
         "the error should name the file; stderr:\n{}",
