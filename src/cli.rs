@@ -199,12 +199,18 @@ fn reloader_for(
             .or_else(|| Some(config::sibling_of(exe))),
     };
     let reloader = Reloader::new(Started::new(args.to_vec(), exe), settings, config)
-        .exit_when_replaced(launch::spawned_by_apache());
+        .exit_when_replaced(launch::spawned_by_apache())
+        .with_inotify_hint();
     let watched: Vec<String> = reloader
         .watched()
         .map(|p| p.display().to_string())
         .collect();
-    log::debug!("reload: watching {}", watched.join(", "));
+    let how = if reloader.wake_fd().is_some() {
+        "stat after an inotify event or once a second"
+    } else {
+        "stat before every request"
+    };
+    log::debug!("reload: watching {} ({how})", watched.join(", "));
     reloader
 }
 

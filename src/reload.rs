@@ -2,23 +2,28 @@
 //!
 //! Owns: the watched files (the file the web server started — the executable,
 //! or in the shebang form the settings file that is `mysite.fcgi` — the
-//! executable itself, the settings file, and `watch = [...]`), the check (a
-//! stat of each, before each request and on the idle tick), waiting until a
-//! changed file is stable, validating the new version by running it (`check`)
-//! before acting, and the re-exec that keeps the listening socket. Also knows
-//! whether the file we were started as was replaced (new inode), which under
-//! mod_fcgid means no request will ever come to us again.
+//! executable itself, the settings file, and `watch = [...]`), the check
+//! before each request and on the idle tick (a stat of each; with the inotify
+//! hint only after an event in their directories, or once a second), waiting
+//! until a changed file is stable, validating the new version by running it
+//! (`check`) before acting, and the re-exec that keeps the listening socket.
+//! Also knows whether the file we were started as was replaced (new inode),
+//! which under mod_fcgid means no request will ever come to us again.
 //! Must not: accept connections or stop the application itself; the server
 //! loop does that around [`Reloader::exec`].
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use crate::config::Config;
 
@@ -36,6 +41,11 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
 /// An old process (its file was replaced) exits after this long without a request.
 pub const REPLACED_IDLE_EXIT: Duration = Duration::from_secs(60);
+/// With the inotify hint, the watched files are still stat'ed at least this
+/// often (when a check comes). inotify does not see every change: on NFS it
+/// misses those made on other clients, and it cannot see a symlink re-pointed
+/// in a directory we do not watch; this floor bounds their delay.
+const STAT_FLOOR: Duration = Duration::from_secs(1);
 
 /// What `stat` says of a file, as far as change detection cares. `None` for a
 /// file that does not exist.
@@ -130,6 +140,12 @@ pub struct Reloader {
     rejected: Option<(Vec<Option<Stamp>>, Rejected, Instant)>,
     /// Exit when the started file was replaced and no request comes (mod_fcgid).
     exit_when_replaced: bool,
+    /// inotify on the watched files' directories: while it reports nothing,
+    /// a check skips the stat pass. `None`: stat on every check.
+    hint: Option<DirWatch>,
+    /// When the last stat pass that left nothing to look at again began;
+    /// `None` makes the next check stat.
+    quiet_since: Option<Instant>,
 }
 
 impl Reloader {
@@ -161,6 +177,8 @@ impl Reloader {
             origin,
             rejected: None,
             exit_when_replaced: false,
+            hint: None,
+            quiet_since: None,
         }
     }
 
@@ -169,6 +187,33 @@ impl Reloader {
     pub fn exit_when_replaced(mut self, yes: bool) -> Reloader {
         self.exit_when_replaced = yes;
         self
+    }
+
+    /// Put an inotify watch on the directories of the watched files, so that
+    /// [`check`](Self::check) stats only after an event (or once a second).
+    /// For a caller that checks before every request (`serve`'s reloader,
+    /// which only validates on SIGHUP, goes without). Without it, or when
+    /// inotify is not available (e.g. the per-user limit of instances,
+    /// `fs.inotify.max_user_instances`, is reached), every check stats.
+    pub fn with_inotify_hint(mut self) -> Reloader {
+        self.hint = self.watch_dirs();
+        self
+    }
+
+    fn watch_dirs(&self) -> Option<DirWatch> {
+        let paths: Vec<&Path> = self.watched().collect();
+        DirWatch::new(&paths)
+            .inspect_err(|e| {
+                log::info!("reload: {e}; checking the watched files with stat before every request")
+            })
+            .ok()
+    }
+
+    /// Readable when a watched file may have changed: a caller that polls
+    /// anyway includes it (POLLIN) and passes what it saw to
+    /// [`check_polled`](Self::check_polled). `None` without the inotify hint.
+    pub fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.hint.as_ref().map(|h| h.inotify.as_fd())
     }
 
     /// The paths being watched (for the log and the tests).
@@ -184,10 +229,63 @@ impl Reloader {
         self.watched.iter().map(|(_, s)| *s).collect()
     }
 
+    /// Has anything changed? Stats the watched files, with the inotify hint
+    /// only after an event for one of them (all pending ones are read without
+    /// blocking) or when a second has passed since the last stat pass; else
+    /// this costs one `read` that finds nothing.
+    pub fn check(&mut self) -> Verdict {
+        self.check_after(None)
+    }
+
+    /// [`check`](Self::check) right after a poll(2) that included
+    /// [`wake_fd`](Self::wake_fd); `woke`: it was readable. When it was not,
+    /// the common case, this makes no system call at all.
+    pub fn check_polled(&mut self, woke: bool) -> Verdict {
+        self.check_after(Some(woke))
+    }
+
+    fn check_after(&mut self, polled: Option<bool>) -> Verdict {
+        if !self.stat_pass_due(polled) {
+            return Verdict::Same;
+        }
+        // Until the next event or the floor, a pass that ends in `Same` need
+        // not be repeated; `stat_pass` clears this when a file was still
+        // being written.
+        self.quiet_since = Some(Instant::now());
+        let verdict = self.stat_pass();
+        if verdict == Verdict::Reload {
+            // Not taken yet (the caller execs): say so again at the next check.
+            self.quiet_since = None;
+        }
+        verdict
+    }
+
+    /// Whether a stat pass is needed: no hint, an event for a watched name
+    /// (all pending events are read), or the floor reached. An event is
+    /// queued during the system call that changed the file, so a request
+    /// sent after `touch mysite.fcgi` always finds it.
+    fn stat_pass_due(&mut self, polled: Option<bool>) -> bool {
+        let Some(hint) = &self.hint else {
+            return true;
+        };
+        let events = match polled {
+            Some(false) => Events::default(),
+            Some(true) | None => hint.drain(),
+        };
+        if events.watch_lost {
+            // A watched directory was deleted or moved away (or the queue
+            // failed): watch again what the paths name now. The stat pass
+            // below sees whatever changed before.
+            self.hint = None;
+            self.hint = self.watch_dirs();
+        }
+        events.relevant || self.quiet_since.is_none_or(|t| t.elapsed() >= STAT_FLOOR)
+    }
+
     /// Stat the watched files; on a change that has settled, validate the new
     /// version. A rejected version is not validated again until a file changes
     /// again; its error is repeated at most once a minute.
-    pub fn check(&mut self) -> Verdict {
+    fn stat_pass(&mut self) -> Verdict {
         let now = self.current();
         if now == self.baseline() {
             return Verdict::Same;
@@ -203,6 +301,8 @@ impl Reloader {
         }
         let Some(settled) = self.settle(now) else {
             log::info!("reload: a watched file is still changing; waiting until it is complete");
+            // Look again at the next check, event or not.
+            self.quiet_since = None;
             return Verdict::Same;
         };
         let changed: Vec<String> = self
@@ -364,6 +464,131 @@ impl Reloader {
     }
 }
 
+/// inotify on the directories that hold the watched files: a rename over a
+/// file, a `touch`, a write, a create or a delete there queues an event. Per
+/// path it watches the entry's directory, the directory of each symlink on
+/// the way (`current -> releases/42` re-pointed), and the directory of the
+/// file the path resolves to. Non-blocking and close-on-exec: a re-exec
+/// builds its own, and the application never inherits it.
+#[derive(Debug)]
+struct DirWatch {
+    inotify: Inotify,
+    /// The entries that matter: a name in the directory of a watch.
+    names: Vec<(WatchDescriptor, OsString)>,
+}
+
+/// What the pending events said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Events {
+    /// One concerns a watched entry (or may: the queue overflowed).
+    relevant: bool,
+    /// A watched directory was deleted or moved: its watch no longer
+    /// covers the path.
+    watch_lost: bool,
+}
+
+/// What changes a directory entry: everything but reads.
+const DIR_EVENTS: AddWatchFlags = AddWatchFlags::IN_ATTRIB
+    .union(AddWatchFlags::IN_MODIFY)
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_CREATE)
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+/// Events after which a watch no longer covers its path.
+const WATCH_GONE: AddWatchFlags = AddWatchFlags::IN_IGNORED
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_UNMOUNT);
+
+impl DirWatch {
+    /// Watch the entries of `paths`; the error says what could not be watched.
+    fn new(paths: &[&Path]) -> Result<DirWatch, String> {
+        let mut entries: Vec<(PathBuf, OsString)> = Vec::new();
+        for path in paths {
+            for entry in entries_of(path)? {
+                if !entries.contains(&entry) {
+                    entries.push(entry);
+                }
+            }
+        }
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| format!("no inotify instance ({e})"))?;
+        let mut names = Vec::with_capacity(entries.len());
+        for (dir, name) in entries {
+            let wd = inotify
+                .add_watch(&dir, DIR_EVENTS)
+                .map_err(|e| format!("cannot watch {} with inotify ({e})", dir.display()))?;
+            names.push((wd, name));
+        }
+        Ok(DirWatch { inotify, names })
+    }
+
+    /// Read every pending event (without blocking).
+    fn drain(&self) -> Events {
+        let mut seen = Events::default();
+        loop {
+            match self.inotify.read_events() {
+                Ok(events) if events.is_empty() => return seen,
+                Ok(events) => {
+                    for e in events {
+                        seen.watch_lost |= e.mask.intersects(WATCH_GONE);
+                        seen.relevant |= match &e.name {
+                            Some(name) => self.names.iter().any(|(wd, n)| *wd == e.wd && n == name),
+                            // The directory itself, or the queue overflowed.
+                            None => true,
+                        };
+                    }
+                }
+                Err(Errno::EAGAIN) => return seen,
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    return Events {
+                        relevant: true,
+                        watch_lost: true,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The directory entries whose change can change what `path` names: its
+/// own, that of each symlink among its ancestors, and that of what it
+/// resolves to. An error for a path without a file name.
+fn entries_of(path: &Path) -> Result<Vec<(PathBuf, OsString)>, String> {
+    let entry = |p: &Path| {
+        let name = p.file_name()?.to_os_string();
+        let dir = p.parent()?;
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        Some((dir.to_path_buf(), name))
+    };
+    let mut entries =
+        vec![entry(path).ok_or_else(|| {
+            format!("cannot watch {} with inotify: no file name", path.display())
+        })?];
+    entries.extend(
+        path.ancestors()
+            .skip(1)
+            .filter(|a| a.is_symlink())
+            .filter_map(entry),
+    );
+    if let Ok(real) = path.canonicalize()
+        && real != path
+    {
+        entries.extend(entry(&real));
+    }
+    Ok(entries)
+}
+
 fn inherited_origin() -> Option<(u64, u64)> {
     let value = std::env::var(ORIGIN_ENV).ok()?;
     let (dev, ino) = value.split_once(':')?;
@@ -450,6 +675,163 @@ mod tests {
         );
         std::fs::write(&script, "[app]\n").expect("write");
         assert!(interpreter_of(&script).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Moves mtime forward, as `touch` does (and visibly on coarse clocks).
+    fn touch(path: &Path) {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open to touch");
+        file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn dir_watch_sees_every_kind_of_change_to_a_watched_name_and_only_those() {
+        let dir = temp_dir("dirwatch");
+        let site = dir.join("mysite.fcgi");
+        std::fs::write(&site, "one").expect("write");
+        let watch = DirWatch::new(&[&site]).expect("inotify");
+        let changed = Events {
+            relevant: true,
+            watch_lost: false,
+        };
+        assert_eq!(watch.drain(), Events::default(), "nothing happened yet");
+        std::fs::write(dir.join("app.log"), "another file").expect("write");
+        assert_eq!(watch.drain(), Events::default(), "not a watched name");
+        touch(&site);
+        assert_eq!(watch.drain(), changed, "touch");
+        assert_eq!(watch.drain(), Events::default(), "drained");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&site)
+            .and_then(|mut f| f.write_all(b"two"))
+            .expect("append");
+        assert_eq!(watch.drain(), changed, "write");
+        let upload = dir.join("mysite.fcgi.new");
+        std::fs::write(&upload, "three").expect("write");
+        assert_eq!(watch.drain(), Events::default(), "upload beside it");
+        std::fs::rename(&upload, &site).expect("rename");
+        assert_eq!(watch.drain(), changed, "rename over it");
+        std::fs::remove_file(&site).expect("rm");
+        assert_eq!(watch.drain(), changed, "delete");
+        std::fs::write(&site, "four").expect("write");
+        assert_eq!(watch.drain(), changed, "create");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dir_watch_follows_symlinks_to_the_file_and_on_the_way() {
+        let dir = temp_dir("dirwatch-links");
+        let changed = Events {
+            relevant: true,
+            watch_lost: false,
+        };
+        // mysite.fcgi -> bin/fcgi-shim: an upgrade of the binary is a change.
+        std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+        let binary = dir.join("bin/fcgi-shim");
+        std::fs::write(&binary, "v1").expect("write");
+        let site = dir.join("mysite.fcgi");
+        std::os::unix::fs::symlink("bin/fcgi-shim", &site).expect("symlink");
+        // current -> releases/1: re-pointing `current` is a change.
+        for release in ["releases/1", "releases/2"] {
+            std::fs::create_dir_all(dir.join(release)).expect("mkdir");
+            std::fs::write(dir.join(release).join("site.toml"), release).expect("write");
+        }
+        std::os::unix::fs::symlink("releases/1", dir.join("current")).expect("symlink");
+        let settings = dir.join("current/site.toml");
+        let watch = DirWatch::new(&[&site, &settings]).expect("inotify");
+        touch(&binary);
+        assert_eq!(watch.drain(), changed, "the file the symlink names");
+        touch(&dir.join("releases/1/site.toml"));
+        assert_eq!(
+            watch.drain(),
+            changed,
+            "the file through a symlinked directory"
+        );
+        touch(&dir.join("releases/2/site.toml"));
+        assert_eq!(watch.drain(), Events::default(), "a release not in use");
+        std::os::unix::fs::symlink("releases/2", dir.join("current.new")).expect("symlink");
+        std::fs::rename(dir.join("current.new"), dir.join("current")).expect("rename");
+        assert_eq!(watch.drain(), changed, "the directory symlink re-pointed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dir_watch_reports_a_watched_directory_moved_away() {
+        let dir = temp_dir("dirwatch-moved");
+        std::fs::create_dir_all(dir.join("www")).expect("mkdir");
+        let site = dir.join("www/mysite.fcgi");
+        std::fs::write(&site, "one").expect("write");
+        let watch = DirWatch::new(&[&site]).expect("inotify");
+        std::fs::rename(dir.join("www"), dir.join("www.old")).expect("rename");
+        assert_eq!(
+            watch.drain(),
+            Events {
+                relevant: true,
+                watch_lost: true
+            }
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A site whose executable's `check` always passes (`true`, not a script
+    /// of ours: another test's fork could still hold it open for writing),
+    /// with `site.toml` in `dir`.
+    fn reloader_in(dir: &Path) -> Reloader {
+        let exe = Path::new("/bin/true");
+        std::fs::write(dir.join("site.toml"), "[app]\n").expect("write");
+        Reloader::new(
+            Started::new(vec!["true".into()], exe),
+            Some(dir.join("site.toml")),
+            None,
+        )
+    }
+
+    #[test]
+    fn with_the_hint_a_check_stats_only_after_an_event_or_once_a_second() {
+        let dir = temp_dir("hint");
+        let mut r = reloader_in(&dir).with_inotify_hint();
+        let fd = r.wake_fd().expect("inotify");
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+        assert!(
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC),
+            "the application must not inherit it"
+        );
+        assert_eq!(r.check(), Verdict::Same, "the first check stats");
+        let first_pass = r.quiet_since.expect("a pass");
+        std::fs::write(dir.join("app.log"), "another file").expect("write");
+        assert_eq!(r.check(), Verdict::Same);
+        assert_eq!(r.check_polled(false), Verdict::Same);
+        assert_eq!(
+            r.quiet_since,
+            Some(first_pass),
+            "no stat pass without an event"
+        );
+        r.quiet_since = Some(Instant::now() - STAT_FLOOR);
+        assert!(r.stat_pass_due(Some(false)), "a pass once a second");
+        // The very next check after a touch finds it.
+        touch(&dir.join("site.toml"));
+        assert_eq!(r.check(), Verdict::Reload);
+        assert_eq!(r.check(), Verdict::Reload, "until the caller acts on it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_inotify_every_check_stats() {
+        let dir = temp_dir("no-hint");
+        let mut r = reloader_in(&dir);
+        // A watched path in a directory that does not exist: no hint.
+        r.watched.push((dir.join("tmp/restart.txt"), None));
+        let mut r = r.with_inotify_hint();
+        assert!(r.wake_fd().is_none());
+        assert_eq!(r.check(), Verdict::Same);
+        assert!(r.stat_pass_due(None));
+        assert!(r.stat_pass_due(Some(false)));
+        touch(&dir.join("site.toml"));
+        assert_eq!(r.check_polled(false), Verdict::Reload);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
