@@ -4,7 +4,8 @@
 //! front, one at a time ("single": what mod_fcgid wants, since it sends one
 //! request per process at a time); reacting to stop signals between requests;
 //! asking `reload` whether anything changed before each request and on the
-//! idle tick, and restarting in place when it did.
+//! idle tick (its inotify fd is in the poll before each accept, so that asking
+//! costs nothing while nothing changed), and restarting in place when it did.
 //! Must not: parse protocols or run applications itself.
 //!
 //! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the
@@ -50,12 +51,17 @@ pub fn run_single(
 ) {
     let mut last_request = Instant::now();
     while !sys::stop_requested() {
-        let (incoming, signalled) = {
+        let (incoming, signalled, woke) = {
+            // The reloader's inotify fd, when it has one: readable when a
+            // watched file may have changed; then `check_polled` looks.
+            let wake = reloader.as_deref().and_then(Reloader::wake_fd);
             let mut fds = [
                 PollFd::new(listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.fd(), PollFlags::POLLIN),
+                PollFd::new(wake.unwrap_or(signals.fd()), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, sys::poll_timeout(IDLE_TICK)) {
+            let polled = if wake.is_some() { 3 } else { 2 };
+            match poll(&mut fds[..polled], sys::poll_timeout(IDLE_TICK)) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -64,15 +70,15 @@ pub fn run_single(
                     continue;
                 }
             }
-            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-            (ready(0), ready(1))
+            let ready = |i: usize| i < polled && fds[i].revents().is_some_and(|r| !r.is_empty());
+            (ready(0), ready(1), ready(2))
         };
         if signalled {
             signals.drain();
             continue;
         }
         if let Some(r) = reloader.as_deref_mut() {
-            if r.check() == Verdict::Reload {
+            if r.check_polled(woke) == Verdict::Reload {
                 restart(r, &listener, source, back);
             }
             if !incoming
@@ -100,6 +106,8 @@ pub fn run_single(
                     stop_deadline: None,
                 };
                 let mut reload_due = false;
+                // The front's poll does not include the inotify fd: `check`
+                // reads it (one read that finds nothing, usually).
                 let mut between_requests = || {
                     if let Some(r) = reloader.as_deref_mut() {
                         reload_due = reload_due || r.check() == Verdict::Reload;
