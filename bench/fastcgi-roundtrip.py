@@ -77,8 +77,9 @@ def main():
             c = socket.socket(socket.AF_UNIX)
             c.connect(sock_path)
             c.sendall(request)
+            # Up to END_REQUEST (type 3), as web servers read: not to EOF.
             data = b""
-            while True:
+            while not (len(data) >= 16 and data[-15] == 3):
                 chunk = c.recv(65536)
                 if not chunk:
                     break

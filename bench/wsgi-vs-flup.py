@@ -127,6 +127,11 @@ def main():
     ap.add_argument("--processes", type=int, default=0,
                     help="FcgidMaxProcessesPerClass (default: twice the connections)")
     ap.add_argument("--shim", default=os.path.join(REPO, "target/release/fcgi-shim"))
+    ap.add_argument("--apache", choices=("htaccess", "lean"), default="htaccess",
+                    help="htaccess: each site is reached through the rewrite .htaccess, as on a "
+                    "shared host (Apache reads .htaccess twice per request); lean: the server "
+                    "config maps /SITE/ to SITE/mysite.fcgi, no .htaccess (less of Apache's own "
+                    "cost in every number)")
     ap.add_argument("--c-responder", default="",
                     help="also measure this FastCGI program (bench/hello-libfcgi.c): the ceiling")
     args = ap.parse_args()
@@ -151,8 +156,9 @@ def main():
         shutil.copy(os.path.join(REPO, "bench/hello.py"), app)
         os.chmod(app + "/hello.py", 0o644)
         htaccess = open(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess")).read()
-        for site in sites:
-            write("%s/%s/.htaccess" % (www, site), htaccess, 0o644)
+        if args.apache == "htaccess":
+            for site in sites:
+                write("%s/%s/.htaccess" % (www, site), htaccess, 0o644)
         if args.c_responder:
             shutil.copy(args.c_responder, www + "/c/mysite.fcgi")
             os.chmod(www + "/c/mysite.fcgi", 0o755)
@@ -177,7 +183,12 @@ def main():
         # response went out; a request that finds none idle waits a whole
         # second. Allow more processes than connections so that neither
         # server is measured on that stall.
-        extra = "FcgidMaxProcessesPerClass %d\n" % (args.processes or 2 * args.connections)
+        extra = "KeepAlive On\nFcgidMaxProcessesPerClass %d\n" % (args.processes or 2 * args.connections)
+        if args.apache == "lean":
+            extra += "<Directory \"%s\">\n    AllowOverride None\n    Options +ExecCGI\n</Directory>\n" % www
+            extra += "<Files \"mysite.fcgi\">\n    SetHandler fcgid-script\n</Files>\n"
+            for site in sites:
+                extra += "Alias /%s/ \"%s/%s/mysite.fcgi/\"\n" % (site, www, site)
         conf = open(os.path.join(REPO, "tests/apache_support/httpd.conf.in")).read()
         for key, value in (("STATE_DIR", state), ("WEB_ROOT", www), ("PORT", str(port)),
                            ("RUN_AS", run_as), ("EXTRA_CONF", extra)):
@@ -211,6 +222,11 @@ def main():
                 if len(processes_under(www + "/" + site + "/mysite.fcgi")) >= max_procs:
                     break
             say("%s: %d processes" % (site, len(processes_under(www + "/" + site + "/mysite.fcgi"))))
+        if os.environ.get("BENCH_HOLD"):
+            # For profiling: keep the warmed-up sites up for that many seconds.
+            say("holding for %s s: %s (web root %s)" % (
+                os.environ["BENCH_HOLD"], " ".join(urls.values()), www))
+            time.sleep(float(os.environ["BENCH_HOLD"]))
         if os.environ.get("BENCH_CPU_SPLIT"):
             for site in sites:
                 subprocess.run([sys.executable, os.environ["BENCH_CPU_SPLIT"], www, urls[site], "4"])

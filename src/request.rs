@@ -13,32 +13,73 @@ use std::os::fd::BorrowedFd;
 use nix::poll::PollFlags;
 
 /// The meta-variables of one request (the FastCGI params, the SCGI headers, or
-/// the CGI environment), in the order received.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// the CGI environment), in the order received. Held as one buffer and the
+/// places of the names and values in it: no allocation per variable.
+#[derive(Debug, Clone, Default)]
 pub struct Request {
-    params: Vec<(Vec<u8>, Vec<u8>)>,
+    data: Vec<u8>,
+    /// (name, value) as (start, end) offsets into `data`.
+    pairs: Vec<(Span, Span)>,
 }
+
+/// A (start, end) range of bytes.
+pub type Span = (usize, usize);
 
 impl Request {
     pub fn new(params: Vec<(Vec<u8>, Vec<u8>)>) -> Request {
-        Request { params }
+        let mut data = Vec::with_capacity(params.iter().map(|(n, v)| n.len() + v.len()).sum());
+        let mut pairs = Vec::with_capacity(params.len());
+        for (name, value) in &params {
+            let n = data.len();
+            data.extend_from_slice(name);
+            let v = data.len();
+            data.extend_from_slice(value);
+            pairs.push(((n, v), (v, data.len())));
+        }
+        Request { data, pairs }
+    }
+
+    /// Where `pairs`, sub-slices of `data` (a decoder's output), lie in it:
+    /// for [`Request::from_spans`]. `None` if one is not inside `data`.
+    pub fn spans_in(data: &[u8], pairs: &[(&[u8], &[u8])]) -> Option<Vec<(Span, Span)>> {
+        let base = data.as_ptr() as usize;
+        let span = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).checked_sub(base)?;
+            let end = start.checked_add(part.len())?;
+            (end <= data.len()).then_some((start, end))
+        };
+        pairs
+            .iter()
+            .map(|(name, value)| Some((span(name)?, span(value)?)))
+            .collect()
+    }
+
+    /// A request whose names and values lie in `data` at `spans` (see
+    /// [`Request::spans_in`]); spans outside `data` are dropped.
+    pub fn from_spans(data: Vec<u8>, mut spans: Vec<(Span, Span)>) -> Request {
+        let fits = |(s, e): Span| s <= e && e <= data.len();
+        spans.retain(|&(n, v)| fits(n) && fits(v));
+        Request { data, pairs: spans }
+    }
+
+    fn pair(&self, (n, v): &(Span, Span)) -> (&[u8], &[u8]) {
+        (&self.data[n.0..n.1], &self.data[v.0..v.1])
     }
 
     /// The value of a meta-variable, if present and valid UTF-8. The last one
     /// wins when a name is repeated.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
+        self.pairs
             .iter()
             .rev()
-            .find(|(n, _)| n == name.as_bytes())
+            .map(|p| self.pair(p))
+            .find(|(n, _)| *n == name.as_bytes())
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// All meta-variables, in order.
     pub fn params(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.params
-            .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        self.pairs.iter().map(|p| self.pair(p))
     }
 
     /// A short description for log lines: "GET /path".
@@ -51,6 +92,14 @@ impl Request {
         format!("{method} {uri}")
     }
 }
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Request) -> bool {
+        self.params().eq(other.params())
+    }
+}
+
+impl Eq for Request {}
 
 /// Meta-variables never passed to an application: `Proxy:` request headers
 /// would become HTTP_PROXY, which many HTTP clients obey (httpoxy, CVE-2016-5385).
@@ -740,5 +789,27 @@ mod tests {
         ]);
         assert_eq!(r.get("A"), Some("2"));
         assert_eq!(r.get("B"), None);
+    }
+
+    #[test]
+    fn request_kept_in_the_decoder_buffer() {
+        let data = b"NAMEvalueXy".to_vec();
+        let pairs: Vec<(&[u8], &[u8])> =
+            vec![(&data[0..4], &data[4..9]), (&data[9..10], &data[10..10])];
+        let spans = Request::spans_in(&data, &pairs).unwrap();
+        let r = Request::from_spans(data.clone(), spans);
+        let copied = Request::new(vec![
+            (b"NAME".to_vec(), b"value".to_vec()),
+            (b"X".to_vec(), b"".to_vec()),
+        ]);
+        assert_eq!(r, copied);
+        assert_eq!(r.get("NAME"), Some("value"));
+        assert_eq!(r.params().count(), 2);
+        // A slice from elsewhere is not "in" the buffer.
+        let other = b"zz".to_vec();
+        assert!(Request::spans_in(&data, &[(&other[..], &data[0..1])]).is_none());
+        // Spans outside the buffer are dropped, never read.
+        let r = Request::from_spans(b"ab".to_vec(), vec![((0, 1), (1, 2)), ((1, 5), (0, 0))]);
+        assert_eq!(r.params().collect::<Vec<_>>(), vec![(&b"a"[..], &b"b"[..])]);
     }
 }

@@ -326,6 +326,28 @@ impl AsFd for Conn {
     }
 }
 
+impl Conn {
+    /// One read(2) of up to `max` bytes appended to `buf`, into its spare
+    /// capacity: no zeroing of a large buffer before each read.
+    pub fn read_append(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        buf.reserve(max);
+        let spare = buf.spare_capacity_mut();
+        let len = spare.len().min(max);
+        // SAFETY: read(2) writes at most `len` bytes into the spare capacity,
+        // which `reserve` made at least that long; the pointer is valid for
+        // writes of `len` bytes and nothing else aliases it meanwhile.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the first `n` bytes of the spare capacity were just written
+        // by read(2) (n <= len <= spare capacity).
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
+    }
+}
+
 impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Ok(nix::unistd::read(&self.0, buf)?)

@@ -51,10 +51,12 @@ class ProtocolError(Exception):
 
 
 def write_all(data):
-    view = memoryview(data)
+    n = os.write(OUT_FD, data)
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
     while view:
-        n = os.write(OUT_FD, view)
-        view = view[n:]
+        view = view[os.write(OUT_FD, view):]
 
 
 class FrameReader:
@@ -214,10 +216,6 @@ def _check_header(name, value):
         raise ValueError("hop-by-hop header %r is not allowed in WSGI (PEP 3333)" % name)
 
 
-def _https(environ):
-    return environ.get("HTTPS", "off").lower() in ("on", "1", "yes")
-
-
 class Request:
     """One request: start_response, write and the response's frames."""
 
@@ -249,7 +247,11 @@ class Request:
         for pair in headers:
             if type(pair) is not tuple or len(pair) != 2:
                 raise TypeError("each header must be a (name, value) tuple, not %r" % (pair,))
-            _check_header(*pair)
+            name, value = pair
+            # (_check_header, inlined for the common case: it says what is wrong.)
+            if (type(name) is not str or type(value) is not str or not name or _BAD_NAME(name)
+                    or _BAD_VALUE(value) or name.lower() in _HOP_BY_HOP):
+                _check_header(name, value)
         self.status = status
         self.headers = headers
         return self.write
@@ -352,7 +354,8 @@ class Server:
         it = iter(fields)
         environ = dict(zip(it, it))
         environ.update(self.base)
-        environ["wsgi.url_scheme"] = "https" if _https(environ) else "http"
+        environ["wsgi.url_scheme"] = (
+            "https" if environ.get("HTTPS", "off").lower() in ("on", "1", "yes") else "http")
         body = environ["wsgi.input"] = Input(self.reader)
         request = Request()
         result = None
@@ -371,7 +374,7 @@ class Server:
         except Exception:
             self.failed(request, environ)
         finally:
-            if hasattr(result, "close"):
+            if type(result) is not list and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception:

@@ -11,7 +11,7 @@
 pub mod codec;
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(40);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// An idle keep-alive connection asks this often whether to give way (reload).
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Bytes asked for by one read(2): a whole record of the largest size.
+const READ_SIZE: usize = 65536 + codec::HEADER_LEN;
 /// Input we hold undecoded while the peer does not read our response.
 const MAX_UNREAD_INPUT: usize = 4 * 1024 * 1024;
 /// Queued response bytes written at once by `send_body`; less waits for the
@@ -132,7 +134,7 @@ impl Connection {
     fn new(conn: Conn, limits: Limits, values: ServerValues) -> Connection {
         Connection {
             conn,
-            inbuf: Vec::with_capacity(16 * 1024),
+            inbuf: Vec::with_capacity(READ_SIZE),
             start: 0,
             limits,
             values,
@@ -183,25 +185,17 @@ impl Connection {
                 "more than {MAX_UNREAD_INPUT} bytes of input waiting while our response is not read"
             )));
         }
-        let old = self.inbuf.len();
-        self.inbuf.resize(old + 65536 + codec::HEADER_LEN, 0);
         let result = loop {
-            match self.conn.read(&mut self.inbuf[old..]) {
+            match self.conn.read_append(&mut self.inbuf, READ_SIZE) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
         let n = match result {
             Ok(n) => n,
-            Err(e) => {
-                self.inbuf.truncate(old);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(Filled::WouldBlock);
-                }
-                return Err(e.into());
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Filled::WouldBlock),
+            Err(e) => return Err(e.into()),
         };
-        self.inbuf.truncate(old + n);
         if n > 0 {
             Ok(Filled::Bytes)
         } else if self.has_partial_input() {
@@ -567,13 +561,17 @@ fn serve_request(
             }
         }
     }
+    // The names and values stay in the buffer they arrived in.
     let pairs = codec::decode_name_values(&params, c.limits.max_params)?;
-    let request = Request::new(
-        pairs
-            .into_iter()
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect(),
-    );
+    let request = match Request::spans_in(&params, &pairs) {
+        Some(spans) => Request::from_spans(params, spans),
+        None => Request::new(
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect(),
+        ),
+    };
     let mut exchange = FcgiExchange {
         c,
         id,
