@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: build the release binary, make sure wrk and the test
-# virtualenv (Django, Flask, flup) exist, run bench/wsgi-vs-flup.py with it.
+# virtualenv (Django, Flask, flup) exist, run bench/wsgi-vs-flup.py with it,
+# once per concurrency in BENCH_CONNECTIONS (default "2 4 8"; each run has
+# its own Apache), then print one line per run with the ratios.
+# Arguments go to every run, e.g. `--apache lean` or `--rounds 4`; with
+# `--connections N` among them there is just that one run.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -19,4 +23,14 @@ if [ -f /usr/include/fcgiapp.h ]; then
 else
     echo "bench: no libfcgi-dev; not measuring the C responder (apt-get install libfcgi-dev)" >&2
 fi
-exec "$python" bench/wsgi-vs-flup.py "${extra[@]}" "$@"
+case " $* " in
+    *" --connections "*) exec "$python" bench/wsgi-vs-flup.py "${extra[@]}" "$@" ;;
+esac
+summary=()
+for c in ${BENCH_CONNECTIONS:-2 4 8}; do
+    out=$("$python" bench/wsgi-vs-flup.py "${extra[@]}" --connections "$c" "$@")
+    printf '%s\n\n' "$out"
+    summary+=("c=$c: $(grep -E '^ratio|^ceiling' <<<"$out" | sed -E 's/ \(median of the [0-9]+ per-round ratios ([^;]*);[^)]*\)/ (rounds \1)/' | tr '\n' ' ')")
+done
+echo "Summary ($*):"
+printf '  %s\n' "${summary[@]}"

@@ -428,6 +428,50 @@ fn a_worker_that_dies_while_idle_is_replaced_without_a_502() {
 }
 
 #[test]
+fn a_worker_that_died_just_before_a_request_is_replaced_for_it() {
+    let shim = probe_shim("");
+    // Two requests on one kept-alive connection: no idle tick between them
+    // notices the death; the second request itself finds the worker gone.
+    let mut conn = shim.connect();
+    let pid_of = |r: &CgiResponse| {
+        let text = r.body_text();
+        let at = text.find("\"pid\": ").expect("pid in /environ") + 7;
+        text[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = request(&mut conn, &params("GET", "/environ", "", 0), b"", true).complete_cgi();
+    let pid: i32 = pid_of(&first).parse().unwrap();
+    // Our own grandchild, by pid; gone (a zombie at most) before we go on.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        !st.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    }) && t0.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let second = request(&mut conn, &params("GET", "/environ", "", 0), b"", true).complete_cgi();
+    assert_eq!(second.status, 200, "{}", shim.log());
+    assert_ne!(pid_of(&second), pid.to_string());
+    assert!(
+        shim.log().contains("while idle") && !shim.log().contains("(502)"),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
 fn the_worker_imports_the_application_before_the_first_request() {
     let dir = TempDir::new("wsgistart");
     let app_dir = dir.join("app");

@@ -361,7 +361,9 @@ impl WsgiBack {
         ctx: &mut Context<'_>,
     ) -> Result<(), Outcome> {
         let deadline = Instant::now() + self.config.start_timeout;
-        self.note_death_while_idle();
+        // (A worker that exited since the last idle tick is found when the
+        // request cannot be written to it: `run` says so and `serve` comes
+        // back here. No wait4 before every request.)
         loop {
             let now = Instant::now();
             // Stopping: no point starting a worker (mod_fcgid's SIGKILL
@@ -590,7 +592,10 @@ impl WsgiBack {
     // -----------------------------------------------------------------------
     // One request.
 
-    fn run(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
+    /// Serve the request with the ready worker. `None`: the worker had
+    /// exited while idle and nothing of the request reached it (logged; a
+    /// new one may take the request).
+    fn run(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Option<Outcome> {
         let started = Instant::now();
         let deadline = started + self.config.request_timeout;
         // Records the front already holds (typically the end of an empty
@@ -598,8 +603,8 @@ impl WsgiBack {
         while ex.input_pending() && !ex.body_finished() {
             match ex.on_ready() {
                 Ok(InputEvent::Progress) => {}
-                Ok(InputEvent::Aborted) => return Outcome::Aborted,
-                Ok(InputEvent::Closed) | Err(_) => return Outcome::FrontGone,
+                Ok(InputEvent::Aborted) => return Some(Outcome::Aborted),
+                Ok(InputEvent::Closed) | Err(_) => return Some(Outcome::FrontGone),
             }
         }
         // The request's meta-variables as one frame.
@@ -620,10 +625,24 @@ impl WsgiBack {
         );
         let len = self.to_worker.len() - frame_start - FRAME_HEADER;
         let Ok(len32) = u32::try_from(len) else {
-            return finish_with_error(ex, 500, "");
+            return Some(finish_with_error(ex, 500, ""));
         };
         self.to_worker[frame_start + 1..frame_start + FRAME_HEADER]
             .copy_from_slice(&len32.to_be_bytes());
+        // The request goes out before any body is taken from the front: if
+        // the worker is gone (EPIPE), a new one can still have it.
+        let queued = self.to_worker.len();
+        if self.write_to_worker().is_err() && queued - self.to_worker.len() <= frame_start {
+            self.to_worker.clear();
+            let how = self.describe_death();
+            let stderr = self.stderr_summary();
+            log::error!(
+                "wsgi: {}: the worker {how} while idle; {stderr}; starting another",
+                self.label
+            );
+            self.sup.failed();
+            return None;
+        }
 
         let mut body_done = false;
         let mut gone: Option<(Interrupt, Instant)> = None;
@@ -686,11 +705,11 @@ impl WsgiBack {
                         }
                         self.sup.request_done();
                         self.greet();
-                        return match gone {
+                        return Some(match gone {
                             Some((Interrupt::Aborted, _)) => Outcome::Aborted,
                             Some((Interrupt::FrontGone, _)) => Outcome::FrontGone,
                             None => Outcome::Done,
-                        };
+                        });
                     }
                     Step::FrontGone => {
                         log::warn!(
@@ -708,7 +727,7 @@ impl WsgiBack {
                         );
                         self.sup.replace();
                         self.greet();
-                        return finish_with_error(ex, 502, "");
+                        return Some(finish_with_error(ex, 502, ""));
                     }
                 }
             }
@@ -720,7 +739,7 @@ impl WsgiBack {
                 limit = limit.min(*since + DRAIN_LIMIT);
             }
             if now >= limit {
-                return self.give_up(ex, stopping, gone.is_some(), started);
+                return Some(self.give_up(ex, stopping, gone.is_some(), started));
             }
             let want_stdout = gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER;
             let front = if gone.is_some() { None } else { Some(&*ex) };
@@ -730,7 +749,7 @@ impl WsgiBack {
                     log::error!("wsgi: {}: poll failed: {e}", self.label);
                     self.sup.replace();
                     self.greet();
-                    return finish_with_error(ex, 502, "");
+                    return Some(finish_with_error(ex, 502, ""));
                 }
             };
             self.on_events(&ready, ctx);
@@ -758,7 +777,7 @@ impl WsgiBack {
             if ready.stdout {
                 match self.read_stdout() {
                     Ok(true) => {}
-                    Ok(false) | Err(_) => return self.died(ex, gone.is_some()),
+                    Ok(false) | Err(_) => return Some(self.died(ex, gone.is_some())),
                 }
             }
         }
@@ -924,10 +943,20 @@ fn escape_html(text: &str) -> String {
 
 impl Back for WsgiBack {
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
-        if let Err(outcome) = self.ready_worker(exchange, ctx) {
-            return outcome;
+        // Twice at most: the first worker may turn out to have exited.
+        for _ in 0..2 {
+            if let Err(outcome) = self.ready_worker(exchange, ctx) {
+                return outcome;
+            }
+            if let Some(outcome) = self.run(exchange, ctx) {
+                return outcome;
+            }
         }
-        self.run(exchange, ctx)
+        finish_with_error(
+            exchange,
+            503,
+            "The application could not be started; the server log says why.",
+        )
     }
 
     /// Between requests: log what the worker wrote to stderr, and replace a
