@@ -32,8 +32,9 @@ demo:
 	@./scripts/demo.sh || [ $$? -eq 130 ]
 
 # fcgi-shim vs flup behind the same private Apache + mod_fcgid (wrk; not part of `make test`).
+# ARGS go to every run, e.g. make bench ARGS="--apache lean --rounds 4".
 bench:
-	./bench/wsgi-vs-flup.sh
+	./bench/wsgi-vs-flup.sh $(ARGS)
 
 # The fuzz targets build on stable; running them needs cargo-fuzz and nightly.
 fuzz-check:

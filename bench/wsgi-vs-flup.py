@@ -2,7 +2,8 @@
 private Apache + mod_fcgid, measured alternately with wrk.
 
 Both sites serve bench/hello.py through the rewrite .htaccess from
-htaccess-examples/ in one Apache (the template of the end-to-end tests):
+htaccess-examples/ (or, with --apache lean, mapped in the server config) in
+one Apache (the template of the end-to-end tests, with KeepAlive On):
   /shim/  mysite.fcgi = the release fcgi-shim, mysite.toml: kind = "wsgi"
   /flup/  mysite.fcgi = a Python script running flup.server.fcgi.WSGIServer
           (threaded; what Django's old runfastcgi guide used)
@@ -10,10 +11,13 @@ Each round runs wrk against one site, then the other, so load from anything
 else on the machine falls on both. Every request runs the application.
 
 Standard library only; run with the test virtualenv's python (it has flup):
-  bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4] [--c-responder BIN]
+  bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4] [--apache htaccess|lean]
+                        [--c-responder BIN]
 
 BENCH_CPU_SPLIT=bench/cpu-split.py adds the CPU time per request of each kind
-of process; BENCH_KEEP_LOGS=/path/prefix keeps Apache's logs.
+of process; BENCH_KEEP_LOGS=/path/prefix keeps Apache's logs; BENCH_HOLD=SECONDS
+keeps the warmed-up sites up that long before measuring (for strace, perf or
+bench/cpu-split.py; it prints the URLs and the web root).
 """
 
 import argparse
