@@ -68,7 +68,12 @@ fn post(shim: &Shim, path: &str, body: &[u8]) -> CgiResponse {
 
 /// The pid of the worker that serves the next request (from /environ).
 fn worker_pid(shim: &Shim) -> String {
-    let text = get(shim, "/environ", "").body_text();
+    pid_in(&get(shim, "/environ", ""))
+}
+
+/// The worker's pid in an /environ response.
+fn pid_in(response: &CgiResponse) -> String {
+    let text = response.body_text();
     let at = text.find("\"pid\": ").expect("pid in /environ") + 7;
     text[at..]
         .split(|c: char| !c.is_ascii_digit())
@@ -433,17 +438,8 @@ fn a_worker_that_died_just_before_a_request_is_replaced_for_it() {
     // Two requests on one kept-alive connection: no idle tick between them
     // notices the death; the second request itself finds the worker gone.
     let mut conn = shim.connect();
-    let pid_of = |r: &CgiResponse| {
-        let text = r.body_text();
-        let at = text.find("\"pid\": ").expect("pid in /environ") + 7;
-        text[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
     let first = request(&mut conn, &params("GET", "/environ", "", 0), b"", true).complete_cgi();
-    let pid: i32 = pid_of(&first).parse().unwrap();
+    let pid: i32 = pid_in(&first).parse().unwrap();
     // Our own grandchild, by pid; gone (a zombie at most) before we go on.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -463,7 +459,7 @@ fn a_worker_that_died_just_before_a_request_is_replaced_for_it() {
     }
     let second = request(&mut conn, &params("GET", "/environ", "", 0), b"", true).complete_cgi();
     assert_eq!(second.status, 200, "{}", shim.log());
-    assert_ne!(pid_of(&second), pid.to_string());
+    assert_ne!(pid_in(&second), pid.to_string());
     assert!(
         shim.log().contains("while idle") && !shim.log().contains("(502)"),
         "{}",

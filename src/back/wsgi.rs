@@ -485,13 +485,7 @@ impl WsgiBack {
                 match self.read_stdout() {
                     Ok(true) => {}
                     Ok(false) | Err(_) => {
-                        let how = self.describe_death();
-                        let stderr = self.stderr_summary();
-                        log::error!(
-                            "wsgi: {}: the worker {how} during start-up; {stderr} (503)",
-                            self.label
-                        );
-                        self.sup.failed();
+                        self.worker_ended("during start-up", " (503)");
                         return Err(self.unavailable(ex));
                     }
                 }
@@ -634,13 +628,7 @@ impl WsgiBack {
         let queued = self.to_worker.len();
         if self.write_to_worker().is_err() && queued - self.to_worker.len() <= frame_start {
             self.to_worker.clear();
-            let how = self.describe_death();
-            let stderr = self.stderr_summary();
-            log::error!(
-                "wsgi: {}: the worker {how} while idle; {stderr}; starting another",
-                self.label
-            );
-            self.sup.failed();
+            self.worker_ended("while idle", "; starting another");
             return None;
         }
 
@@ -783,21 +771,27 @@ impl WsgiBack {
         }
     }
 
-    /// The worker closed its output in the middle of a request.
-    fn died(&mut self, ex: &mut dyn Exchange, gone: bool) -> Outcome {
+    /// The worker ended (it closed its output): log how, its last stderr
+    /// lines between `during` and `after`, and count a failure (backoff).
+    fn worker_ended(&mut self, during: &str, after: &str) {
         let how = self.describe_death();
         let stderr = self.stderr_summary();
+        log::error!(
+            "wsgi: {}: the worker {how} {during}; {stderr}{after}",
+            self.label
+        );
+        self.sup.failed();
+    }
+
+    /// The worker closed its output in the middle of a request.
+    fn died(&mut self, ex: &mut dyn Exchange, gone: bool) -> Outcome {
         let status = if ex.head_sent() {
             "response cut short"
         } else {
             "502"
         };
-        log::error!(
-            "wsgi: {}: the worker {how} during {}; {stderr} ({status}); restarting it",
-            self.label,
-            ex.request().summary()
-        );
-        self.sup.failed();
+        let during = format!("during {}", ex.request().summary());
+        self.worker_ended(&during, &format!(" ({status}); restarting it"));
         if gone {
             return Outcome::FrontGone;
         }
