@@ -579,9 +579,11 @@ fn serve_request(
         body: Spool::new(),
         body_eof: false,
         head_sent: false,
+        head: Vec::new(),
         failure: None,
     };
     let outcome = back.serve(&mut exchange, ctx);
+    exchange.encode_head();
     let failure = exchange.failure.take();
     let body_eof = exchange.body_eof;
     if let Some(e) = failure {
@@ -626,11 +628,22 @@ struct FcgiExchange<'c> {
     body: Spool,
     body_eof: bool,
     head_sent: bool,
+    /// The response head as CGI text, until it is encoded (with the first
+    /// body bytes when they fit in the same record).
+    head: Vec<u8>,
     /// A protocol error found while the back was running; logged by the caller.
     failure: Option<ConnError>,
 }
 
 impl FcgiExchange<'_> {
+    /// Queue the kept head (and what `send_body` added to it) as FCGI_STDOUT.
+    fn encode_head(&mut self) {
+        if !self.head.is_empty() {
+            codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, &self.head);
+            self.head.clear();
+        }
+    }
+
     /// Handle every buffered record.
     fn process_buffered(&mut self) -> Result<Option<InputEvent>, ConnError> {
         while let Some(frame) = self.c.buffered_frame()? {
@@ -731,17 +744,24 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_head(&mut self, head: &ResponseHead) -> io::Result<()> {
-        let mut text = Vec::with_capacity(256);
-        head.write_cgi(&mut text);
+        // Kept until the body's first bytes (or the end of the request): a
+        // short response is one FCGI_STDOUT record, and goes out with its
+        // END_REQUEST in one write.
+        head.write_cgi(&mut self.head);
         self.head_sent = true;
-        // Queued only: the body (or the end of the request) follows and goes
-        // out in the same write; poll_interest asks for POLLOUT meanwhile.
-        codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, &text);
         Ok(())
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
-        codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
+        if self.head.is_empty() {
+            codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
+        } else if self.head.len() + data.len() <= codec::MAX_CONTENT_LEN {
+            self.head.extend_from_slice(data);
+            self.encode_head();
+        } else {
+            self.encode_head();
+            codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
+        }
         // A little output waits for the back's next poll round (POLLOUT,
         // then on_ready flushes it) or for the end of the request, so that a
         // short response and its END_REQUEST leave in one write: one wake-up
