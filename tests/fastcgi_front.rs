@@ -225,6 +225,43 @@ if [ -e '{go}' ]; then printf 'second\n'; else printf 'late\n'; fi"#,
 }
 
 #[test]
+fn a_head_without_a_body_yet_is_sent_at_once() {
+    // The program prints its head only, then waits (up to 5 s) for GO, which
+    // the test creates once the head has arrived over FastCGI.
+    let app = App::build(10, |dir| {
+        let go = dir.join("GO");
+        format!(
+            r#"printf 'Content-Type: text/plain\r\nX-Head: early\r\n\r\n'
+i=0
+while [ ! -e '{go}' ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+if [ -e '{go}' ]; then printf 'body\n'; else printf 'late\n'; fi"#,
+            go = go.display()
+        )
+    });
+    let mut conn = app.shim.connect();
+    send(
+        &mut conn,
+        &encode_request(1, &cgi_params("GET", "", 0), b"", false),
+    );
+    let mut stdout = Vec::new();
+    while !stdout.windows(4).any(|w| w == b"\r\n\r\n") {
+        let record = expect_record(&mut conn, "the response head");
+        assert_eq!((record.rtype, record.id), (STDOUT, 1), "{record:?}");
+        assert!(!record.content.is_empty(), "stdout ended before the head");
+        stdout.extend_from_slice(&record.content);
+    }
+    std::fs::write(app.dir.join("GO"), b"").expect("create GO");
+    let rest = read_response(&mut conn, 1).expect("rest of the response");
+    stdout.extend_from_slice(&rest.stdout);
+    let cgi = parse_cgi(&stdout).expect("CGI response");
+    assert_eq!(
+        cgi.body_text(),
+        "body\n",
+        "the head came only after the program gave up"
+    );
+}
+
+#[test]
 fn one_mebibyte_request_body_is_echoed_byte_identical() {
     let app = App::start(r#"printf 'Content-Type: application/octet-stream\r\n\r\n'; exec cat"#);
     let data = prng_bytes(1 << 20, 0x5eed_f00d_1234_5678);

@@ -695,7 +695,9 @@ impl Exchange for FcgiExchange<'_> {
         if self.failure.is_some() {
             return None;
         }
-        let flags = if self.c.pending_output() > 0 {
+        // A kept head counts as output: if no body follows before the back
+        // waits, the next round sends it (on_ready).
+        let flags = if self.c.pending_output() > 0 || !self.head.is_empty() {
             PollFlags::POLLIN | PollFlags::POLLOUT
         } else {
             PollFlags::POLLIN
@@ -711,6 +713,7 @@ impl Exchange for FcgiExchange<'_> {
         if let Some(e) = &self.failure {
             return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
         }
+        self.encode_head();
         if let Err(e) = self.c.try_flush() {
             return Err(self.fail(e.into()));
         }
@@ -744,9 +747,9 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_head(&mut self, head: &ResponseHead) -> io::Result<()> {
-        // Kept until the body's first bytes (or the end of the request): a
-        // short response is one FCGI_STDOUT record, and goes out with its
-        // END_REQUEST in one write.
+        // Kept for the body's first bytes if they come before the back waits
+        // again (then a short response is one FCGI_STDOUT record, written
+        // with its END_REQUEST at once); else the next poll round sends it.
         head.write_cgi(&mut self.head);
         self.head_sent = true;
         Ok(())
@@ -774,7 +777,7 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn output_backlog(&self) -> usize {
-        self.c.pending_output()
+        self.c.pending_output() + self.head.len()
     }
 
     fn head_sent(&self) -> bool {
