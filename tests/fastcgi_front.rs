@@ -175,17 +175,16 @@ fn keep_conn_serves_several_requests_on_one_connection() {
     }
 }
 
-#[test]
-fn output_is_streamed_as_the_program_produces_it() {
-    // The program prints "first", then waits (up to 5 s) for the test to
-    // create GO, which it only does once "first" has arrived over FastCGI.
+/// A program that prints `first`, then waits (up to 5 s) for the test to
+/// create GO before it prints `then` (or `late` if it gave up); one GET sent.
+fn go_gated(first: &str, then: &str) -> (App, Conn) {
     let app = App::build(10, |dir| {
         let go = dir.join("GO");
         format!(
-            r#"printf 'Content-Type: text/plain\r\n\r\nfirst\n'
+            r#"printf '{first}'
 i=0
 while [ ! -e '{go}' ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-if [ -e '{go}' ]; then printf 'second\n'; else printf 'late\n'; fi"#,
+if [ -e '{go}' ]; then printf '{then}'; else printf 'late\n'; fi"#,
             go = go.display()
         )
     });
@@ -194,6 +193,13 @@ if [ -e '{go}' ]; then printf 'second\n'; else printf 'late\n'; fi"#,
         &mut conn,
         &encode_request(1, &cgi_params("GET", "", 0), b"", false),
     );
+    (app, conn)
+}
+
+#[test]
+fn output_is_streamed_as_the_program_produces_it() {
+    // GO is created only once "first" has arrived over FastCGI.
+    let (app, mut conn) = go_gated("Content-Type: text/plain\\r\\n\\r\\nfirst\\n", "second\\n");
     let started = Instant::now();
     let mut stdout = Vec::new();
     while !stdout.ends_with(b"first\n") {
@@ -226,22 +232,10 @@ if [ -e '{go}' ]; then printf 'second\n'; else printf 'late\n'; fi"#,
 
 #[test]
 fn a_head_without_a_body_yet_is_sent_at_once() {
-    // The program prints its head only, then waits (up to 5 s) for GO, which
-    // the test creates once the head has arrived over FastCGI.
-    let app = App::build(10, |dir| {
-        let go = dir.join("GO");
-        format!(
-            r#"printf 'Content-Type: text/plain\r\nX-Head: early\r\n\r\n'
-i=0
-while [ ! -e '{go}' ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-if [ -e '{go}' ]; then printf 'body\n'; else printf 'late\n'; fi"#,
-            go = go.display()
-        )
-    });
-    let mut conn = app.shim.connect();
-    send(
-        &mut conn,
-        &encode_request(1, &cgi_params("GET", "", 0), b"", false),
+    // The program prints its head only; GO is created once it has arrived.
+    let (app, mut conn) = go_gated(
+        "Content-Type: text/plain\\r\\nX-Head: early\\r\\n\\r\\n",
+        "body\\n",
     );
     let mut stdout = Vec::new();
     while !stdout.windows(4).any(|w| w == b"\r\n\r\n") {
