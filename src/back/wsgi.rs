@@ -397,17 +397,12 @@ impl WsgiBack {
     /// A worker that died while idle (OOM killer, a thread calling
     /// os._exit) is not a request's fault: say so; another is started.
     fn note_death_while_idle(&mut self) {
-        if let Some(w) = self.sup.worker()
-            && let Some(status) = w.process.try_wait()
+        if self
+            .sup
+            .worker()
+            .is_some_and(|w| w.process.try_wait().is_some())
         {
-            let pid = w.process.pid();
-            let stderr = self.stderr_summary();
-            log::error!(
-                "wsgi: {}: the worker (pid {pid}) {} while idle; {stderr}; starting another",
-                self.label,
-                DescribeExit(status)
-            );
-            self.sup.failed();
+            self.worker_ended("while idle", "; starting another");
         }
     }
 

@@ -247,11 +247,7 @@ class Request:
         for pair in headers:
             if type(pair) is not tuple or len(pair) != 2:
                 raise TypeError("each header must be a (name, value) tuple, not %r" % (pair,))
-            name, value = pair
-            # (_check_header, inlined for the common case: it says what is wrong.)
-            if (type(name) is not str or type(value) is not str or not name or _BAD_NAME(name)
-                    or _BAD_VALUE(value) or name.lower() in _HOP_BY_HOP):
-                _check_header(name, value)
+            _check_header(*pair)
         self.status = status
         self.headers = headers
         return self.write
