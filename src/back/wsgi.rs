@@ -618,6 +618,12 @@ impl WsgiBack {
         };
         self.to_worker[frame_start + 1..frame_start + FRAME_HEADER]
             .copy_from_slice(&len32.to_be_bytes());
+        // No body (most requests): its end goes in the same write, so the
+        // worker reads the whole request at once.
+        let mut body_done = ex.body_finished() && ex.body().is_empty();
+        if body_done {
+            push_frame(&mut self.to_worker, b'E', &[]);
+        }
         // The request goes out before any body is taken from the front: if
         // the worker is gone (EPIPE), a new one can still have it.
         let queued = self.to_worker.len();
@@ -627,7 +633,6 @@ impl WsgiBack {
             return None;
         }
 
-        let mut body_done = false;
         let mut gone: Option<(Interrupt, Instant)> = None;
         loop {
             // Move body bytes into frames and on to the worker while the
