@@ -4,6 +4,7 @@
 //! Must not: hold any serving logic; it calls launch, config, back and server.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -151,7 +152,13 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
             {
                 log::error!("{e}; logging to stderr instead");
             }
-            (back::from_config(config), config.limits)
+            // Under a web server that spawned us, the WSGI worker may serve
+            // its listening socket directly.
+            let listener = match &launch {
+                Launch::Listener { fd, .. } => Some(fd.as_fd()),
+                _ => None,
+            };
+            (back::from_config(config, listener), config.limits)
         }
         Err(e) => {
             log::error!("{e}");
@@ -441,7 +448,7 @@ fn serve_with(config: Config) -> Result<(), String> {
             &mut || on_tick(),
         ),
         ServeMethod::Single => {
-            let mut back = back::from_config(&config);
+            let mut back = back::from_config(&config, None);
             worker::run(
                 worker::Worker {
                     listener: &listener,

@@ -57,6 +57,7 @@ struct RawApp {
     request_timeout: Option<Spanned<Seconds>>,
     script_name: Option<Spanned<String>>,
     debug: Option<Spanned<bool>>,
+    direct: Option<Spanned<bool>>,
     // --- end of kind = "wsgi" ---
 }
 
@@ -659,6 +660,9 @@ pub struct WsgiConfig {
     pub script_name: crate::request::ScriptName,
     /// Show Python tracebacks on the 503 page when the application cannot start.
     pub debug: bool,
+    /// Under a web server that spawned us (mod_fcgid): let the worker serve
+    /// the listening socket itself between the shim's turns (default true).
+    pub direct: bool,
 }
 
 /// The keys only `kind = "wsgi"` takes, with their spans, for the error when
@@ -684,6 +688,7 @@ fn wsgi_keys(raw: &RawApp) -> Vec<(&'static str, Range<usize>)> {
     );
     add("script_name", raw.script_name.as_ref().map(Spanned::span));
     add("debug", raw.debug.as_ref().map(Spanned::span));
+    add("direct", raw.direct.as_ref().map(Spanned::span));
     keys
 }
 
@@ -799,6 +804,7 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
         request_timeout,
         script_name,
         debug: raw.debug.is_some_and(|d| *d.get_ref()),
+        direct: raw.direct.is_none_or(|d| *d.get_ref()),
     }))
 }
 
@@ -853,13 +859,14 @@ mod wsgi_tests {
         assert_eq!(w.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT);
         assert_eq!(w.script_name, ScriptName::Auto);
         assert!(!w.debug);
+        assert!(w.direct);
     }
 
     #[test]
     fn all_keys() {
         let w = wsgi(
             "python = \"/bin/sh\"\npython_path = [\".\"]\nworkdir = \"/\"\nmax_requests = 500\n\
-             start_timeout = \"2m\"\nrequest_timeout = 5\nscript_name = \"/blog/\"\ndebug = true\n\
+             start_timeout = \"2m\"\nrequest_timeout = 5\nscript_name = \"/blog/\"\ndebug = true\ndirect = false\n\
              env = { DJANGO_SETTINGS_MODULE = \"myproject.settings\" }\n",
         )
         .unwrap();
@@ -871,6 +878,7 @@ mod wsgi_tests {
         assert_eq!(w.request_timeout, Duration::from_secs(5));
         assert_eq!(w.script_name, ScriptName::Fixed("/blog".into()));
         assert!(w.debug);
+        assert!(!w.direct);
         assert_eq!(
             w.env,
             vec![("DJANGO_SETTINGS_MODULE".into(), "myproject.settings".into())]

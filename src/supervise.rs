@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
@@ -37,6 +37,8 @@ pub struct SpawnSpec {
     pub workdir: Option<PathBuf>,
     /// How the processes it may start are ended if we die by SIGKILL.
     pub descendants: Descendants,
+    /// An fd of ours (3 or above) the process inherits under the same number.
+    pub inherit_fd: Option<RawFd>,
 }
 
 /// What makes sure an application's whole process group ends with us, even
@@ -89,6 +91,9 @@ impl Process {
             Signal::SIGTERM
         };
         sys::set_child_dies_with_parent(&mut command, death_signal);
+        if let Some(fd) = spec.inherit_fd {
+            sys::keep_open_across_exec(&mut command, fd);
+        }
         let mut child = command.spawn()?;
         let pgid = child.id();
         if guarded {
@@ -389,10 +394,15 @@ impl Supervisor {
     /// The worker completed a request; recycle it after `max_requests`
     /// (a fresh one is started at once, so the next request does not wait).
     pub fn request_done(&mut self) {
+        self.requests_done(1);
+    }
+
+    /// The worker completed `n` requests (it served them on its own).
+    pub fn requests_done(&mut self, n: u64) {
         self.failures = 0;
         self.next_start = None;
         let Some(w) = &mut self.current else { return };
-        w.served += 1;
+        w.served += n;
         let served = w.served;
         if self.max_requests > 0 && served >= self.max_requests {
             log::info!(
@@ -431,6 +441,12 @@ impl Supervisor {
         for (mut p, _) in self.retiring.drain(..) {
             p.stop(grace);
         }
+    }
+
+    /// Requests the worker may still serve before it is recycled (None: no limit).
+    pub fn requests_left(&self) -> Option<u64> {
+        let served = self.current.as_ref().map_or(0, |w| w.served);
+        (self.max_requests > 0).then(|| self.max_requests.saturating_sub(served))
     }
 
     /// The program's name for log lines.

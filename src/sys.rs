@@ -164,6 +164,21 @@ pub fn set_child_dies_with_parent(command: &mut Command, death_signal: Signal) {
     }
 }
 
+/// Let the child `command` starts inherit `fd` (its number unchanged): clear
+/// close-on-exec on it between fork and exec. `fd` must be 3 or above.
+pub fn keep_open_across_exec(command: &mut Command, fd: RawFd) {
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only fcntl(2), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Send `signal` to every process of the group `pgid`. A group that no longer
 /// exists is not an error.
 pub fn signal_group(pgid: u32, signal: Signal) {
@@ -379,6 +394,30 @@ pub fn stdin_fd() -> BorrowedFd<'static> {
 pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
     Ok(())
+}
+
+/// A close-on-exec copy of `fd` numbered 3 or above (a child's stdio cannot
+/// take its number), e.g. the listening socket a worker is to inherit.
+pub fn dup_above_stdio(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// A pidfd for our child `pid` (Linux 5.3 and later): readable once it has exited.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no
+    // memory is passed.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = RawFd::try_from(raw).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the syscall just returned this new fd; nothing else owns it.
+    // pidfd_open sets close-on-exec itself.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 // ---------------------------------------------------------------------------

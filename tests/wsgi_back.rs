@@ -274,6 +274,29 @@ fn worker_crash_is_502_and_the_worker_comes_back() {
     assert_eq!(r.status, 200, "{}", shim.log());
 }
 
+/// With `direct = false` every request goes through the shim (the relay the
+/// other tests exercise only when the worker cannot serve directly).
+#[test]
+fn relay_mode_serves_and_handles_crash_and_timeout() {
+    let shim = probe_shim("direct = false\nrequest_timeout = 1\n");
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    let body = vec![b'x'; 300_000];
+    let r = post(&shim, "/echo", &body);
+    assert_eq!(r.body, body);
+    let r = get(&shim, "/crash", "");
+    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert!(
+        shim.wait_for_log("(502); restarting it", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    let r = get(&shim, "/sleep", "30");
+    assert_eq!(r.status, 504, "{}", shim.log());
+    assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
+    assert!(!shim.log().contains("serving directly"), "{}", shim.log());
+}
+
 #[test]
 fn request_timeout_is_504_with_a_fresh_worker() {
     let shim = probe_shim("request_timeout = 1\n");
