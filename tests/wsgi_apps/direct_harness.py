@@ -231,6 +231,16 @@ class Worker:
                 found.append(int(name))
         return found
 
+    def session_gone(self, timeout=1.0):
+        """Waits (a process that closed its pipes may still be exiting) until
+        no live process of the session is left; returns the last ones seen."""
+        deadline = time.monotonic() + timeout
+        left = self.session()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.01)
+            left = self.session()
+        return left
+
     def kill(self):
         for pid in self.session():
             try:
@@ -460,8 +470,8 @@ def lend_checks(tmp, sock_path, listener_fd):
         w.proc.stdin.close()
         eof = w.frame(timeout=3) is None
         w.proc.wait(timeout=3)
-        time.sleep(0.05)
-        check("stdin closed: worker and guardian gone", eof and not w.session(), repr(w.session()))
+        left = w.session_gone()
+        check("stdin closed: worker and guardian gone", eof and not left, repr(left))
     finally:
         w.kill()
 
@@ -487,8 +497,10 @@ def guardian_checks(tmp, sock_path, listener_fd):
               and len(fields) == 4 and float(fields[3]) < 5, repr(frame))
         eof = w.frame(timeout=3) is None
         w.proc.wait(timeout=3)
+        took = time.monotonic() - started
+        left = w.session_gone()
         check("crash: EOF on stdout within 2s, no process left",
-              eof and time.monotonic() - started < 2 and not w.session(), repr(w.session()))
+              eof and took < 2 and not left, "%.2fs, left %r" % (took, left))
     finally:
         w.kill()
 
@@ -510,9 +522,11 @@ def guardian_checks(tmp, sock_path, listener_fd):
         fields = frame[1].split(b"\0") if frame else []
         check("timeout: X frame timeout/504", frame is not None and frame[0] == b"X"
               and fields[:3] == [b"timeout", b"504", b"GET /mysite.fcgi/sleep"], repr(frame))
-        eof = w.frame(timeout=3) is None
+        after = w.frame(timeout=3)
         w.proc.wait(timeout=3)
-        check("timeout: worker and guardian gone", eof and not w.session(), repr(w.session()))
+        left = w.session_gone()
+        check("timeout: worker and guardian gone", after is None and not left,
+              "after X: %r, left %r" % (after, left))
     finally:
         w.kill()
 
@@ -527,9 +541,10 @@ def guardian_checks(tmp, sock_path, listener_fd):
         started = time.monotonic()
         frame = w.frame(timeout=3)
         w.proc.wait(timeout=3)
-        left = w.session()
+        took = time.monotonic() - started
+        left = w.session_gone()
         check("killed while idle: no X frame, guardian gone within 2s",
-              len(guardian) == 1 and frame is None and time.monotonic() - started < 2 and not left,
+              len(guardian) == 1 and frame is None and took < 2 and not left,
               "guardian %r, frame %r, left %r" % (guardian, frame, left))
     finally:
         w.kill()
