@@ -12,14 +12,23 @@
 #   shim -> worker: R environ ("name\0value\0"...), B body bytes, E end of body
 #   worker -> shim: S ready, I import failure ("summary\n" + traceback),
 #                   H head ("200 OK\0Name\0value\0"...), B body bytes, D done
+# Direct mode (FCGI_SHIM_LISTEN_FD set): S ends with "\0direct" when the
+# guardian runs; L lend (decimal N, 0 = no limit): serve the web server's
+# FastCGI connections on the inherited listening socket ourselves until
+# SIGUSR1, N requests or an accept failure, then Q (decimal count served).
+# The guardian, a clone(CLONE_FILES) child made before the application is
+# imported, answers 502/504 on the connection in flight and sends X
+# ("crash|timeout\0STATUS\0SUMMARY\0SECONDS") when the worker dies or hangs.
 # wsgi.errors, print() and the application's logging go to stderr, which the
 # shim logs line by line.
 
+import errno
 import os
 import re
 import signal
 import struct
 import sys
+import time
 import traceback
 
 IN_FD = os.dup(0)
@@ -38,7 +47,7 @@ except (AttributeError, ValueError):
 _HEADER = struct.Struct(">BI")
 _pack = _HEADER.pack
 _unpack_from = _HEADER.unpack_from
-_R, _B, _E = ord("R"), ord("B"), ord("E")
+_R, _B, _E, _L = ord("R"), ord("B"), ord("E"), ord("L")
 READ_SIZE = 65536
 # Body frames to the shim are at most this long; queued output is written
 # once it reaches FLUSH_AT, even for a list body.
@@ -216,15 +225,20 @@ def _check_header(name, value):
         raise ValueError("hop-by-hop header %r is not allowed in WSGI (PEP 3333)" % name)
 
 
+class ClientGone(Exception):
+    """The web server closed the connection while we wrote a response."""
+
+
 class Request:
-    """One request: start_response, write and the response's frames."""
+    """One request: start_response, write and queueing the response. The
+    subclasses say how a head, body bytes and the end look on the wire."""
 
     __slots__ = ("status", "headers", "sent", "committed", "out")
 
     def __init__(self):
         self.status = None
         self.headers = None
-        # sent: the head is queued; committed: it went to the shim.
+        # sent: the head is queued; committed: it went out.
         self.sent = False
         self.committed = False
         self.out = bytearray()
@@ -252,6 +266,25 @@ class Request:
         self.headers = headers
         return self.write
 
+    def write(self, data):
+        """The write() callable start_response returns (unbuffered)."""
+        self.add(data)
+        self.flush()
+
+
+def _body_bytes(data):
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError("the application yielded %r, not bytes" % type(data).__name__)
+
+
+class FramedRequest(Request):
+    """A request the shim sent as frames: the response goes back as frames."""
+
+    __slots__ = ()
+
     def _head(self):
         if self.status is None:
             raise AssertionError("the application returned a body before calling start_response")
@@ -267,10 +300,7 @@ class Request:
     def add(self, data):
         """Queue a body chunk (and the head before the first one)."""
         if type(data) is not bytes:
-            if isinstance(data, (bytearray, memoryview)):
-                data = bytes(data)
-            else:
-                raise TypeError("the application yielded %r, not bytes" % type(data).__name__)
+            data = _body_bytes(data)
         if not data:
             return
         if not self.sent:
@@ -295,11 +325,6 @@ class Request:
             self.out = bytearray()
             self.committed = self.sent
 
-    def write(self, data):
-        """The write() callable start_response returns (unbuffered)."""
-        self.add(data)
-        self.flush()
-
     def finish(self):
         if not self.sent:
             self._head()
@@ -320,7 +345,7 @@ def _escape(text):
 
 
 class Server:
-    def __init__(self, app, debug):
+    def __init__(self, app, debug, direct=None):
         self.app = app
         self.debug = debug
         self.reader = FrameReader(IN_FD)
@@ -333,6 +358,12 @@ class Server:
             "wsgi.file_wrapper": FileWrapper,
             "wsgi.input_terminated": True,
         }
+        # Direct mode (None: unavailable), and the state of a lend.
+        self.direct = direct
+        self.lent = False
+        self.hand_back = False
+        self.served = 0
+        self.sequence = 0
 
     def serve(self):
         reader = self.reader
@@ -341,9 +372,12 @@ class Server:
             if frame is None:
                 return
             kind, payload = frame
-            if kind != _R:
+            if kind == _R:
+                self.handle(payload)
+            elif kind == _L:
+                self.lend(payload)
+            else:
                 raise ProtocolError("expected a request, got frame %r" % chr(kind))
-            self.handle(payload)
 
     def handle(self, payload):
         fields = payload.decode("latin-1").split("\0")
@@ -353,7 +387,11 @@ class Server:
         environ["wsgi.url_scheme"] = (
             "https" if environ.get("HTTPS", "off").lower() in ("on", "1", "yes") else "http")
         body = environ["wsgi.input"] = Input(self.reader)
-        request = Request()
+        self.respond(FramedRequest(), environ)
+        body.discard_rest()
+
+    def respond(self, request, environ):
+        """Call the application and send its response (a 500 page if it fails)."""
         result = None
         try:
             result = self.app(environ, request.start_response)
@@ -367,6 +405,8 @@ class Server:
                     flush()
         except ProtocolError:
             raise
+        except ClientGone:
+            pass
         except Exception:
             self.failed(request, environ)
         finally:
@@ -377,10 +417,11 @@ class Server:
                     self.failed(request, environ)
         try:
             request.finish()
+        except ClientGone:
+            pass
         except Exception:
             self.failed(request, environ)
             request.finish()
-        body.discard_rest()
 
     def failed(self, request, environ):
         """The application raised: log the traceback; answer 500 if we still can."""
@@ -399,6 +440,701 @@ class Server:
         request.status = "500 Internal Server Error"
         request.headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]
         request.add(page)
+
+    # -- Direct mode: the web server's connections, served here -------------
+
+    def on_hand_back(self, signum, frame):
+        """SIGUSR1: end the lend. An accept() in progress fails with EINTR
+        (see accept_connection); a request in progress is finished first."""
+        if self.lent:
+            self.hand_back = True
+
+    def lend(self, payload):
+        """Frame L: serve the listening socket until SIGUSR1, the limit or an
+        accept failure, then report the count (frame Q)."""
+        limit = int(payload or b"0")
+        self.served = 0
+        if self.direct is not None:
+            self.hand_back = False
+            self.lent = True
+            try:
+                self.serve_directly(limit)
+            finally:
+                self.lent = False
+        count = str(self.served).encode()
+        write_all(_pack(ord("Q"), len(count)) + count)
+
+    def serve_directly(self, limit):
+        direct = self.direct
+        while not self.hand_back and not (limit and self.served >= limit):
+            fd = direct.accept()
+            if fd < 0:
+                err = -fd
+                if err == errno.EINTR or err in _ACCEPT_AGAIN:
+                    continue
+                sys.stderr.write("fcgi-shim: accept() on the web server's socket failed: %s; "
+                                 "handing it back to the shim\n" % os.strerror(err))
+                sys.stderr.flush()
+                return
+            self.serve_connection(fd, limit)
+
+    def serve_connection(self, fd, limit):
+        """Requests on one connection until it is closed or the lend ends."""
+        conn = Connection(fd)
+        try:
+            while True:
+                begun = conn.next_request()
+                if begun is None:
+                    return
+                rid, keep, params = begun
+                self.direct_request(conn, rid, params)
+                if (not keep or conn.closed or self.hand_back
+                        or (limit and self.served >= limit)):
+                    return
+        except ProtocolError as e:
+            sys.stderr.write("fcgi-shim: malformed FastCGI from the web server: %s; connection closed\n" % e)
+        except ClientGone:
+            pass
+        except OSError as e:
+            sys.stderr.write("fcgi-shim: the connection to the web server failed: %s; "
+                             "connection closed\n" % e.strerror)
+        finally:
+            SHARED[0] = _IDLE
+            os.close(fd)
+
+    def direct_request(self, conn, rid, params):
+        environ = application_environ(params, self.direct.script_name)
+        environ.update(self.base)
+        environ["wsgi.url_scheme"] = (
+            "https" if environ.get("HTTPS", "off").lower() in ("on", "1", "yes") else "http")
+        summary = ("%s %s" % (environ.get("REQUEST_METHOD", "-"),
+                              environ.get("REQUEST_URI") or environ.get("SCRIPT_NAME") or "-"))
+        summary = summary.encode("latin-1")[:SUMMARY_MAX]
+        request = DirectRequest(conn.fd, rid, summary)
+        body = environ["wsgi.input"] = DirectInput(conn, request)
+        self.sequence += 1
+        self.served += 1
+        SHARED[_SUMMARY_AT:_SUMMARY_AT + len(summary)] = summary
+        _STATE.pack_into(SHARED, 0, _BUSY, rid, conn.fd, time.monotonic_ns(), self.sequence, len(summary))
+        self.respond(request, environ)
+        if request.gone:
+            conn.closed = True
+        else:
+            body.discard_rest()
+        SHARED[0] = _IDLE
+        conn.ended(rid)
+
+
+# ---------------------------------------------------------------------------
+# Direct mode: FastCGI from the web server (responder role, one connection at
+# a time), the environ the shim would have sent, and the guardian.
+
+_FCGI_HEADER = struct.Struct(">BBHHBx")
+_rec_pack = _FCGI_HEADER.pack
+_rec_unpack_from = _FCGI_HEADER.unpack_from
+_END_BODY = struct.Struct(">IB3x")
+_U32 = struct.Struct(">I")
+_BEGIN, _ABORT, _END_REQUEST, _PARAMS, _STDIN, _STDOUT = 1, 2, 3, 4, 5, 6
+_GET_VALUES, _GET_VALUES_RESULT, _UNKNOWN_TYPE = 9, 10, 11
+_RESPONDER, _KEEP_CONN = 1, 1
+_REQUEST_COMPLETE, _CANT_MPX_CONN, _UNKNOWN_ROLE = 0, 1, 3
+_VALUES = {"FCGI_MAX_CONNS": "1", "FCGI_MAX_REQS": "1", "FCGI_MPXS_CONNS": "0"}
+# A record's content is at most 65535 bytes.
+RECORD_MAX = 65535
+PARAMS_MAX = 1 << 20
+_ACCEPT_AGAIN = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EAGAIN))
+
+# The state shared with the guardian (an anonymous MAP_SHARED mmap): what is
+# in flight, then the summary bytes at _SUMMARY_AT. The worker writes the
+# summary before the fixed part, so a busy state always has its summary.
+# state, request id, conn fd, start (monotonic ns), sequence, summary length
+_STATE = struct.Struct("=BxHiqQH")
+_IDLE, _BUSY, _HEAD_SENT = 0, 1, 2
+_SUMMARY_AT = 32
+SUMMARY_MAX = 200
+SHARED = bytearray(_SUMMARY_AT)
+
+
+class Malformed(ProtocolError):
+    pass
+
+
+def _end_request(rid, status):
+    return _rec_pack(1, _END_REQUEST, rid, 8, 0) + _END_BODY.pack(0, status)
+
+
+def write_fd(fd, data):
+    n = os.write(fd, data)
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _name_values(text):
+    """FastCGI name-value pairs of `text` (bytes decoded as latin-1: one
+    character per byte)."""
+    pos, end = 0, len(text)
+    try:
+        while pos < end:
+            n = ord(text[pos])
+            if n < 128:
+                pos += 1
+            else:
+                n = _U32.unpack(text[pos:pos + 4].encode("latin-1"))[0] & 0x7FFFFFFF
+                pos += 4
+            v = ord(text[pos])
+            if v < 128:
+                pos += 1
+            else:
+                v = _U32.unpack(text[pos:pos + 4].encode("latin-1"))[0] & 0x7FFFFFFF
+                pos += 4
+            name_end = pos + n
+            value_end = name_end + v
+            if value_end > end:
+                raise IndexError
+            yield text[pos:name_end], text[name_end:value_end]
+            pos = value_end
+    except (IndexError, struct.error):
+        raise Malformed("a truncated name-value pair")
+
+
+def _encode_name_value(out, name, value):
+    for part in (name, value):
+        out += bytes((len(part),)) if len(part) < 128 else _U32.pack(len(part) | 0x80000000)
+    out += name
+    out += value
+
+
+class Connection:
+    """Records from one web server connection, read in large pieces."""
+
+    __slots__ = ("fd", "buf", "pos", "closed", "done")
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b""
+        self.pos = 0
+        self.closed = False
+        # Ids of requests ended on this connection: their late records are ignored.
+        self.done = set()
+
+    def _fill(self, need):
+        buf = self.buf[self.pos:]
+        while len(buf) < need:
+            chunk = os.read(self.fd, max(READ_SIZE, need - len(buf)))
+            if not chunk:
+                if buf:
+                    raise Malformed("end of stream in the middle of a record")
+                return None
+            buf += chunk
+        self.buf = buf
+        self.pos = 0
+        return buf
+
+    def record(self):
+        """(type, request id, content), or None at the end of the stream."""
+        buf, pos = self.buf, self.pos
+        if len(buf) - pos < 8:
+            buf = self._fill(8)
+            if buf is None:
+                return None
+            pos = 0
+        version, rtype, rid, length, padding = _rec_unpack_from(buf, pos)
+        if version != 1:
+            raise Malformed("a record of version %d" % version)
+        end = pos + 8 + length + padding
+        if len(buf) < end:
+            buf = self._fill(end - pos)
+            pos, end = 0, 8 + length + padding
+        self.pos = end
+        return rtype, rid, buf[pos + 8:pos + 8 + length]
+
+    def next_request(self):
+        """Read up to a responder request's complete params, answering
+        management records and refused requests on the way.
+        (request id, keep_conn, params bytes), or None: close the connection."""
+        rid, keep, pieces, size = 0, 0, [], 0
+        while True:
+            record = self.record()
+            if record is None:
+                if rid:
+                    raise Malformed("end of stream before the end of the parameters")
+                return None
+            rtype, rrid, content = record
+            if rrid == rid and rid:
+                if rtype == _PARAMS:
+                    if not content:
+                        return rid, keep, b"".join(pieces)
+                    size += len(content)
+                    if size > PARAMS_MAX:
+                        raise Malformed("parameters larger than %d bytes" % PARAMS_MAX)
+                    pieces.append(content)
+                elif rtype == _ABORT:
+                    write_fd(self.fd, _end_request(rid, _REQUEST_COMPLETE))
+                    self.ended(rid)
+                    if not keep:
+                        return None
+                    rid, keep, pieces, size = 0, 0, [], 0
+                else:
+                    raise Malformed("a record of type %d before the end of the parameters" % rtype)
+            elif rrid == 0:
+                self.management(rtype, content)
+            elif rtype == _BEGIN:
+                if len(content) < 8:
+                    raise Malformed("a BEGIN_REQUEST of %d bytes" % len(content))
+                role, flags = content[0] << 8 | content[1], content[2]
+                if rid:
+                    write_fd(self.fd, _end_request(rrid, _CANT_MPX_CONN))
+                    self.ended(rrid)
+                elif role != _RESPONDER:
+                    write_fd(self.fd, _end_request(rrid, _UNKNOWN_ROLE))
+                    self.ended(rrid)
+                    if not flags & _KEEP_CONN:
+                        return None
+                else:
+                    rid, keep = rrid, flags & _KEEP_CONN
+            else:
+                self.stray(rtype, rrid)
+
+    def management(self, rtype, content):
+        if rtype == _GET_VALUES:
+            out = bytearray()
+            for name, _ in _name_values(content.decode("latin-1")):
+                value = _VALUES.get(name)
+                if value is not None:
+                    _encode_name_value(out, name.encode("latin-1"), value.encode())
+            write_fd(self.fd, _rec_pack(1, _GET_VALUES_RESULT, 0, len(out), 0) + out)
+        else:
+            write_fd(self.fd, _rec_pack(1, _UNKNOWN_TYPE, 0, 8, 0) + bytes((rtype,)) + bytes(7))
+
+    def stray(self, rtype, rid):
+        """A record for a request that is not active: late ones are ignored."""
+        if rtype != _ABORT and rid not in self.done:
+            raise Malformed("a record of type %d for request %d, which is not active" % (rtype, rid))
+
+    def ended(self, rid):
+        done = self.done
+        if len(done) > 64:
+            done.clear()
+        done.add(rid)
+
+
+class DirectInput(Input):
+    """wsgi.input from the request's STDIN records, read as the application
+    asks. ABORT_REQUEST ends it (and the response is dropped)."""
+
+    def __init__(self, conn, request):
+        Input.__init__(self, conn)
+        self._request = request
+
+    def _pull(self):
+        if self._eof:
+            return False
+        conn, rid = self._reader, self._request.rid
+        while True:
+            record = conn.record()
+            if record is None:
+                if self._request.sent_end:
+                    # The web server closed after our END_REQUEST: nothing lost.
+                    conn.closed = True
+                    self._eof = True
+                    return False
+                raise Malformed("end of stream in the middle of a request body")
+            rtype, rrid, content = record
+            if rrid == rid:
+                if rtype == _STDIN:
+                    if content:
+                        self._buf += content
+                        return True
+                    self._eof = True
+                    return False
+                if rtype == _ABORT:
+                    self._request.aborted = True
+                    self._eof = True
+                    return False
+                if rtype == _PARAMS and not content:
+                    continue
+                raise Malformed("a record of type %d in a request body" % rtype)
+            elif rrid == 0:
+                conn.management(rtype, content)
+            elif rtype == _BEGIN:
+                write_fd(conn.fd, _end_request(rrid, _CANT_MPX_CONN))
+                conn.ended(rrid)
+            else:
+                conn.stray(rtype, rrid)
+
+
+class DirectRequest(Request):
+    """A request from the web server: the response goes to it as a CGI head
+    and STDOUT records, then END_REQUEST."""
+
+    __slots__ = ("fd", "rid", "summary", "aborted", "gone", "sent_end")
+
+    def __init__(self, fd, rid, summary):
+        Request.__init__(self)
+        self.fd = fd
+        self.rid = rid
+        self.summary = summary
+        # aborted: ABORT_REQUEST arrived, the response is dropped;
+        # gone: the connection broke while we wrote.
+        self.aborted = False
+        self.gone = False
+        self.sent_end = False
+
+    def _head(self):
+        """The CGI head (like ResponseHead::write_cgi in src/request.rs)."""
+        if self.status is None:
+            raise AssertionError("the application returned a body before calling start_response")
+        lines = []
+        if not self._local_redirect():
+            lines.append("Status: " + self.status)
+        for name, value in self.headers:
+            lines.append(name + ": " + value)
+        lines.append("\r\n")
+        self.sent = True
+        return "\r\n".join(lines).encode("latin-1")
+
+    def _local_redirect(self):
+        if self.status[:3] != "200":
+            return False
+        for name, value in self.headers:
+            if name.lower() == "location":
+                return value.startswith("/")
+        return False
+
+    def add(self, data):
+        """Queue a body chunk (the head goes in the same record as the first)."""
+        if type(data) is not bytes:
+            data = _body_bytes(data)
+        if not data:
+            return
+        if not self.sent:
+            data = self._head() + data
+        out, rid = self.out, self.rid
+        if len(data) <= RECORD_MAX:
+            out += _rec_pack(1, _STDOUT, rid, len(data), 0)
+            out += data
+        else:
+            view = memoryview(data)
+            for i in range(0, len(data), RECORD_MAX):
+                piece = view[i:i + RECORD_MAX]
+                out += _rec_pack(1, _STDOUT, rid, len(piece), 0)
+                out += piece
+        if len(out) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self):
+        if not self.out:
+            return
+        if self.gone:
+            self.out = bytearray()
+            raise ClientGone()
+        if self.aborted:
+            self.out = bytearray()
+            return
+        if not self.committed and self.sent:
+            SHARED[0] = _HEAD_SENT
+        try:
+            write_fd(self.fd, self.out)
+        except OSError as e:
+            self.gone = True
+            self.out = bytearray()
+            sys.stderr.write("fcgi-shim: the web server closed the connection during %s: %s; "
+                             "response dropped\n" % (self.summary.decode("latin-1"), e.strerror))
+            sys.stderr.flush()
+            raise ClientGone()
+        self.out = bytearray()
+        self.committed = self.sent
+
+    def finish(self):
+        if self.gone:
+            return
+        rid = self.rid
+        if self.aborted:
+            # Only the END_REQUEST goes out.
+            self.out = bytearray()
+        elif not self.sent:
+            head = self._head()
+            self.out += _rec_pack(1, _STDOUT, rid, len(head), 0)
+            self.out += head
+        self.out += _rec_pack(1, _STDOUT, rid, 0, 0)
+        self.out += _rec_pack(1, _END_REQUEST, rid, 8, 0)
+        self.out += _END_BODY.pack(0, _REQUEST_COMPLETE)
+        self.aborted = False
+        self.flush()
+        self.sent_end = True
+
+
+# -- The environ: what src/request.rs for_each_application_meta_variable gives.
+
+def _utf8(value):
+    """A received value as Request::get sees it: None unless valid UTF-8."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def percent_decode(text):
+    """%XX decoded (invalid escapes kept; invalid UTF-8 replaced), as
+    percent_decode in src/request.rs (u8::from_str_radix takes "+F" too)."""
+    if "%" not in text:
+        return text
+    data = text.encode("utf-8")
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        b = data[i]
+        h = data[i + 1:i + 3]
+        if b == 0x25 and len(h) == 2 and (
+                (chr(h[0]) in _HEX or h[0] == 0x2B) and chr(h[1]) in _HEX):
+            out.append(int(h.decode("ascii"), 16))
+            i += 3
+        else:
+            out.append(b)
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def presented_script_name(get, fixed):
+    """The SCRIPT_NAME to present instead of the one received (None: keep
+    it), as presented_script_name in src/request.rs. `get(name)` is the last
+    received value, if valid UTF-8; `fixed` the prefix, or None for auto."""
+    script = get("SCRIPT_NAME") or ""
+    if fixed is not None:
+        wanted = fixed
+    else:
+        visited = get("REDIRECT_URL")
+        if visited is None:
+            visited = get("SCRIPT_URL")
+        if not visited:
+            uri = get("REQUEST_URI")
+            if uri is None:
+                return None
+            visited = percent_decode(uri.split("?", 1)[0])
+            if visited.startswith(script):
+                return None
+        path_info = get("PATH_INFO") or ""
+        if path_info and visited.endswith(path_info):
+            prefix = visited[:len(visited) - len(path_info)]
+        else:
+            # The rewrite changed the path: the directory of the script.
+            prefix = script.rsplit("/", 1)[0] if "/" in script else ""
+        wanted = prefix.rstrip("/")
+    return None if wanted == script else wanted
+
+
+def application_environ(params, fixed):
+    """The environ's CGI part from a request's PARAMS bytes: HTTP_PROXY and
+    an empty HTTP_AUTHORIZATION dropped, Authorization restored from
+    REDIRECT_HTTP_AUTHORIZATION, SCRIPT_NAME presented as configured."""
+    text = params.decode("latin-1")
+    environ = dict(_name_values(text))
+
+    def get(name):
+        return _utf8(environ.get(name))
+
+    script_name = presented_script_name(get, fixed)
+    auth = get("HTTP_AUTHORIZATION")
+    restored = None if auth else get("REDIRECT_HTTP_AUTHORIZATION")
+    environ.pop("HTTP_PROXY", None)
+    if environ.get("HTTP_AUTHORIZATION") == "":
+        # Empty ones are dropped one by one: an earlier non-empty one stays.
+        kept = [v for n, v in _name_values(text) if n == "HTTP_AUTHORIZATION" and v]
+        if kept:
+            environ["HTTP_AUTHORIZATION"] = kept[-1]
+        else:
+            del environ["HTTP_AUTHORIZATION"]
+    if restored:
+        environ["HTTP_AUTHORIZATION"] = restored.encode("utf-8").decode("latin-1")
+    if script_name is not None:
+        environ["SCRIPT_NAME"] = script_name.encode("utf-8").decode("latin-1")
+    return environ
+
+
+# -- Start-up of direct mode and the guardian.
+
+_CLONE_FILES = 0x400
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_PR_SET_PDEATHSIG = 1
+
+
+class Direct:
+    """What direct mode needs: the listening socket, accept(), SCRIPT_NAME."""
+
+    def __init__(self, listen_fd, script_name):
+        self.listen_fd = listen_fd
+        # None: auto; else the fixed prefix.
+        self.script_name = script_name
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        # accept4 from libc, not socket.accept: it returns EINTR when SIGUSR1
+        # arrives (socket.accept retries, PEP 475), and a connection accepted
+        # just before the signal is never lost to an exception.
+        accept4 = libc.accept4
+        accept4.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+        accept4.restype = ctypes.c_int
+        self._accept4 = accept4
+        self._errno = ctypes.get_errno
+
+    def accept(self):
+        """A connection's fd, or minus the errno."""
+        fd = self._accept4(self.listen_fd, None, None, _SOCK_CLOEXEC)
+        return fd if fd >= 0 else -self._errno()
+
+
+_SOCK_CLOEXEC = 0o2000000
+
+
+def start_direct():
+    """Read (and remove) the shim's direct-mode settings; if it asks for
+    direct mode, start the guardian. A Direct, or None (one stderr line says
+    why when it was asked for)."""
+    global SHARED
+    listen_fd = os.environ.pop("FCGI_SHIM_LISTEN_FD", None)
+    timeout_ms = os.environ.pop("FCGI_SHIM_REQUEST_TIMEOUT_MS", None)
+    script_name = os.environ.pop("FCGI_SHIM_SCRIPT_NAME", None) or "auto"
+    if listen_fd is None:
+        return None
+    try:
+        import ctypes
+        import fcntl
+        import mmap
+        import platform
+
+        fd = int(listen_fd)
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+        timeout = int(timeout_ms or 0) / 1000.0
+        fixed = script_name[6:] if script_name.startswith("fixed:") else None
+        direct = Direct(fd, fixed)
+        number = _SYS_CLONE.get(platform.machine())
+        if number is None:
+            raise OSError("no clone() system call number for %s" % platform.machine())
+        shared = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+        worker = os.getpid()
+        # As os.fork does around fork(): the GIL held (PyDLL), the
+        # interpreter's locks taken, and the child's state reset.
+        api = ctypes.pythonapi
+        syscall = ctypes.PyDLL(None, use_errno=True).syscall
+        syscall.restype = ctypes.c_long
+        api.PyOS_BeforeFork()
+        pid = syscall(ctypes.c_long(number), ctypes.c_long(_CLONE_FILES | signal.SIGCHLD),
+                      ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0))
+        if pid == 0:
+            # The guardian: it must never return into the adapter's flow.
+            try:
+                api.PyOS_AfterFork_Child()
+                guardian(shared, worker, timeout)
+            except BaseException:
+                sys.stderr.write("fcgi-shim: the guardian failed:\n" + traceback.format_exc())
+                sys.stderr.flush()
+            finally:
+                os._exit(0)
+        api.PyOS_AfterFork_Parent()
+        if pid < 0:
+            raise OSError(ctypes.get_errno(), "clone: " + os.strerror(ctypes.get_errno()))
+    except Exception as e:
+        sys.stderr.write("fcgi-shim: direct mode unavailable: %s\n" % e)
+        sys.stderr.flush()
+        return None
+    SHARED = shared
+    return direct
+
+
+def guardian(shared, worker, timeout):
+    """The guardian's life: never returns. Shares the worker's fd table; runs
+    none of the application's code (it was cloned before the import)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    waited = (signal.SIGUSR2, signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited + (signal.SIGUSR1, signal.SIGINT))
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2, 0, 0, 0)
+    tick = max(0.01, min(1.0, timeout / 10)) if timeout > 0 else 1.0
+    while os.getppid() == worker:
+        signum = signal.sigtimedwait(waited, tick)
+        if signum is not None and signum.si_signo == signal.SIGTERM:
+            # The worker's end_group, or the shim's guard: the worker is going.
+            deadline = time.monotonic() + 1.0
+            while os.getppid() == worker and time.monotonic() < deadline:
+                time.sleep(0.01)
+            break
+        if timeout > 0:
+            state, _, _, start, sequence, _ = _STATE.unpack_from(shared, 0)
+            if state != _IDLE and time.monotonic_ns() - start > timeout * 1e9:
+                if stop_worker(shared, worker, sequence):
+                    answer(shared, "timeout", 504, "Gateway Timeout")
+    # The worker is gone (or going, after SIGTERM).
+    answer(shared, "crash", 502, "Bad Gateway")
+
+
+def _stopped(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"T"], [b"t"], [b"Z"], [b"X"])
+
+
+def stop_worker(shared, worker, sequence):
+    """The request `sequence` is over time: stop the worker and kill it if
+    that request is still in flight (True), else let it go on."""
+    os.kill(worker, signal.SIGSTOP)
+    deadline = time.monotonic() + 0.1
+    while not _stopped(worker) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    state, _, _, _, now_sequence, _ = _STATE.unpack_from(shared, 0)
+    if state == _IDLE or now_sequence != sequence:
+        os.kill(worker, signal.SIGCONT)
+        return False
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 1.0
+    while os.getppid() == worker and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return True
+
+
+def answer(shared, kind, status, reason):
+    """The worker is gone: end the request in flight (if any) for the web
+    server and tell the shim (frame X); then exit."""
+    state, rid, fd, start, _, length = _STATE.unpack_from(shared, 0)
+    if state == _IDLE:
+        os._exit(0)
+    seconds = (time.monotonic_ns() - start) / 1e9
+    summary = bytes(shared[_SUMMARY_AT:_SUMMARY_AT + length])
+    out = bytearray()
+    if state == _BUSY:
+        page = ("Status: %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%d %s\n"
+                % (status, reason, status, reason)).encode()
+        out += _rec_pack(1, _STDOUT, rid, len(page), 0) + page
+        out += _rec_pack(1, _STDOUT, rid, 0, 0)
+        shown = str(status)
+    else:
+        shown = "cut"
+    out += _end_request(rid, _REQUEST_COMPLETE)
+    try:
+        import fcntl
+
+        # Never block on a web server that does not read.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        os.write(fd, out)
+    except OSError:
+        pass
+    report = b"\0".join((kind.encode(), shown.encode(), summary, ("%.1f" % seconds).encode()))
+    try:
+        write_all(_pack(ord("X"), len(report)) + report)
+    except OSError:
+        pass
+    os._exit(0)
 
 
 def innermost_frame(exc):
@@ -449,6 +1185,11 @@ def main(argv):
         sys.path.append(sys.path.pop(0))
     for path in reversed(argv[3:]):
         sys.path.insert(0, path)
+    # SIGUSR1 ends a lend; at any other time it does nothing (and never
+    # kills us).
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    # Before the import: the guardian must run none of the application's code.
+    direct = start_direct()
     try:
         app = load(module_name, attribute)
     except BaseException as exc:
@@ -460,8 +1201,12 @@ def main(argv):
         write_all(_pack(ord("I"), len(report)) + report)
         return 1
     ready = ("Python %s" % sys.version.split()[0]).encode()
+    if direct is not None:
+        ready += b"\0direct"
+    server = Server(app, debug, direct)
+    signal.signal(signal.SIGUSR1, server.on_hand_back)
     write_all(_pack(ord("S"), len(ready)) + ready)
-    Server(app, debug).serve()
+    server.serve()
     end_group()
 
 
