@@ -21,7 +21,7 @@ def snapshot():
 def kind(comm, cmd, www):
     if comm == "apache2": return "apache"
     if comm == "wrk": return "wrk"
-    if www in cmd and "/shim/" in cmd: return "fcgi-shim"
+    if www in cmd and ("/shim/" in cmd or "/relay/" in cmd): return "fcgi-shim"
     if www in cmd and "/flup/" in cmd: return "flup"
     if www in cmd and "/c/" in cmd: return "libfcgi"
     if "fcgi-shim wsgi" in cmd or ("-c import os,sys" in cmd and "hello" in cmd): return "python worker"

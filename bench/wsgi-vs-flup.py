@@ -138,6 +138,8 @@ def main():
                     "cost in every number)")
     ap.add_argument("--c-responder", default="",
                     help="also measure this FastCGI program (bench/hello-libfcgi.c): the ceiling")
+    ap.add_argument("--relay", action="store_true",
+                    help="also measure fcgi-shim with direct = false (every request through the shim)")
     args = ap.parse_args()
 
     try:
@@ -153,7 +155,7 @@ def main():
     apache = None
     try:
         www, app, state = (os.path.join(tmp, d) for d in ("www", "app", "apache"))
-        sites = ["shim", "flup"] + (["c"] if args.c_responder else [])
+        sites = ["shim", "flup"] + (["c"] if args.c_responder else []) + (["relay"] if args.relay else [])
         for d in [www, app, state, state + "/run", state + "/fcgid-ipc"] + [www + "/" + x for x in sites]:
             os.makedirs(d, mode=0o755, exist_ok=True)
             os.chmod(d, 0o755)
@@ -166,11 +168,14 @@ def main():
         if args.c_responder:
             shutil.copy(args.c_responder, www + "/c/mysite.fcgi")
             os.chmod(www + "/c/mysite.fcgi", 0o755)
-        shutil.copy(args.shim, www + "/shim/mysite.fcgi")
-        os.chmod(www + "/shim/mysite.fcgi", 0o755)
-        write(www + "/shim/mysite.toml",
-              '[app]\nkind = "wsgi"\nmodule = "hello"\npython = "%s"\npython_path = ["%s"]\n'
-              '[log]\nlevel = "warn"\n' % (python, app), 0o644)
+        for site, extra in (("shim", ""), ("relay", "direct = false\n")):
+            if site not in sites:
+                continue
+            shutil.copy(args.shim, www + "/%s/mysite.fcgi" % site)
+            os.chmod(www + "/%s/mysite.fcgi" % site, 0o755)
+            write(www + "/%s/mysite.toml" % site,
+                  '[app]\nkind = "wsgi"\nmodule = "hello"\npython = "%s"\npython_path = ["%s"]\n%s'
+                  '[log]\nlevel = "warn"\n' % (python, app, extra), 0o644)
         write(www + "/flup/mysite.fcgi",
               "#!%s\n# flup's WSGIServer, as in Django's old runfastcgi guide.\n"
               "import sys\nsys.path.insert(0, %r)\n"
@@ -251,9 +256,12 @@ def main():
             procs = [p for p, cmd in processes_under(www + "/" + site + "/").items()]
             rows = []
             for p in procs:
-                rows.append((p, {"shim": "fcgi-shim", "flup": "flup", "c": "libfcgi"}[site], rss_kib(p)))
+                rows.append((p, {"shim": "fcgi-shim", "relay": "fcgi-shim", "flup": "flup", "c": "libfcgi"}[site], rss_kib(p)))
                 for kid in children(p):
                     rows.append((kid, "python worker", rss_kib(kid)))
+                    # Direct mode: the worker's guardian.
+                    for grandkid in children(kid):
+                        rows.append((grandkid, "guardian", rss_kib(grandkid)))
             rss[site] = rows
         log = open(state + "/error.log").read()
         slow = {site: 0 for site in results}
@@ -261,7 +269,7 @@ def main():
             f.seek(measured_from)
             measured_lines = f.read().splitlines()
         for line in measured_lines:
-            m = re.search(r'"GET /(shim|flup)/\S* [^"]*" \d+ \S+ (\d+)us', line)
+            m = re.search(r'"GET /(shim|flup|relay)/\S* [^"]*" \d+ \S+ (\d+)us', line)
             if m and int(m.group(2)) > 500000:
                 slow[m.group(1)] += 1
         if os.environ.get("BENCH_KEEP_LOGS"):
@@ -304,6 +312,9 @@ def main():
     if "c" in results:
         c_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["c"], results["flup"]))
         print("ceiling: the C libfcgi responder does %.2fx flup here" % c_ratio)
+    if "relay" in results:
+        r_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["relay"], results["flup"]))
+        print("relay: fcgi-shim with direct = false does %.2fx flup here" % r_ratio)
     for site in sites:
         rows = rss[site]
         total = sum(r[2] for r in rows)

@@ -145,20 +145,25 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
         return ExitCode::from(2);
     }
     let settings = find_settings(arg, exe);
+    if let Ok(config) = &settings
+        && let Err(e) = crate::log::configure(&config.site, &config.log.target, config.log.level)
+    {
+        log::error!("{e}; logging to stderr instead");
+    }
+    let mut reloader = matches!(launch, Launch::Listener { .. })
+        .then(|| reloader_for(args, exe, arg, settings.as_ref().ok()));
     let (mut back, limits) = match &settings {
         Ok(config) => {
-            if let Err(e) =
-                crate::log::configure(&config.site, &config.log.target, config.log.level)
-            {
-                log::error!("{e}; logging to stderr instead");
-            }
             // Under a web server that spawned us, the WSGI worker may serve
             // its listening socket directly.
-            let listener = match &launch {
-                Launch::Listener { fd, .. } => Some(fd.as_fd()),
+            let direct = match &launch {
+                Launch::Listener { fd, .. } => Some(back::DirectFds {
+                    listener: fd.as_fd(),
+                    wake: reloader.as_ref().and_then(Reloader::wake_fd),
+                }),
                 _ => None,
             };
-            (back::from_config(config, listener), config.limits)
+            (back::from_config(config, direct), config.limits)
         }
         Err(e) => {
             log::error!("{e}");
@@ -175,14 +180,13 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
                 ListenerSource::Systemd => "fd 3 (systemd)",
             };
             log::debug!("serving FastCGI on the {family:?} listening socket on {from}");
-            let mut reloader = reloader_for(args, exe, arg, settings.as_ref().ok());
             server::run_single(
                 fd,
                 source,
                 back.as_mut(),
                 limits,
                 &signals,
-                Some(&mut reloader),
+                reloader.as_mut(),
             );
         }
         Launch::Cgi => front::cgi::serve_once(back.as_mut(), &signals),

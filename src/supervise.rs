@@ -37,8 +37,8 @@ pub struct SpawnSpec {
     pub workdir: Option<PathBuf>,
     /// How the processes it may start are ended if we die by SIGKILL.
     pub descendants: Descendants,
-    /// An fd of ours (3 or above) the process inherits under the same number.
-    pub inherit_fd: Option<RawFd>,
+    /// Fds of ours (3 or above) the process inherits under the same numbers.
+    pub inherit_fds: Vec<RawFd>,
 }
 
 /// What makes sure an application's whole process group ends with us, even
@@ -91,7 +91,7 @@ impl Process {
             Signal::SIGTERM
         };
         sys::set_child_dies_with_parent(&mut command, death_signal);
-        if let Some(fd) = spec.inherit_fd {
+        for &fd in &spec.inherit_fds {
             sys::keep_open_across_exec(&mut command, fd);
         }
         let mut child = command.spawn()?;

@@ -182,7 +182,7 @@ impl Back for CgiBack {
             env: self.environment(exchange.request()),
             workdir,
             descendants: Descendants::Guarded,
-            inherit_fd: None,
+            inherit_fds: Vec::new(),
         };
         let name = Path::new(program).display().to_string();
         let (process, pipes) = match Process::spawn(&spec) {

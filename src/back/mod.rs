@@ -95,17 +95,26 @@ pub struct Woken {
 }
 
 /// Build the back the settings ask for.
-/// `listener`: the listening socket the web server gave us, which a back
-/// may serve directly (see [`Back::serve_directly`]).
-pub fn from_config(config: &Config, listener: Option<BorrowedFd<'_>>) -> Box<dyn Back> {
+/// `direct`: the listening socket the web server gave us, which a back may
+/// serve directly (see [`Back::serve_directly`]), and the reloader's inotify
+/// fd, which tells it to hand the socket back when a watched file changes.
+pub fn from_config(config: &Config, direct: Option<DirectFds<'_>>) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(
             wsgi.clone(),
             config.limits,
-            listener.filter(|_| wsgi.direct),
+            direct.filter(|_| wsgi.direct),
         )),
     }
+}
+
+/// What a back needs to serve the listening socket directly.
+#[derive(Clone, Copy)]
+pub struct DirectFds<'a> {
+    pub listener: BorrowedFd<'a>,
+    /// Readable when a watched file may have changed (the reloader's inotify fd).
+    pub wake: Option<BorrowedFd<'a>>,
 }
 
 /// Start the application once and stop it again: can the new version run?

@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::signal::Signal;
 
 use super::stderr_lines::StderrLines;
-use super::{Back, Context, DirectWait, Outcome, Ready, Woken, finish_with_error};
+use super::{Back, Context, DirectFds, DirectWait, Outcome, Ready, Woken, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
 use crate::request::{self, Exchange, InputEvent, ResponseHead, ScriptName};
 use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
@@ -74,14 +74,14 @@ pub struct WsgiBack {
     /// Direct mode: our copy of the web server's listening socket, which the
     /// worker inherits (None: direct mode is off).
     listener: Option<OwnedFd>,
+    /// Our copy of the reloader's inotify fd, which the worker inherits.
+    _wake: Option<OwnedFd>,
     /// The current worker said it can serve the socket directly.
     direct_ok: bool,
     /// The log said so for the current worker.
     direct_announced: bool,
     /// The socket is lent to the worker: a pidfd that is readable once it exited.
     lent: Option<OwnedFd>,
-    /// We asked for the socket back (SIGUSR1).
-    asked_back: bool,
     /// What the worker's guardian reported after the worker died.
     guardian: Option<GuardianReport>,
 }
@@ -185,9 +185,9 @@ enum Interrupt {
 
 impl WsgiBack {
     /// Builds the back and starts the worker at once, so that the first
-    /// request does not pay for the application's imports. With `listener`
+    /// request does not pay for the application's imports. With `direct`
     /// (the web server's listening socket) the worker may serve it directly.
-    pub fn new(config: WsgiConfig, limits: Limits, listener: Option<BorrowedFd<'_>>) -> WsgiBack {
+    pub fn new(config: WsgiConfig, limits: Limits, direct: Option<DirectFds<'_>>) -> WsgiBack {
         let label = format!("{}:{}", config.module, config.attribute);
         let mut args: Vec<OsString> = vec![
             "-c".into(),
@@ -209,14 +209,27 @@ impl WsgiBack {
             env.push((name.into(), value.into()));
         }
         // Direct mode: the worker inherits a copy of the listening socket
-        // (numbered above stdio: under mod_fcgid ours is fd 0).
-        let listener = listener.and_then(|fd| {
-            sys::dup_above_stdio(fd)
+        // (numbered above stdio: under mod_fcgid ours is fd 0), and one of
+        // the reloader's inotify fd: readable, it stops taking connections
+        // and hands the socket back, so that the request after a `touch`
+        // waits for the reload, as it does when we accept.
+        let listener = direct.and_then(|d| {
+            sys::dup_above_stdio(d.listener)
                 .inspect_err(|e| {
                     log::warn!("wsgi: cannot lend the listening socket ({e}); not serving directly")
                 })
                 .ok()
         });
+        let wake = direct
+            .and_then(|d| d.wake)
+            .filter(|_| listener.is_some())
+            .and_then(|fd| sys::dup_above_stdio(fd).ok());
+        if let Some(fd) = &wake {
+            env.push((
+                "FCGI_SHIM_WAKE_FD".into(),
+                fd.as_raw_fd().to_string().into(),
+            ));
+        }
         if let Some(fd) = &listener {
             let script_name = match &config.script_name {
                 ScriptName::Auto => "auto".to_string(),
@@ -240,7 +253,11 @@ impl WsgiBack {
             workdir: Some(config.workdir.clone()),
             // The adapter ends its process group when we go (see its end_group).
             descendants: Descendants::LeaderEndsGroup,
-            inherit_fd: listener.as_ref().map(AsRawFd::as_raw_fd),
+            inherit_fds: listener
+                .iter()
+                .chain(&wake)
+                .map(AsRawFd::as_raw_fd)
+                .collect(),
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
         let mut back = WsgiBack {
@@ -255,10 +272,10 @@ impl WsgiBack {
             stderr_lines,
             import_error: None,
             listener,
+            _wake: wake,
             direct_ok: false,
             direct_announced: false,
             lent: None,
-            asked_back: false,
             guardian: None,
         };
         match back.sup.start() {
@@ -1090,7 +1107,6 @@ impl WsgiBack {
             );
         }
         self.lent = Some(pidfd);
-        self.asked_back = false;
         true
     }
 
@@ -1140,8 +1156,11 @@ impl WsgiBack {
         loop {
             let (returned, used) = match self.next_frame() {
                 Ok(None) => return,
-                Ok(Some((Frame::Returned(count), used))) => {
-                    (String::from_utf8_lossy(count).parse::<u64>().ok(), used)
+                // "COUNT\0WHY": asked, limit, changed, accept.
+                Ok(Some((Frame::Returned(report), used))) => {
+                    let report = String::from_utf8_lossy(report);
+                    let (count, why) = report.split_once('\0').unwrap_or((&report, ""));
+                    ((count.parse::<u64>().unwrap_or(0), why == "accept"), used)
                 }
                 Ok(Some((Frame::Guardian(report), used))) => {
                     self.guardian = Some(GuardianReport::parse(report));
@@ -1162,13 +1181,11 @@ impl WsgiBack {
             };
             self.from_worker.drain(..used);
             self.lent = None;
-            let served = returned.unwrap_or(0);
-            let recycled_at = self.sup.requests_left() == Some(served);
+            let (served, accept_failed) = returned;
             self.sup.requests_done(served);
             self.greet();
-            if !self.asked_back && !recycled_at {
-                // It stopped on its own (its accept failed; its stderr says
-                // why): do not lend it the socket again.
+            if accept_failed {
+                // Its stderr says why: do not lend this worker the socket again.
                 self.direct_ok = false;
             }
         }
@@ -1248,7 +1265,6 @@ impl Back for WsgiBack {
             return;
         };
         sys::signal_process(pid, Signal::SIGUSR1);
-        self.asked_back = true;
         let limit = if sys::stop_requested() {
             super::STOP_GRACE
         } else {

@@ -25,6 +25,7 @@
 import errno
 import os
 import re
+import select
 import signal
 import struct
 import sys
@@ -444,29 +445,52 @@ class Server:
     # -- Direct mode: the web server's connections, served here -------------
 
     def on_hand_back(self, signum, frame):
-        """SIGUSR1: end the lend. An accept() in progress fails with EINTR
-        (see accept_connection); a request in progress is finished first."""
+        """SIGUSR1: end the lend. The wait for a connection wakes up (the
+        signal wake-up fd is in its poll); a request in progress is finished
+        first."""
         if self.lent:
             self.hand_back = True
 
     def lend(self, payload):
-        """Frame L: serve the listening socket until SIGUSR1, the limit or an
-        accept failure, then report the count (frame Q)."""
+        """Frame L: serve the listening socket until SIGUSR1 ("asked"), the
+        limit ("limit"), a change of a watched file ("changed") or an accept
+        failure ("accept"), then say so: frame Q, "COUNT\\0WHY"."""
         limit = int(payload or b"0")
         self.served = 0
+        why = "accept"
         if self.direct is not None:
             self.hand_back = False
             self.lent = True
+            signal.set_wakeup_fd(self.direct.signal_w, warn_on_full_buffer=False)
             try:
-                self.serve_directly(limit)
+                why = self.serve_directly(limit)
             finally:
+                signal.set_wakeup_fd(-1)
                 self.lent = False
-        count = str(self.served).encode()
-        write_all(_pack(ord("Q"), len(count)) + count)
+        report = ("%d\0%s" % (self.served, why)).encode()
+        write_all(_pack(ord("Q"), len(report)) + report)
 
     def serve_directly(self, limit):
         direct = self.direct
-        while not self.hand_back and not (limit and self.served >= limit):
+        wait = direct.poller.poll
+        listen_fd, wake_fd, signal_r = direct.listen_fd, direct.wake_fd, direct.signal_r
+        while True:
+            if self.hand_back:
+                return "asked"
+            if limit and self.served >= limit:
+                return "limit"
+            incoming = False
+            for fd, _ in wait():
+                if fd == listen_fd:
+                    incoming = True
+                elif fd == wake_fd:
+                    # A watched file may have changed: the shim decides
+                    # before anyone else is served (as when it accepts).
+                    return "changed"
+                else:
+                    _drain(signal_r)
+            if not incoming or self.hand_back:
+                continue
             fd = direct.accept()
             if fd < 0:
                 err = -fd
@@ -475,7 +499,7 @@ class Server:
                 sys.stderr.write("fcgi-shim: accept() on the web server's socket failed: %s; "
                                  "handing it back to the shim\n" % os.strerror(err))
                 sys.stderr.flush()
-                return
+                return "accept"
             self.serve_connection(fd, limit)
 
     def serve_connection(self, fd, limit):
@@ -510,7 +534,7 @@ class Server:
         summary = ("%s %s" % (environ.get("REQUEST_METHOD", "-"),
                               environ.get("REQUEST_URI") or environ.get("SCRIPT_NAME") or "-"))
         summary = summary.encode("latin-1")[:SUMMARY_MAX]
-        request = DirectRequest(conn.fd, rid, summary)
+        request = DirectRequest(conn, rid, summary)
         body = environ["wsgi.input"] = DirectInput(conn, request)
         self.sequence += 1
         self.served += 1
@@ -542,6 +566,9 @@ _VALUES = {"FCGI_MAX_CONNS": "1", "FCGI_MAX_REQS": "1", "FCGI_MPXS_CONNS": "0"}
 # A record's content is at most 65535 bytes.
 RECORD_MAX = 65535
 PARAMS_MAX = 1 << 20
+# A request running longer than this looks for an abort before its response
+# starts (one select(); quicker ones are not worth the system call).
+ABORT_CHECK_AFTER = 0.05
 _ACCEPT_AGAIN = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EAGAIN))
 
 # The state shared with the guardian (an anonymous MAP_SHARED mmap): what is
@@ -770,13 +797,15 @@ class DirectRequest(Request):
     """A request from the web server: the response goes to it as a CGI head
     and STDOUT records, then END_REQUEST."""
 
-    __slots__ = ("fd", "rid", "summary", "aborted", "gone", "sent_end")
+    __slots__ = ("fd", "conn", "rid", "summary", "started", "aborted", "gone", "sent_end")
 
-    def __init__(self, fd, rid, summary):
+    def __init__(self, conn, rid, summary):
         Request.__init__(self)
-        self.fd = fd
+        self.fd = conn.fd
+        self.conn = conn
         self.rid = rid
         self.summary = summary
+        self.started = time.monotonic()
         # aborted: ABORT_REQUEST arrived, the response is dropped;
         # gone: the connection broke while we wrote.
         self.aborted = False
@@ -831,6 +860,8 @@ class DirectRequest(Request):
         if self.gone:
             self.out = bytearray()
             raise ClientGone()
+        if not self.committed and time.monotonic() - self.started > ABORT_CHECK_AFTER:
+            self._check_abort()
         if self.aborted:
             self.out = bytearray()
             return
@@ -847,6 +878,32 @@ class DirectRequest(Request):
             raise ClientGone()
         self.out = bytearray()
         self.committed = self.sent
+
+    def _check_abort(self):
+        """Before a slow request's response starts: did the web server abort
+        it meanwhile (ABORT_REQUEST, or closing)? We do not read the connection
+        while the application runs; this one look, without blocking, is what
+        the shim's relay would have noticed."""
+        conn = self.conn
+        if not select.select([conn.fd], [], [], 0)[0]:
+            return
+        chunk = os.read(conn.fd, READ_SIZE)
+        if not chunk:
+            # Closed: the response has nowhere to go.
+            conn.closed = True
+            self.aborted = True
+            return
+        buf = conn.buf = conn.buf[conn.pos:] + chunk
+        conn.pos = pos = 0
+        # Complete records only; they stay in the buffer for the connection.
+        while len(buf) - pos >= 8:
+            _version, rtype, rid, length, padding = _rec_unpack_from(buf, pos)
+            end = pos + 8 + length + padding
+            if end > len(buf):
+                break
+            if rtype == _ABORT and rid == self.rid:
+                self.aborted = True
+            pos = end
 
     def finish(self):
         if self.gone:
@@ -966,19 +1023,35 @@ _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 _PR_SET_PDEATHSIG = 1
 
 
-class Direct:
-    """What direct mode needs: the listening socket, accept(), SCRIPT_NAME."""
+def _drain(fd):
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:
+        pass
 
-    def __init__(self, listen_fd, script_name):
+
+class Direct:
+    """What direct mode needs: the listening socket (non-blocking: it is
+    polled first), the shim's inotify fd (readable: hand the socket back),
+    the signal wake-up pipe, accept(), SCRIPT_NAME."""
+
+    def __init__(self, listen_fd, wake_fd, script_name):
         self.listen_fd = listen_fd
+        self.wake_fd = wake_fd
         # None: auto; else the fixed prefix.
         self.script_name = script_name
+        os.set_blocking(listen_fd, False)
+        self.signal_r, self.signal_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller = select.poll()
+        for fd in (listen_fd, wake_fd, self.signal_r):
+            if fd is not None:
+                self.poller.register(fd, select.POLLIN)
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        # accept4 from libc, not socket.accept: it returns EINTR when SIGUSR1
-        # arrives (socket.accept retries, PEP 475), and a connection accepted
-        # just before the signal is never lost to an exception.
+        # accept4 from libc: one call, no socket object; the connection is
+        # blocking (accept4 does not inherit the listener's O_NONBLOCK).
         accept4 = libc.accept4
         accept4.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
         accept4.restype = ctypes.c_int
@@ -1000,6 +1073,7 @@ def start_direct():
     why when it was asked for)."""
     global SHARED
     listen_fd = os.environ.pop("FCGI_SHIM_LISTEN_FD", None)
+    wake_fd = os.environ.pop("FCGI_SHIM_WAKE_FD", None)
     timeout_ms = os.environ.pop("FCGI_SHIM_REQUEST_TIMEOUT_MS", None)
     script_name = os.environ.pop("FCGI_SHIM_SCRIPT_NAME", None) or "auto"
     if listen_fd is None:
@@ -1011,10 +1085,14 @@ def start_direct():
         import platform
 
         fd = int(listen_fd)
-        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+        wake = int(wake_fd) if wake_fd else None
+        for inherited in (fd, wake):
+            if inherited is not None:
+                fcntl.fcntl(inherited, fcntl.F_SETFD,
+                            fcntl.fcntl(inherited, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
         timeout = int(timeout_ms or 0) / 1000.0
         fixed = script_name[6:] if script_name.startswith("fixed:") else None
-        direct = Direct(fd, fixed)
+        direct = Direct(fd, wake, fixed)
         number = _SYS_CLONE.get(platform.machine())
         if number is None:
             raise OSError("no clone() system call number for %s" % platform.machine())

@@ -67,6 +67,12 @@ pub fn run_single(
                 })
             });
             if let Some(Some(w)) = direct {
+                if w.wake {
+                    // A watched file may have changed: no connection may be
+                    // served before `check_polled` has looked (it reads the
+                    // event the worker watches too).
+                    back.take_back();
+                }
                 (false, w.signal, w.wake)
             } else {
                 let mut fds = [

@@ -431,7 +431,7 @@ def lend_checks(tmp, sock_path, listener_fd):
         time.sleep(0.1)
         os.kill(w.pid, signal.SIGUSR1)
         kind, payload = w.frame(timeout=3)
-        check("SIGUSR1 -> Q with the count", (kind, payload) == (b"Q", str(served).encode()),
+        check("SIGUSR1 -> Q with the count", (kind, payload) == (b"Q", str(served).encode() + b"\0asked"),
               "%r %r, expected %d" % (kind, payload, served))
 
         # The framed path afterwards.
@@ -451,7 +451,7 @@ def lend_checks(tmp, sock_path, listener_fd):
         for _ in range(2):
             get_json(sock_path, cgi_params())
         kind, payload = w.frame(timeout=3)
-        check("L 2 -> Q 2 after two requests", (kind, payload) == (b"Q", b"2"), repr((kind, payload)))
+        check("L 2 -> Q 2 after two requests", (kind, payload) == (b"Q", b"2\0limit"), repr((kind, payload)))
 
         # SIGUSR1 in the middle of a request: finished first, then Q.
         w.send_frame(b"L", b"0")
@@ -463,7 +463,7 @@ def lend_checks(tmp, sock_path, listener_fd):
         conn.close()
         kind, payload = w.frame(timeout=3)
         check("SIGUSR1 during a request: finished, then Q 1",
-              first is not None and out.endswith(b"chunk2\n") and (kind, payload) == (b"Q", b"1"),
+              first is not None and out.endswith(b"chunk2\n") and (kind, payload) == (b"Q", b"1\0asked"),
               repr((out[-20:], kind, payload)))
 
         # Input closed: the worker ends its group, the guardian with it.
