@@ -274,6 +274,82 @@ fn worker_crash_is_502_and_the_worker_comes_back() {
     assert_eq!(r.status, 200, "{}", shim.log());
 }
 
+/// Direct mode (the default here: the shim was given a listening socket):
+/// once the worker serves the socket itself, the same requests, errors and
+/// log lines as through the shim, and a clean stop.
+#[test]
+fn direct_mode_serves_and_handles_crash_timeout_and_stop() {
+    let mut shim = probe_shim("request_timeout = 1\n");
+    let lent = |shim: &Shim| shim.wait_for_log("is serving directly", Duration::from_secs(5));
+    assert!(lent(&shim), "never lent:\n{}", shim.log());
+    let r = get(&shim, "/environ", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(!r.body_text().contains("FCGI_SHIM_"), "{}", r.body_text());
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(post(&shim, "/echo", &body).body, body);
+
+    let r = get(&shim, "/crash", "");
+    assert_eq!(r.status, 502, "{}\n{}", r.body_text(), shim.log());
+    assert!(
+        shim.wait_for_log("(502); restarting it", Duration::from_secs(3)),
+        "{}",
+        shim.log()
+    );
+    let log = shim.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("during GET"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("SIGKILL") && line.contains("probe about to crash"),
+        "{log}"
+    );
+
+    // The replacement is lent the socket in turn; then a request too slow.
+    let t0 = Instant::now();
+    while shim.log().matches("is serving directly").count() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", shim.log());
+        assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let t0 = Instant::now();
+    let r = get(&shim, "/sleep", "30");
+    assert_eq!(r.status, 504, "{}", shim.log());
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(
+        shim.wait_for_log("timed out after", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
+
+    // SIGTERM: the socket is taken back, the worker and its guardian stop.
+    let worker = worker_pid(&shim);
+    let guardian = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+        .unwrap_or_default();
+    let ours: Vec<String> = std::iter::once(worker)
+        .chain(guardian.split_whitespace().map(str::to_string))
+        .collect();
+    assert_eq!(ours.len(), 2, "worker and guardian: {ours:?}");
+    shim.terminate();
+    assert!(
+        shim.wait_exit(Duration::from_secs(5)).is_some(),
+        "{}",
+        shim.log()
+    );
+    let alive = |pid: &String| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
+    };
+    let t0 = Instant::now();
+    while ours.iter().any(alive) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "left running after the stop: {ours:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// With `direct = false` every request goes through the shim (the relay the
 /// other tests exercise only when the worker cannot serve directly).
 #[test]

@@ -1182,8 +1182,10 @@ impl WsgiBack {
             self.from_worker.drain(..used);
             self.lent = None;
             let (served, accept_failed) = returned;
-            self.sup.requests_done(served);
-            self.greet();
+            if served > 0 {
+                self.sup.requests_done(served);
+                self.greet();
+            }
             if accept_failed {
                 // Its stderr says why: do not lend this worker the socket again.
                 self.direct_ok = false;

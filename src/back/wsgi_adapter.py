@@ -627,6 +627,37 @@ def _name_values(text):
         raise Malformed("a truncated name-value pair")
 
 
+def _params_dict(text):
+    """The pairs of `text` as a dict (the last of a repeated name wins):
+    what _name_values gives, in one loop without a generator (the
+    per-request path)."""
+    env = {}
+    pos, end = 0, len(text)
+    try:
+        while pos < end:
+            n = ord(text[pos])
+            if n < 128:
+                pos += 1
+            else:
+                n = _U32.unpack(text[pos:pos + 4].encode("latin-1"))[0] & 0x7FFFFFFF
+                pos += 4
+            v = ord(text[pos])
+            if v < 128:
+                pos += 1
+            else:
+                v = _U32.unpack(text[pos:pos + 4].encode("latin-1"))[0] & 0x7FFFFFFF
+                pos += 4
+            name_end = pos + n
+            value_end = name_end + v
+            if value_end > end:
+                raise IndexError
+            env[text[pos:name_end]] = text[name_end:value_end]
+            pos = value_end
+    except (IndexError, struct.error):
+        raise Malformed("a truncated name-value pair")
+    return env
+
+
 def _encode_name_value(out, name, value):
     for part in (name, value):
         out += bytes((len(part),)) if len(part) < 128 else _U32.pack(len(part) | 0x80000000)
@@ -993,7 +1024,7 @@ def application_environ(params, fixed):
     an empty HTTP_AUTHORIZATION dropped, Authorization restored from
     REDIRECT_HTTP_AUTHORIZATION, SCRIPT_NAME presented as configured."""
     text = params.decode("latin-1")
-    environ = dict(_name_values(text))
+    environ = _params_dict(text)
 
     def get(name):
         return _utf8(environ.get(name))
@@ -1021,6 +1052,7 @@ def application_environ(params, fixed):
 _CLONE_FILES = 0x400
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 def _drain(fd):
@@ -1136,6 +1168,8 @@ def guardian(shared, worker, timeout):
     waited = (signal.SIGUSR2, signal.SIGTERM)
     signal.pthread_sigmask(signal.SIG_BLOCK, waited + (signal.SIGUSR1, signal.SIGINT))
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2, 0, 0, 0)
+    # Its name in ps -o comm and top (the command line stays the worker's).
+    libc.prctl(_PR_SET_NAME, b"wsgi-guardian", 0, 0, 0)
     tick = max(0.01, min(1.0, timeout / 10)) if timeout > 0 else 1.0
     while os.getppid() == worker:
         signum = signal.sigtimedwait(waited, tick)
