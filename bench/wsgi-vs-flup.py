@@ -5,6 +5,7 @@ Both sites serve bench/hello.py through the rewrite .htaccess from
 htaccess-examples/ (or, with --apache lean, mapped in the server config) in
 one Apache (the template of the end-to-end tests, with KeepAlive On):
   /shim/  mysite.fcgi = the release fcgi-shim, mysite.toml: kind = "wsgi"
+          (direct mode, the default: its worker serves the socket itself)
   /flup/  mysite.fcgi = a Python script running flup.server.fcgi.WSGIServer
           (threaded; what Django's old runfastcgi guide used)
 Each round runs wrk against one site, then the other, so load from anything
@@ -12,7 +13,10 @@ else on the machine falls on both. Every request runs the application.
 
 Standard library only; run with the test virtualenv's python (it has flup):
   bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4] [--apache htaccess|lean]
-                        [--c-responder BIN]
+                        [--c-responder BIN] [--relay]
+
+--relay adds /relay/: the same fcgi-shim with direct = false (every request
+relayed through the shim), to compare the two modes in the same run.
 
 BENCH_CPU_SPLIT=bench/cpu-split.py adds the CPU time per request of each kind
 of process; BENCH_KEEP_LOGS=/path/prefix keeps Apache's logs; BENCH_HOLD=SECONDS

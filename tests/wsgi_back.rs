@@ -287,6 +287,17 @@ fn direct_mode_serves_and_handles_crash_timeout_and_stop() {
     assert!(!r.body_text().contains("FCGI_SHIM_"), "{}", r.body_text());
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(post(&shim, "/echo", &body).body, body);
+    // Like mod_fcgid, the whole body goes out before any of the response is
+    // read, to an application that answers before it reads the body.
+    let mut conn = shim.connect();
+    conn.set_timeouts(Duration::from_secs(10));
+    let big = vec![b'b'; 3 << 20];
+    send(
+        &mut conn,
+        &encode_request(1, &params("POST", "/early", "", big.len()), &big, false),
+    );
+    let r = read_response(&mut conn, 1).expect("the response after the whole body");
+    assert!(r.stdout.ends_with(&[b'e'; 1000]), "{}", shim.log());
 
     let r = get(&shim, "/crash", "");
     assert_eq!(r.status, 502, "{}\n{}", r.body_text(), shim.log());

@@ -7,7 +7,9 @@
 //! handshake (ready, or the import error: 503), streaming the body to the
 //! worker and the response back chunk by chunk without blocking the front, the
 //! per-request timeout (504, fresh worker), a worker dying mid-request (502),
-//! and logging the worker's stderr (wsgi.errors) line by line.
+//! and logging the worker's stderr (wsgi.errors) line by line; direct mode
+//! (lending the web server's listening socket to the worker, taking it back,
+//! and what its guardian reports; see the section below).
 //! Must not: spawn, restart or stop the worker itself (that is
 //! `supervise::Supervisor`), or know the front's protocol.
 

@@ -1,7 +1,9 @@
 # fcgi-shim's WSGI adapter (PEP 3333), shipped inside the fcgi-shim binary.
 #
 # Owns: importing the application, turning each request the shim sends into
-# an environ, calling the application and streaming its response back.
+# an environ, calling the application and streaming its response back; in
+# direct mode also FastCGI with the web server (a responder, one connection
+# at a time) and the guardian.
 # Must not: import anything outside the standard library, write anything but
 # frames to the shim's pipe, or hold a response or request body whole.
 #
@@ -15,7 +17,8 @@
 # Direct mode (FCGI_SHIM_LISTEN_FD set): S ends with "\0direct" when the
 # guardian runs; L lend (decimal N, 0 = no limit): serve the web server's
 # FastCGI connections on the inherited listening socket ourselves until
-# SIGUSR1, N requests or an accept failure, then Q (decimal count served).
+# SIGUSR1, N requests, a change the shim's inotify fd (FCGI_SHIM_WAKE_FD)
+# shows, or an accept failure, then Q ("COUNT\0asked|limit|changed|accept").
 # The guardian, a clone(CLONE_FILES) child made before the application is
 # imported, answers 502/504 on the connection in flight and sends X
 # ("crash|timeout\0STATUS\0SUMMARY\0SECONDS") when the worker dies or hangs.
@@ -535,7 +538,7 @@ class Server:
                               environ.get("REQUEST_URI") or environ.get("SCRIPT_NAME") or "-"))
         summary = summary.encode("latin-1")[:SUMMARY_MAX]
         request = DirectRequest(conn, rid, summary)
-        body = environ["wsgi.input"] = DirectInput(conn, request)
+        body = request.body = environ["wsgi.input"] = DirectInput(conn, request)
         self.sequence += 1
         self.served += 1
         SHARED[_SUMMARY_AT:_SUMMARY_AT + len(summary)] = summary
@@ -566,6 +569,9 @@ _VALUES = {"FCGI_MAX_CONNS": "1", "FCGI_MAX_REQS": "1", "FCGI_MPXS_CONNS": "0"}
 # A record's content is at most 65535 bytes.
 RECORD_MAX = 65535
 PARAMS_MAX = 1 << 20
+# A body spooled before the response (DirectInput.spool_rest) stays in memory
+# up to this size.
+SPOOL_MEMORY = 1 << 20
 # A request running longer than this looks for an abort before its response
 # starts (one select(); quicker ones are not worth the system call).
 ABORT_CHECK_AFTER = 0.05
@@ -786,8 +792,58 @@ class DirectInput(Input):
     def __init__(self, conn, request):
         Input.__init__(self, conn)
         self._request = request
+        # The rest of the body, once taken off the connection (spool_rest).
+        self._spool = None
+
+    def spool_rest(self):
+        """Before the response goes out: take what is left of the body off
+        the connection. mod_fcgid sends the whole body before it reads any of
+        the response, so an application that answers before it has read the
+        body would otherwise block both sides. Memory up to SPOOL_MEMORY,
+        then an unlinked temporary file, as the shim does."""
+        if self._eof or self._spool is not None:
+            return
+        kept, self._buf = self._buf, b""
+        if not self._pull_connection():
+            # The body ended right there (a GET): nothing to keep.
+            self._buf = kept
+            return
+        import tempfile
+
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+        spool.write(self._buf)
+        self._buf = b""
+        while self._pull_connection():
+            spool.write(self._buf)
+            self._buf = b""
+        spool.seek(0)
+        self._buf = kept
+        self._spool = spool
+        self._eof = False
 
     def _pull(self):
+        spool = self._spool
+        if spool is None:
+            return self._pull_connection()
+        if self._eof:
+            return False
+        chunk = spool.read(READ_SIZE)
+        if chunk:
+            self._buf += chunk
+            return True
+        spool.close()
+        self._eof = True
+        return False
+
+    def discard_rest(self):
+        if self._spool is not None:
+            self._spool.close()
+            self._buf = b""
+            self._eof = True
+            return
+        Input.discard_rest(self)
+
+    def _pull_connection(self):
         if self._eof:
             return False
         conn, rid = self._reader, self._request.rid
@@ -828,12 +884,14 @@ class DirectRequest(Request):
     """A request from the web server: the response goes to it as a CGI head
     and STDOUT records, then END_REQUEST."""
 
-    __slots__ = ("fd", "conn", "rid", "summary", "started", "aborted", "gone", "sent_end")
+    __slots__ = ("fd", "conn", "body", "rid", "summary", "started", "aborted", "gone", "sent_end")
 
     def __init__(self, conn, rid, summary):
         Request.__init__(self)
         self.fd = conn.fd
         self.conn = conn
+        # Its DirectInput (set by the caller).
+        self.body = None
         self.rid = rid
         self.summary = summary
         self.started = time.monotonic()
@@ -891,8 +949,10 @@ class DirectRequest(Request):
         if self.gone:
             self.out = bytearray()
             raise ClientGone()
-        if not self.committed and time.monotonic() - self.started > ABORT_CHECK_AFTER:
-            self._check_abort()
+        if not self.committed:
+            self.body.spool_rest()
+            if time.monotonic() - self.started > ABORT_CHECK_AFTER:
+                self._check_abort()
         if self.aborted:
             self.out = bytearray()
             return

@@ -6,6 +6,10 @@
 //! asking `reload` whether anything changed before each request and on the
 //! idle tick (its inotify fd is in the poll before each accept, so that asking
 //! costs nothing while nothing changed), and restarting in place when it did.
+//! While a back serves the listening socket itself (`Back::serve_directly`:
+//! the WSGI worker's direct mode), the loop waits on what needs the shim
+//! instead (stop signals, the reloader's inotify fd, the application), and
+//! takes the socket back before a reload check looks at a change.
 //! Must not: parse protocols or run applications itself.
 //!
 //! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the

@@ -118,6 +118,10 @@ def raw_app(environ, start_response):
     if path == "/redirect":
         start_response("302 Found", [("Location", "/hello"), ("Content-Type", "text/plain")])
         return [b""]
+    if path == "/early":
+        # Answers (1 MiB) before reading the body it was sent.
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"e" * (1 << 20)]
     if path == "/status":
         return text(start_response, "teapot", status="418 I'm a teapot")
     return text(start_response, "no such probe " + path, status="404 Not Found")
