@@ -113,6 +113,8 @@ pub fn run_single(
                 // see every connection again, so that idleness shows.
                 lend = false;
                 back.take_back();
+                // It may have served requests until now: the minute starts here.
+                last_request = Instant::now();
             }
             if replaced && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
                 log::info!(
