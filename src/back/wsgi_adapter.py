@@ -607,7 +607,10 @@ def write_fd(fd, data):
 
 def _name_values(text):
     """FastCGI name-value pairs of `text` (bytes decoded as latin-1: one
-    character per byte)."""
+    character per byte), as a list: one loop, no generator (it is on the
+    per-request path; dict() of it is the environ)."""
+    pairs = []
+    add = pairs.append
     pos, end = 0, len(text)
     try:
         while pos < end:
@@ -627,41 +630,11 @@ def _name_values(text):
             value_end = name_end + v
             if value_end > end:
                 raise IndexError
-            yield text[pos:name_end], text[name_end:value_end]
+            add((text[pos:name_end], text[name_end:value_end]))
             pos = value_end
     except (IndexError, struct.error):
         raise Malformed("a truncated name-value pair")
-
-
-def _params_dict(text):
-    """The pairs of `text` as a dict (the last of a repeated name wins):
-    what _name_values gives, in one loop without a generator (the
-    per-request path)."""
-    env = {}
-    pos, end = 0, len(text)
-    try:
-        while pos < end:
-            n = ord(text[pos])
-            if n < 128:
-                pos += 1
-            else:
-                n = _U32.unpack(text[pos:pos + 4].encode("latin-1"))[0] & 0x7FFFFFFF
-                pos += 4
-            v = ord(text[pos])
-            if v < 128:
-                pos += 1
-            else:
-                v = _U32.unpack(text[pos:pos + 4].encode("latin-1"))[0] & 0x7FFFFFFF
-                pos += 4
-            name_end = pos + n
-            value_end = name_end + v
-            if value_end > end:
-                raise IndexError
-            env[text[pos:name_end]] = text[name_end:value_end]
-            pos = value_end
-    except (IndexError, struct.error):
-        raise Malformed("a truncated name-value pair")
-    return env
+    return pairs
 
 
 def _encode_name_value(out, name, value):
@@ -1084,7 +1057,8 @@ def application_environ(params, fixed):
     an empty HTTP_AUTHORIZATION dropped, Authorization restored from
     REDIRECT_HTTP_AUTHORIZATION, SCRIPT_NAME presented as configured."""
     text = params.decode("latin-1")
-    environ = _params_dict(text)
+    pairs = _name_values(text)
+    environ = dict(pairs)
 
     def get(name):
         return _utf8(environ.get(name))
@@ -1095,7 +1069,7 @@ def application_environ(params, fixed):
     environ.pop("HTTP_PROXY", None)
     if environ.get("HTTP_AUTHORIZATION") == "":
         # Empty ones are dropped one by one: an earlier non-empty one stays.
-        kept = [v for n, v in _name_values(text) if n == "HTTP_AUTHORIZATION" and v]
+        kept = [v for n, v in pairs if n == "HTTP_AUTHORIZATION" and v]
         if kept:
             environ["HTTP_AUTHORIZATION"] = kept[-1]
         else:
