@@ -37,6 +37,18 @@ fn probe_shim(extra: &str) -> Shim {
     Shim::start(&wsgi_settings("probe", &probe_dir(), extra))
 }
 
+/// A temp dir whose `app/` holds `files` (name, Python source): the
+/// python_path of an application made for one test.
+fn app_dir(label: &str, files: &[(&str, &str)]) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(label);
+    let app_dir = dir.join("app");
+    std::fs::create_dir_all(&app_dir).unwrap();
+    for (name, source) in files {
+        std::fs::write(app_dir.join(name), source).unwrap();
+    }
+    (dir, app_dir)
+}
+
 fn params(method: &str, path: &str, query: &str, body_len: usize) -> Vec<(String, String)> {
     let mut p = cgi_params(method, query, body_len);
     for (k, v) in p.iter_mut() {
@@ -424,9 +436,7 @@ fn max_requests_recycles_the_worker() {
 
 #[test]
 fn import_error_is_503_with_the_python_error_and_recovers_once_fixed() {
-    let dir = TempDir::new("wsgiimp");
-    let app_dir = dir.join("app");
-    std::fs::create_dir_all(&app_dir).unwrap();
+    let (_dir, app_dir) = app_dir("wsgiimp", &[]);
     let shim = Shim::start(&wsgi_settings("brokenapp", &app_dir, "debug = false\n"));
     let r = get(&shim, "/", "");
     assert_eq!(r.status, 503);
@@ -466,14 +476,10 @@ fn import_error_is_503_with_the_python_error_and_recovers_once_fixed() {
 
 #[test]
 fn import_error_with_debug_shows_the_traceback_and_innermost_frame() {
-    let dir = TempDir::new("wsgidbg");
-    let app_dir = dir.join("app");
-    std::fs::create_dir_all(&app_dir).unwrap();
-    std::fs::write(
-        app_dir.join("badapp.py"),
-        "x = 1\nimport no_such_dependency\n",
-    )
-    .unwrap();
+    let (_dir, app_dir) = app_dir(
+        "wsgidbg",
+        &[("badapp.py", "x = 1\nimport no_such_dependency\n")],
+    );
     let shim = Shim::start(&wsgi_settings("badapp", &app_dir, "debug = true\n"));
     let r = get(&shim, "/", "");
     assert_eq!(r.status, 503);
@@ -622,14 +628,13 @@ fn a_python_that_cannot_be_started_is_503_and_a_log_line() {
 
 #[test]
 fn an_application_slower_to_import_than_start_timeout_is_503() {
-    let dir = TempDir::new("wsgislow");
-    let app_dir = dir.join("app");
-    std::fs::create_dir_all(&app_dir).unwrap();
-    std::fs::write(
-        app_dir.join("slowapp.py"),
-        "import time\ntime.sleep(30)\napplication = None\n",
-    )
-    .unwrap();
+    let (_dir, app_dir) = app_dir(
+        "wsgislow",
+        &[(
+            "slowapp.py",
+            "import time\ntime.sleep(30)\napplication = None\n",
+        )],
+    );
     let shim = Shim::start(&wsgi_settings("slowapp", &app_dir, "start_timeout = 1\n"));
     let t0 = Instant::now();
     let r = get(&shim, "/", "");
