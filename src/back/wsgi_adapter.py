@@ -72,8 +72,10 @@ def write_all(data):
         view = view[os.write(OUT_FD, view):]
 
 
-class FrameReader:
-    """Frames from the shim, read in large pieces."""
+class BufferedFd:
+    """An fd read in large pieces: `buf[pos:]` is what was read and not yet used."""
+
+    __slots__ = ("fd", "buf", "pos")
 
     def __init__(self, fd):
         self.fd = fd
@@ -81,15 +83,23 @@ class FrameReader:
         self.pos = 0
 
     def _fill(self, need):
+        """At least `need` unused bytes from `pos` (then 0), or None at the
+        end of the stream (what was left stays in `buf`)."""
         buf = self.buf[self.pos:]
         while len(buf) < need:
             chunk = os.read(self.fd, max(READ_SIZE, need - len(buf)))
             if not chunk:
+                self.buf, self.pos = buf, 0
                 return None
             buf += chunk
-        self.buf = buf
-        self.pos = 0
+        self.buf, self.pos = buf, 0
         return buf
+
+
+class FrameReader(BufferedFd):
+    """Frames from the shim."""
+
+    __slots__ = ()
 
     def next(self):
         """(type, payload), or None when the shim closed the pipe."""
@@ -644,31 +654,16 @@ def _encode_name_value(out, name, value):
     out += value
 
 
-class Connection:
-    """Records from one web server connection, read in large pieces."""
+class Connection(BufferedFd):
+    """Records from one web server connection."""
 
-    __slots__ = ("fd", "buf", "pos", "closed", "done")
+    __slots__ = ("closed", "done")
 
     def __init__(self, fd):
-        self.fd = fd
-        self.buf = b""
-        self.pos = 0
+        BufferedFd.__init__(self, fd)
         self.closed = False
         # Ids of requests ended on this connection: their late records are ignored.
         self.done = set()
-
-    def _fill(self, need):
-        buf = self.buf[self.pos:]
-        while len(buf) < need:
-            chunk = os.read(self.fd, max(READ_SIZE, need - len(buf)))
-            if not chunk:
-                if buf:
-                    raise Malformed("end of stream in the middle of a record")
-                return None
-            buf += chunk
-        self.buf = buf
-        self.pos = 0
-        return buf
 
     def record(self):
         """(type, request id, content), or None at the end of the stream."""
@@ -676,6 +671,8 @@ class Connection:
         if len(buf) - pos < 8:
             buf = self._fill(8)
             if buf is None:
+                if self.buf:
+                    raise Malformed("end of stream in the middle of a record")
                 return None
             pos = 0
         version, rtype, rid, length, padding = _rec_unpack_from(buf, pos)
@@ -684,6 +681,8 @@ class Connection:
         end = pos + 8 + length + padding
         if len(buf) < end:
             buf = self._fill(end - pos)
+            if buf is None:
+                raise Malformed("end of stream in the middle of a record")
             pos, end = 0, 8 + length + padding
         self.pos = end
         return rtype, rid, buf[pos + 8:pos + 8 + length]
