@@ -285,6 +285,29 @@ class Request:
         self.add(data)
         self.flush()
 
+    def add(self, data):
+        """Queue a body chunk (and the head before the first one) in pieces
+        of at most PIECE_MAX bytes, each after its _piece_header."""
+        if type(data) is not bytes:
+            data = _body_bytes(data)
+        if not data:
+            return
+        if not self.sent:
+            data = self._with_head(data)
+        out = self.out
+        if len(data) <= self.PIECE_MAX:
+            out += self._piece_header(len(data))
+            out += data
+        else:
+            view = memoryview(data)
+            step = self.PIECE_MAX
+            for i in range(0, len(data), step):
+                piece = view[i:i + step]
+                out += self._piece_header(len(piece))
+                out += piece
+        if len(out) >= FLUSH_AT:
+            self.flush()
+
 
 def _body_bytes(data):
     if type(data) is bytes:
@@ -311,27 +334,15 @@ class FramedRequest(Request):
         self.out += head
         self.sent = True
 
-    def add(self, data):
-        """Queue a body chunk (and the head before the first one)."""
-        if type(data) is not bytes:
-            data = _body_bytes(data)
-        if not data:
-            return
-        if not self.sent:
-            self._head()
-        out = self.out
-        if len(data) <= FRAME_MAX:
-            out += _pack(_B, len(data))
-            out += data
-        else:
-            # Frames the shim can pass on as they arrive.
-            view = memoryview(data)
-            for i in range(0, len(data), FRAME_MAX):
-                piece = view[i:i + FRAME_MAX]
-                out += _pack(_B, len(piece))
-                out += piece
-        if len(out) >= FLUSH_AT:
-            self.flush()
+    # Frames the shim can pass on as they arrive.
+    PIECE_MAX = FRAME_MAX
+
+    def _with_head(self, data):
+        self._head()
+        return data
+
+    def _piece_header(self, length):
+        return _pack(_B, length)
 
     def flush(self):
         if self.out:
@@ -894,26 +905,14 @@ class DirectRequest(Request):
                 return value.startswith("/")
         return False
 
-    def add(self, data):
-        """Queue a body chunk (the head goes in the same record as the first)."""
-        if type(data) is not bytes:
-            data = _body_bytes(data)
-        if not data:
-            return
-        if not self.sent:
-            data = self._head() + data
-        out, rid = self.out, self.rid
-        if len(data) <= RECORD_MAX:
-            out += _rec_pack(1, _STDOUT, rid, len(data), 0)
-            out += data
-        else:
-            view = memoryview(data)
-            for i in range(0, len(data), RECORD_MAX):
-                piece = view[i:i + RECORD_MAX]
-                out += _rec_pack(1, _STDOUT, rid, len(piece), 0)
-                out += piece
-        if len(out) >= FLUSH_AT:
-            self.flush()
+    PIECE_MAX = RECORD_MAX
+
+    def _with_head(self, data):
+        # The head goes in the same record as the first body bytes.
+        return self._head() + data
+
+    def _piece_header(self, length):
+        return _rec_pack(1, _STDOUT, self.rid, length, 0)
 
     def flush(self):
         if not self.out:
