@@ -63,13 +63,19 @@ class ProtocolError(Exception):
     pass
 
 
-def write_all(data):
-    n = os.write(OUT_FD, data)
+def write_fd(fd, data):
+    """All of `data` to `fd` (one write in the common case)."""
+    n = os.write(fd, data)
     if n == len(data):
         return
     view = memoryview(data)[n:]
     while view:
-        view = view[os.write(OUT_FD, view):]
+        view = view[os.write(fd, view):]
+
+
+def write_all(data):
+    """All of `data` to the shim."""
+    write_fd(OUT_FD, data)
 
 
 class BufferedFd:
@@ -615,15 +621,6 @@ class Malformed(ProtocolError):
 
 def _end_request(rid, status):
     return _rec_pack(1, _END_REQUEST, rid, 8, 0) + _END_BODY.pack(0, status)
-
-
-def write_fd(fd, data):
-    n = os.write(fd, data)
-    if n == len(data):
-        return
-    view = memoryview(data)[n:]
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _name_values(text):
