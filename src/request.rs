@@ -429,12 +429,16 @@ pub enum ScriptName {
     Auto,
     /// Always this prefix ("" for a site at the root): Django's FORCE_SCRIPT_NAME.
     Fixed(String),
+    /// The web server's SCRIPT_NAME as sent: what a CGI program (the `cgi`
+    /// kind) is given, as RFC 3875 says.
+    AsReceived,
 }
 
 /// The SCRIPT_NAME to present instead of the one received, if it differs.
 pub fn presented_script_name(req: &Request, mode: &ScriptName) -> Option<String> {
     let script = req.get("SCRIPT_NAME").unwrap_or("");
     let wanted = match mode {
+        ScriptName::AsReceived => return None,
         ScriptName::Fixed(prefix) => prefix.clone(),
         ScriptName::Auto => {
             let visited = req
@@ -683,6 +687,14 @@ mod script_name_tests {
         // In order; a map built from them keeps the last.
         assert_eq!(get("HTTP_X"), ["1", "2"]);
         assert_eq!(get("PATH_INFO"), ["/x"]);
+        // The cgi kind: the same rules, SCRIPT_NAME as the web server sent it.
+        let mut script_names = Vec::new();
+        for_each_application_meta_variable(&r, &ScriptName::AsReceived, |n, v| {
+            if n == b"SCRIPT_NAME" {
+                script_names.push(String::from_utf8_lossy(v).into_owned());
+            }
+        });
+        assert_eq!(script_names, ["/mysite.fcgi"]);
     }
 
     #[test]

@@ -157,8 +157,12 @@ impl Site {
         self
     }
 
-    fn start(mut self) -> Site {
-        self.apache = Some(ApacheInstance::start(&self.www, ""));
+    fn start(self) -> Site {
+        self.start_with("")
+    }
+
+    fn start_with(mut self, extra_conf: &str) -> Site {
+        self.apache = Some(ApacheInstance::start(&self.www, extra_conf));
         self
     }
 
@@ -416,6 +420,177 @@ fn shebang_settings_form() {
         assert_status(&r, 200, "echo");
         assert_eq!(r.body, b"a=1&b=\x00\xff", "{}", r.summary());
     });
+    site.finish(checks);
+}
+
+// ---------------------------------------------------------------------------
+// Secrets: the shipped .htaccess never serves settings or backups
+// ---------------------------------------------------------------------------
+
+/// What the settings of these tests hold that no visitor may ever read.
+const SECRET: &str = "s3cret-db-password-7f3a";
+
+/// Settings and the names editors and FTP clients leave beside them.
+const BACKUP_NAMES: &[&str] = &[
+    "mysite.toml~",
+    "mysite.fcgi~",
+    "mysite.toml.bak",
+    "mysite.toml.orig",
+    "mysite.toml.old",
+    "mysite.toml.save",
+    ".mysite.toml.swp",
+    ".mysite.fcgi.swo",
+    "#mysite.toml#",
+];
+
+/// `GET path` answers 403 and nothing of the file.
+fn check_refused(site: &Site, checks: &mut Checks, path: &str, needle: &str) {
+    checks.run(&format!("GET {path}: 403, the file is not served"), || {
+        let r = site.get(&path.replace('#', "%23"));
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(needle),
+            "the body holds the file:\n{}",
+            r.summary()
+        );
+        assert_status(&r, 403, path);
+    });
+}
+
+/// `Authorization` reaches the application with the shipped .htaccess, and
+/// (with CGIPassAuth) `Proxy-Authorization`; nothing is invented when the
+/// visitor sends neither.
+fn check_authorization(site: &Site, checks: &mut Checks, proxy_too: bool) {
+    checks.run("Authorization reaches the application", || {
+        let r = site.apache().request(
+            "GET",
+            "/hello",
+            &[
+                ("Authorization", "Basic dTpw"),
+                ("Proxy-Authorization", "Basic cHJveHk6cHc="),
+            ],
+            None,
+        );
+        assert_status(&r, 200, "with Authorization");
+        let body = r.text();
+        assert!(has_line(&body, "HTTP_AUTHORIZATION=Basic dTpw"), "{body}");
+        if proxy_too {
+            let line = "HTTP_PROXY_AUTHORIZATION=Basic cHJveHk6cHc=";
+            assert!(has_line(&body, line), "{body}");
+        }
+        let r = site.get("/hello");
+        assert_status(&r, 200, "without Authorization");
+        assert!(
+            !r.text()
+                .lines()
+                .any(|l| l.starts_with("HTTP_AUTHORIZATION=")),
+            "{}",
+            r.summary()
+        );
+    });
+}
+
+/// The two-file form with a secret in mysite.toml, every backup name beside
+/// it and an old copy of the executable, behind `htaccess` (a file of
+/// htaccess-examples/, as shipped) and `extra_conf`.
+fn never_served_two_file_form(test: &'static str, htaccess: &str, extra_conf: &str) {
+    let Some(site) = Site::new() else { return };
+    let site = site.sibling_toml_form();
+    write_file(&site.www.join(".htaccess"), repo_file(htaccess), 0o644);
+    let toml = site.app_toml().replace(
+        "GREETING = \"hi\"",
+        &format!("GREETING = \"hi\", SECRET_KEY = \"{SECRET}\""),
+    );
+    write_file(&site.www.join("mysite.toml"), &toml, 0o644);
+    for name in BACKUP_NAMES {
+        write_file(&site.www.join(name), &toml, 0o644);
+    }
+    // An old copy of the executable: Apache's AddHandler would run it as a
+    // second application (multi-extension rule); the shipped files must not.
+    copy_file(&shim_binary(), &site.www.join("mysite.fcgi.bak"), 0o755);
+    let www = site.www.display().to_string();
+    let site = site.start_with(&extra_conf.replace("@WWW@", &www));
+    let mut checks = Checks::new(test);
+    checks.run("the application still sees its secret setting", || {
+        let r = site.get("/hello");
+        assert_status(&r, 200, "app");
+        let line = format!("SECRET_KEY={SECRET}");
+        assert!(has_line(&r.text(), &line), "{}", r.summary());
+    });
+    check_refused(&site, &mut checks, "/mysite.toml", SECRET);
+    for name in BACKUP_NAMES {
+        check_refused(&site, &mut checks, &format!("/{name}"), SECRET);
+    }
+    check_refused(&site, &mut checks, "/mysite.fcgi.bak", "ELF");
+    checks.run("mysite.fcgi.bak was never started", || {
+        let log = site.apache().error_log();
+        // mod_fcgid logs "server /path/mysite.fcgi.bak(PID) started".
+        assert!(!log.contains("mysite.fcgi.bak("), "{log}");
+        let bak = site.www.join("mysite.fcgi.bak").display().to_string();
+        let running = apache_support::processes_matching(&bak);
+        assert!(running.is_empty(), "running: {running:?}");
+    });
+    check_authorization(&site, &mut checks, htaccess.ends_with("mod_fcgid.htaccess"));
+    site.finish(checks);
+}
+
+#[test]
+fn settings_and_backups_are_never_served_two_file_form() {
+    never_served_two_file_form(
+        "settings_and_backups_are_never_served_two_file_form",
+        "htaccess-examples/mod_fcgid.htaccess",
+        "",
+    );
+}
+
+/// A host that allows FileInfo and Options but not AuthConfig, with the
+/// file written for it.
+#[test]
+fn no_authconfig_htaccess_never_serves_settings_either() {
+    never_served_two_file_form(
+        "no_authconfig_htaccess_never_serves_settings_either",
+        "htaccess-examples/no-authconfig.htaccess",
+        "<Directory \"@WWW@\">\n    AllowOverride FileInfo Options\n</Directory>\n",
+    );
+}
+
+#[test]
+fn shebang_settings_are_run_never_shown() {
+    let Some(site) = Site::new() else { return };
+    let site = site.shebang_form();
+    let shebang = fs::read_to_string(site.www.join("mysite.fcgi")).expect("read mysite.fcgi");
+    let shebang = shebang.replace(
+        "GREETING = \"hi\"",
+        &format!("GREETING = \"hi\", SECRET_KEY = \"{SECRET}\""),
+    );
+    write_file(&site.www.join("mysite.fcgi"), &shebang, 0o755);
+    write_file(&site.www.join("mysite.fcgi.bak"), &shebang, 0o755);
+    write_file(&site.www.join("mysite.fcgi~"), &shebang, 0o644);
+    let site = site.start();
+    let mut checks = Checks::new("shebang_settings_are_run_never_shown");
+    checks.run("GET /mysite.fcgi runs the application", || {
+        let r = site.get("/mysite.fcgi");
+        assert_status(&r, 200, "mysite.fcgi");
+        assert!(!r.text().contains("[app]"), "{}", r.summary());
+        assert!(has_line(&r.text(), "GREETING=hi"), "{}", r.summary());
+    });
+    check_refused(&site, &mut checks, "/mysite.fcgi.bak", SECRET);
+    check_refused(&site, &mut checks, "/mysite.fcgi~", SECRET);
+    check_authorization(&site, &mut checks, true);
+
+    // The same web root under an Apache whose FastCGI module is missing:
+    // the file would be sent as text; the shipped .htaccess refuses it.
+    let mut bare = ApacheInstance::start_without_fastcgi(&site.www, "");
+    checks.run(
+        "without mod_fcgid: GET /mysite.fcgi is 403, not the file",
+        || {
+            let r = bare.get("/mysite.fcgi");
+            assert!(!r.text().contains(SECRET), "{}", r.summary());
+            assert_status(&r, 403, "no FastCGI module");
+            let r = bare.get("/anything");
+            assert!(!r.text().contains(SECRET), "{}", r.summary());
+        },
+    );
+    bare.stop();
     site.finish(checks);
 }
 

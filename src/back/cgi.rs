@@ -74,18 +74,20 @@ impl CgiBack {
             env.retain(|(n, _)| *n != name);
             env.push((name, value));
         };
-        for (name, value) in req.params() {
-            if request::is_forbidden_meta_variable(name)
-                || !valid_env_name(name)
-                || value.contains(&0)
-            {
-                continue;
-            }
-            set(
-                OsString::from_vec(name.to_vec()),
-                OsString::from_vec(value.to_vec()),
-            );
-        }
+        // The same meta-variables as every kind (no HTTP_PROXY, Authorization
+        // restored after a rewrite, no empty one), SCRIPT_NAME as received.
+        request::for_each_application_meta_variable(
+            req,
+            &request::ScriptName::AsReceived,
+            |name, value| {
+                if valid_env_name(name) && !value.contains(&0) {
+                    set(
+                        OsString::from_vec(name.to_vec()),
+                        OsString::from_vec(value.to_vec()),
+                    );
+                }
+            },
+        );
         if req.get("GATEWAY_INTERFACE").is_none() {
             set("GATEWAY_INTERFACE".into(), "CGI/1.1".into());
         }

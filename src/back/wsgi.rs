@@ -236,6 +236,9 @@ impl WsgiBack {
             let script_name = match &config.script_name {
                 ScriptName::Auto => "auto".to_string(),
                 ScriptName::Fixed(prefix) => format!("fixed:{prefix}"),
+                // Not a wsgi setting (the cgi kind's); the adapter reads
+                // anything but "fixed:..." as auto.
+                ScriptName::AsReceived => "received".to_string(),
             };
             for (name, value) in [
                 ("FCGI_SHIM_LISTEN_FD", fd.as_raw_fd().to_string()),

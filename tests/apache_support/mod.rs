@@ -228,13 +228,23 @@ impl ApacheInstance {
     /// configuration, and waits until its port answers. Panics (with the
     /// error log) if it does not come up.
     pub fn start(web_root: &Path, extra_conf: &str) -> ApacheInstance {
+        Self::start_defining(web_root, extra_conf, &[])
+    }
+
+    /// Like [`ApacheInstance::start`], for an Apache with no FastCGI module
+    /// loaded (`-DFCGI_SHIM_NO_FCGID`, see httpd.conf.in).
+    pub fn start_without_fastcgi(web_root: &Path, extra_conf: &str) -> ApacheInstance {
+        Self::start_defining(web_root, extra_conf, &["FCGI_SHIM_NO_FCGID"])
+    }
+
+    fn start_defining(web_root: &Path, extra_conf: &str, defines: &[&str]) -> ApacheInstance {
         let mut last_err = String::new();
         // The port is chosen free, then released for Apache: another process
         // may grab it in between, so retry a few times on "address in use".
         for _attempt in 0..4 {
             let state = TempDir::new("fcgi-shim-apache");
             let port = free_loopback_port();
-            match Self::try_start(state, web_root, port, extra_conf) {
+            match Self::try_start(state, web_root, port, extra_conf, defines) {
                 Ok(instance) => return instance,
                 Err(e) => {
                     let retry =
@@ -254,7 +264,9 @@ impl ApacheInstance {
         web_root: &Path,
         port: u16,
         extra_conf: &str,
+        defines: &[&str],
     ) -> Result<ApacheInstance, String> {
+        let defines: Vec<String> = defines.iter().map(|d| format!("-D{d}")).collect();
         let dir = state.path().to_path_buf();
         state.mkdir("run");
         let ipc = state.mkdir("fcgid-ipc");
@@ -280,6 +292,7 @@ impl ApacheInstance {
         let check = Command::new(APACHE_BIN)
             .arg("-f")
             .arg(&conf_path)
+            .args(&defines)
             .arg("-t")
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -301,6 +314,7 @@ impl ApacheInstance {
         let child = Command::new(APACHE_BIN)
             .arg("-f")
             .arg(&conf_path)
+            .args(&defines)
             .arg("-DFOREGROUND")
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
