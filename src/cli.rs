@@ -18,13 +18,11 @@ pub const USAGE: &str = "\
 fcgi-shim: run a web application (CGI programs, and more to come) on hosts that only offer FastCGI.
 
 It is not meant to be run from a shell. A web server starts it:
-  - Apache mod_fcgid / mod_fastcgi: copy this file into the web root as mysite.fcgi,
-    write the settings in mysite.toml beside it, and add to .htaccess:
-        AddHandler fcgid-script .fcgi
-        RewriteEngine On
-        RewriteCond %{REQUEST_FILENAME} !-f
-        RewriteRule ^(.*)$ mysite.fcgi/$1 [QSA,L]
-    (or make mysite.fcgi itself the settings file, first line #!/path/to/fcgi-shim)
+  - Apache mod_fcgid / mod_fastcgi: make mysite.fcgi in the web root the settings file,
+    first line #!/path/to/fcgi-shim, mode 755 (or copy this file there as mysite.fcgi,
+    with the settings in mysite.toml beside it), and use htaccess-examples/mod_fcgid.htaccess
+    as .htaccess: it runs mysite.fcgi, never serves the settings or backups, passes
+    Authorization, and sends every URL that is not a file to mysite.fcgi.
   - lighttpd bin-path, spawn-fcgi, systemd socket units: the listening socket on fd 0 or fd 3.
   - as a plain CGI program (GATEWAY_INTERFACE set): serves that one request.
 
