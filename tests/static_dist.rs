@@ -58,6 +58,10 @@ fn made() {
     let result = MADE.get_or_init(|| {
         let out = Command::new("make")
             .arg("dist")
+            // Under `make test`: a make of its own, not a sub-make of that one.
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
             // The cargo that runs the tests builds the static executable too.
             .arg(format!("CARGO={}", env!("CARGO")))
             .current_dir(repo())
@@ -170,6 +174,69 @@ fn make_static_writes_an_executable_with_no_dynamic_dependencies() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("fcgi-shim {VERSION}")
+    );
+}
+
+/// `serve host=`: an address or `localhost`, never a name lookup (getaddrinfo
+/// would need glibc's NSS shared libraries, which a static glibc cannot load).
+#[test]
+fn the_static_executable_listens_on_localhost_and_refuses_host_names() {
+    made();
+    let dir = TempDir::new("hostnames");
+    let settings = dir.write(
+        "mysite.toml",
+        "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n",
+    );
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("local_addr").port()
+    };
+    let serve = |host: &str| {
+        let mut cmd = Command::new(static_exe());
+        cmd.arg("serve")
+            .arg(&settings)
+            .arg(format!("host={host}"))
+            .arg(format!("port={port}"))
+            .args(["daemonize=false", "method=single"]);
+        cmd
+    };
+
+    let out = run_bounded(&mut serve("example.com"), &dir, Duration::from_secs(10));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "serve host=example.com: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "error: host \"example.com\" is not an IP address: give an address such as 127.0.0.1"
+        ),
+        "serve host=example.com: {}",
+        out.stderr
+    );
+
+    let log = dir.join("localhost.log");
+    let mut child = serve("localhost")
+        .stderr(fs::File::create(&log).expect("create log"))
+        .spawn()
+        .expect("spawn serve");
+    let served = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().expect("wait for serve");
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(served, "nothing listens on 127.0.0.1:{port}; log: {log}");
+    assert!(
+        status.success(),
+        "serve host=localhost: {status:?}; log: {log}"
+    );
+    assert!(
+        log.contains(&format!("serving FastCGI on localhost:{port}")),
+        "log: {log}"
     );
 }
 
