@@ -35,7 +35,8 @@ install: build
 # section). GNU ld (linker-features=-lld) because it warns about glibc
 # functions that need NSS shared libraries at run time ("Using 'getaddrinfo'
 # in statically linked applications requires ..."), which rust-lld does not;
-# -D linker-messages makes such a warning a build error. Its own target dir,
+# -D linker-messages makes such a warning a build error (both options are
+# stable since Rust 1.90, which made rust-lld the default). Its own target dir,
 # so the flags do not invalidate the normal build.
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static \
