@@ -1,8 +1,9 @@
 # fcgi-shim: the two commands a newcomer needs are `make demo` and `make test`.
 CARGO ?= cargo
 PREFIX ?= $(HOME)/.local
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: all build test lint check install demo fuzz-check clean bench
+.PHONY: all build test lint check install demo fuzz-check clean bench static dist
 
 all: build
 
@@ -26,6 +27,45 @@ check: lint test
 install: build
 	install -d $(PREFIX)/bin
 	install -m 0755 target/release/fcgi-shim $(PREFIX)/bin/fcgi-shim
+
+# The static executable for hosts with an old glibc (CentOS 7's 2.17 and up)
+# and no Rust toolchain: glibc linked in (+crt-static), as a plain static
+# EXEC (relocation-model=static: no PT_INTERP, no dynamic section, `ldd` says
+# "not a dynamic executable"; a static-pie would still have a dynamic
+# section). GNU ld (linker-features=-lld) because it warns about glibc
+# functions that need NSS shared libraries at run time ("Using 'getaddrinfo'
+# in statically linked applications requires ..."), which rust-lld does not;
+# -D linker-messages makes such a warning a build error (both options are
+# stable since Rust 1.90, which made rust-lld the default). Its own target dir,
+# so the flags do not invalidate the normal build.
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static \
+	-C linker-features=-lld -D linker-messages
+
+static:
+	RUSTFLAGS="$(STATIC_RUSTFLAGS)" $(CARGO) build --release --locked --bin fcgi-shim \
+		--target $(STATIC_TARGET) --target-dir target/static-build
+	install -d target/static
+	install -m 0755 target/static-build/$(STATIC_TARGET)/release/fcgi-shim target/static/fcgi-shim
+
+# The tarball a shared-hosting user downloads: the static executable, the
+# settings templates, the .htaccess examples and INSTALL, under one folder.
+# Names sorted, owner root (0:0), modes normalized, times from the last
+# commit, gzip without a timestamp: the same tree gives the same bytes.
+DIST_NAME := fcgi-shim-$(VERSION)
+DIST_TARBALL := target/dist/$(DIST_NAME)-x86_64-linux.tar.gz
+DIST_MTIME := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+dist: static
+	rm -rf target/dist/$(DIST_NAME)
+	install -d target/dist/$(DIST_NAME)
+	install -m 0755 target/static/fcgi-shim target/dist/$(DIST_NAME)/fcgi-shim
+	cp -R shim-templates htaccess-examples target/dist/$(DIST_NAME)/
+	install -m 0644 dist/INSTALL target/dist/$(DIST_NAME)/INSTALL
+	tar --sort=name --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w' \
+		--mtime=@$(DIST_MTIME) -I 'gzip -9n' -C target/dist -cf $(DIST_TARBALL).tmp $(DIST_NAME)
+	mv $(DIST_TARBALL).tmp $(DIST_TARBALL)
+	@echo "$(DIST_TARBALL)"
 
 # Build the shim and serve a demo site through a private Apache + mod_fcgid.
 demo:

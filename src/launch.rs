@@ -11,7 +11,7 @@
 //! Must not: serve connections or decide about concurrency (that is `server`).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -270,14 +270,37 @@ fn bind_unix(path: &Path, umask: Option<u32>) -> Result<Bound, LaunchError> {
     })
 }
 
+/// The addresses `host` stands for, without a name lookup: an IP address
+/// (`127.0.0.1`, `::1`, `[::1]`) is itself, `localhost` is 127.0.0.1 then ::1.
+///
+/// Any other name is refused. Resolving it would take getaddrinfo, which in the
+/// static executable (`make static`) needs the very glibc shared libraries it
+/// is built to do without (NSS); a listening address is better written as an
+/// address anyway.
+pub fn listen_addrs(host: &str, port: u16) -> Result<Vec<SocketAddr>, LaunchError> {
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = literal.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+        ]);
+    }
+    Err(LaunchError(format!(
+        "host {host:?} is not an IP address: give an address such as 127.0.0.1, \
+         0.0.0.0 or ::1 (or localhost); fcgi-shim does not look host names up"
+    )))
+}
+
 fn bind_tcp(host: &str, port: u16) -> Result<Bound, LaunchError> {
-    use std::net::{TcpListener, ToSocketAddrs};
-    let addrs: Vec<_> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| LaunchError(format!("host {host}: {e}")))?
-        .collect();
+    use std::net::TcpListener;
     let mut last = None;
-    for addr in addrs {
+    for addr in listen_addrs(host, port)? {
         match TcpListener::bind(addr) {
             Ok(listener) => {
                 let family = if addr.is_ipv4() {
@@ -447,6 +470,52 @@ pub fn daemonize(settings: &ServerSettings) -> Result<Daemon, LaunchError> {
             // The waiting parent prints it on the terminal.
             daemon.ready(Err(&e.0));
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addrs_take_addresses_and_localhost_without_a_lookup() {
+        let table: &[(&str, &[&str])] = &[
+            ("127.0.0.1", &["127.0.0.1:3033"]),
+            ("0.0.0.0", &["0.0.0.0:3033"]),
+            ("::1", &["[::1]:3033"]),
+            ("[::1]", &["[::1]:3033"]),
+            ("::", &["[::]:3033"]),
+            ("fe80::1", &["[fe80::1]:3033"]),
+            ("localhost", &["127.0.0.1:3033", "[::1]:3033"]),
+            ("LocalHost", &["127.0.0.1:3033", "[::1]:3033"]),
+        ];
+        for (host, want) in table {
+            let got: Vec<String> = listen_addrs(host, 3033)
+                .unwrap_or_else(|e| panic!("{host}: {e}"))
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            assert_eq!(&got, want, "host {host:?}");
+        }
+    }
+
+    #[test]
+    fn listen_addrs_refuse_host_names_and_say_what_to_write() {
+        for host in [
+            "example.com",
+            "myhost",
+            "",
+            "127.0.0.1.",
+            "[localhost]",
+            "1.2.3",
+        ] {
+            let err = listen_addrs(host, 3033).expect_err(host).to_string();
+            assert!(
+                err.contains(&format!("host {host:?} is not an IP address"))
+                    && err.contains("127.0.0.1"),
+                "{host:?}: {err}"
+            );
         }
     }
 }
