@@ -259,3 +259,103 @@ fn issue_11_two_file_form_started_with_a_bare_argv0_serves_and_reloads() {
     touch_forward(&settings, 2);
     wait_for_body(&shim, "three ");
 }
+
+/// `kill -SIG pid` for a daemon this test started.
+fn signal(sig: &str, pid: u32) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+/// SIGKILLs the daemon (by pid) when the test fails before stopping it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            signal("-KILL", self.0);
+        }
+    }
+}
+
+/// GET / on `socket`; `None` while nothing answers there.
+fn try_get(socket: &Path) -> Option<CgiResponse> {
+    let mut conn = Conn::Unix(std::os::unix::net::UnixStream::connect(socket).ok()?);
+    conn.set_timeouts(Duration::from_secs(10));
+    send(
+        &mut conn,
+        &encode_request(1, &cgi_params("GET", "", 0), b"", false),
+    );
+    read_response(&mut conn, 1).ok().map(|r| r.complete_cgi())
+}
+
+#[test]
+fn issue_11_serve_with_a_relative_settings_path_reloads_on_sighup_after_daemonizing() {
+    let dir = TempDir::new("bare-serve");
+    dir.script("run.cgi", CGI_PROGRAM);
+    dir.write("mysite.toml", &cgi_settings("one"));
+    let (socket, pidfile, errlog) = (dir.join("s.sock"), dir.join("s.pid"), dir.join("err.log"));
+    // Daemonizes: the daemon's working directory is `/`, so the re-exec on
+    // SIGHUP must not look for `mysite.toml` there.
+    let out = run_bounded(
+        Command::new(shim_bin())
+            .args(["serve", "mysite.toml", "method=single"])
+            .arg(format!("socket={}", socket.display()))
+            .arg(format!("pidfile={}", pidfile.display()))
+            .arg(format!("errlog={}", errlog.display()))
+            .current_dir(dir.path()),
+        &dir,
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let pid: u32 = fs::read_to_string(&pidfile)
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    let _daemon = KillOnDrop(pid);
+    let log = || fs::read_to_string(&errlog).unwrap_or_default();
+    let body = try_get(&socket).map(|r| r.body_text());
+    assert_eq!(
+        body,
+        Some(format!("one cwd={}", dir.path().display())),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        cwd_of(pid),
+        Path::new("/"),
+        "the daemon's working directory"
+    );
+
+    fs::write(dir.join("mysite.toml"), cgi_settings("two")).expect("rewrite settings");
+    signal("-HUP", pid);
+    let start = Instant::now();
+    loop {
+        let body = try_get(&socket).map(|r| r.body_text());
+        if body.as_deref().is_some_and(|b| b.starts_with("two ")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < RELOAD_WAIT,
+            "after SIGHUP: {body:?}\n{}",
+            log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .expect("same pid after the reload")
+            .split(|b| *b == 0)
+            .any(|a| a == dir.join("mysite.toml").as_os_str().as_encoded_bytes()),
+        "the settings argument is absolute"
+    );
+    signal("-TERM", pid);
+    let start = Instant::now();
+    while pidfile.exists() && start.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !pidfile.exists(),
+        "stopped and removed its pidfile\n{}",
+        log()
+    );
+}
