@@ -35,8 +35,8 @@ use apache_support::{
 };
 
 /// The test user. Created once with `useradd -m` and left in place for later
-/// runs (and for looking at after a failure); each run replaces only
-/// `~/public_html`, `~/bin` and `~/app`.
+/// runs; each run replaces only `~/public_html`, `~/bin` and `~/app`, and
+/// removes them when it passes (after a failure they are kept to look at).
 const USER: &str = "fcgishim-test";
 /// Debian's suexec (a symlink to the pristine or the custom one).
 const SUEXEC_BIN: &str = "/usr/lib/apache2/suexec";
@@ -499,4 +499,8 @@ fn suexec_userdir_serves_shebang_wsgi_and_two_file_cgi_and_touch_reloads_them() 
         "processes of {USER} still running after Apache stopped: {left:?}\n{}",
         apache.logs_for_humans()
     );
+    // The user stays; its site goes (after a failure it is kept to look at).
+    for d in [&public, &bin, &app] {
+        let _ = fs::remove_dir_all(d);
+    }
 }
