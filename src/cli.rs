@@ -44,7 +44,9 @@ the executable NAME.fcgi; else $FCGI_SHIM_CONFIG. See README.md for every key.
 /// Parse the command line and run.
 pub fn main() -> ExitCode {
     crate::log::init_early();
-    let args: Vec<OsString> = std::env::args_os().collect();
+    // Before anything derives a directory from them (suEXEC starts us by bare
+    // names, `mysite.fcgi`, with the cwd the script's directory).
+    let args = with_absolute_settings(std::env::args_os().collect());
     let exe = invoked_as(args.first());
     match args.get(1).and_then(|a| a.to_str()) {
         Some("--help" | "-h" | "help") => {
@@ -60,7 +62,7 @@ pub fn main() -> ExitCode {
             let settings = args.get(if start_app { 3 } else { 2 });
             check(settings.map(PathBuf::from).as_deref(), &exe, start_app)
         }
-        Some("serve") => serve(args.get(2..).unwrap_or_default(), &exe),
+        Some("serve") => serve(&args, &exe),
         Some(flag) if flag.starts_with('-') => {
             eprintln!("fcgi-shim: unknown option {flag}\n\n{USAGE}");
             ExitCode::from(2)
@@ -69,11 +71,58 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The path we were started as (argv[0] when it is a path, else /proc/self/exe).
+/// `args` with the settings argument (argv[1] of the shim, the PATH of
+/// `check [--start-app] PATH` and of `serve PATH ...`) made absolute against
+/// the working directory, symlinks not resolved. suEXEC runs the shebang form
+/// as `fcgi-shim mysite.fcgi`: a bare name whose directory is "". Absolute,
+/// the same path serves the settings lookup, the reloader's watch and the
+/// re-exec (which keeps the working directory).
+fn with_absolute_settings(mut args: Vec<OsString>) -> Vec<OsString> {
+    let at = match args.get(1).and_then(|a| a.to_str()) {
+        Some("check") if args.get(2).is_some_and(|a| a == "--start-app") => 3,
+        Some("check" | "serve") => 2,
+        Some(flag) if flag.starts_with('-') || flag == "help" => return args,
+        _ => 1,
+    };
+    let serve = at == 2 && args[1] == "serve";
+    if let Some(arg) = args.get_mut(at) {
+        let word = arg.to_string_lossy();
+        let option = serve && (word.contains('=') || matches!(&*word, "help" | "--help" | "-h"));
+        if !option
+            && !arg.is_empty()
+            && let Ok(absolute) = std::path::absolute(&*arg)
+        {
+            *arg = absolute.into_os_string();
+        }
+    }
+    args
+}
+
+/// The path we were started as, absolute: argv[0] when it is a path; a bare
+/// argv[0] that names this executable in the working directory as that file
+/// (suEXEC runs the two-file form as `cmd: mysite.fcgi`, and /proc/self/exe
+/// of a symlinked binary would name the wrong sibling `.toml`); else
+/// /proc/self/exe.
 fn invoked_as(argv0: Option<&OsString>) -> PathBuf {
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     match argv0.map(PathBuf::from) {
-        Some(p) if p.components().count() > 1 => p,
+        Some(p) if p.components().count() > 1 => absolute(p),
+        Some(p) if !p.as_os_str().is_empty() && is_this_executable(&p) => absolute(p),
         _ => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fcgi-shim")),
+    }
+}
+
+/// Whether `name` (relative to the working directory) is the file this
+/// process runs: the same inode as /proc/self/exe, through a symlink or
+/// not. A bare argv[0] found through $PATH must not be taken for a file of
+/// the same name that happens to lie in the working directory. Without
+/// /proc (an empty chroot) any regular file of that name counts.
+fn is_this_executable(name: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(name), std::fs::metadata("/proc/self/exe")) {
+        (Ok(file), Ok(exe)) => file.is_file() && (file.dev(), file.ino()) == (exe.dev(), exe.ino()),
+        (Ok(file), Err(_)) => file.is_file(),
+        _ => false,
     }
 }
 
@@ -245,7 +294,11 @@ fn serve_help() -> String {
     text
 }
 
-fn serve(args: &[OsString], exe: &Path) -> ExitCode {
+/// `argv`: the whole command line, `serve` at argv[1] (the re-exec on
+/// SIGHUP runs it again, after daemonizing changed the working directory:
+/// `main` made the settings path in it absolute).
+fn serve(argv: &[OsString], exe: &Path) -> ExitCode {
+    let args = argv.get(2..).unwrap_or_default();
     let words: Vec<&str> = match args.iter().map(|a| a.to_str()).collect::<Option<Vec<_>>>() {
         Some(w) => w,
         None => {
@@ -282,7 +335,7 @@ fn serve(args: &[OsString], exe: &Path) -> ExitCode {
         eprintln!("fcgi-shim serve: {e}");
         return ExitCode::from(2);
     }
-    match serve_with(config) {
+    match serve_with(config, Started::new(argv.to_vec(), exe)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -291,7 +344,7 @@ fn serve(args: &[OsString], exe: &Path) -> ExitCode {
     }
 }
 
-fn serve_with(config: Config) -> Result<(), String> {
+fn serve_with(config: Config, started: Started) -> Result<(), String> {
     use crate::config::{FrontProtocol, ServeMethod};
     use crate::server::worker::{self, Bounds, Listener};
     let settings = config.server.clone();
@@ -402,12 +455,7 @@ fn serve_with(config: Config) -> Result<(), String> {
     // if good, stop like SIGTERM (requests in flight finish), then re-exec
     // in place with the listening socket (see the end of this function).
     let keep = fd.try_clone().map_err(|e| e.to_string())?;
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    let reloader = Reloader::new(
-        Started::new(argv.clone(), &invoked_as(argv.first())),
-        Some(config.path.clone()),
-        Some(&config),
-    );
+    let reloader = Reloader::new(started, Some(config.path.clone()), Some(&config));
     sys::hup_means_reload();
     let reload_pending = std::cell::Cell::new(false);
     let on_tick = || {

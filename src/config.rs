@@ -373,9 +373,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validate settings text that came from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    // Relative settings paths are taken from `base`, the settings file's
+    // directory. A bare `mysite.fcgi` (how suEXEC starts the shebang form) has
+    // the parent "", which would make every such path, and the default
+    // `workdir`, depend on whoever uses it later: spawning with
+    // current_dir("") fails with ENOENT, reported as "cannot start python".
+    // `cli::main` already makes its settings argument absolute; this is the
+    // one place that turns a settings path into a base, so it makes sure
+    // here, for every caller, instead of asserting (a panic must not be
+    // reachable from a path someone typed). Absolute, not canonical: a
+    // symlinked web root keeps the name the user gave it.
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let src = Source { path, text };
     let raw: RawSettings = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        // Only when the working directory is unknown (absolute() failed).
+        _ => PathBuf::from("."),
+    };
     let site = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -70,7 +70,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// How this process was started, as far as re-running it is concerned.
 #[derive(Debug, Clone)]
 pub struct Started {
-    /// Our argv, unchanged.
+    /// Our argv (`cli::main` made a relative settings argument absolute).
     pub argv: Vec<OsString>,
     /// The executable we run as (absolute).
     pub exe: PathBuf,

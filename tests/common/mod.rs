@@ -261,6 +261,13 @@ pub struct Launch {
     /// Start through a shell trampoline that moves the listener to fd 3 and sets
     /// LISTEN_PID / LISTEN_FDS as systemd socket activation does.
     pub systemd: bool,
+    /// Arguments after argv[0] instead of the settings path (e.g. a bare
+    /// `mysite.fcgi`, as suEXEC passes it).
+    pub args: Option<Vec<OsString>>,
+    /// argv[0] instead of the program's path (e.g. a bare `mysite.fcgi`).
+    pub arg0: Option<OsString>,
+    /// The working directory instead of `/` (mod_fcgid: the script's directory).
+    pub cwd: Option<PathBuf>,
 }
 
 impl Default for Launch {
@@ -271,6 +278,9 @@ impl Default for Launch {
             program: None,
             env: Vec::new(),
             systemd: false,
+            args: None,
+            arg0: None,
+            cwd: None,
         }
     }
 }
@@ -335,6 +345,9 @@ impl Shim {
             let path = dir.write(&format!("{SITE}.toml"), settings);
             args.push(path.into_os_string());
         }
+        if let Some(given) = &launch.args {
+            args = given.clone();
+        }
         let mut cmd = if launch.systemd {
             let mut cmd = Command::new("/bin/sh");
             cmd.arg("-c")
@@ -345,6 +358,9 @@ impl Shim {
         } else {
             let mut cmd = Command::new(&program);
             cmd.args(&args);
+            if let Some(arg0) = &launch.arg0 {
+                std::os::unix::process::CommandExt::arg0(&mut cmd, arg0);
+            }
             cmd
         };
         let log_path = dir.join("stderr.log");
@@ -355,7 +371,7 @@ impl Shim {
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
             )
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .current_dir("/")
+            .current_dir(launch.cwd.as_deref().unwrap_or(Path::new("/")))
             .stdin(Stdio::from(listener))
             .stdout(File::create(&stdout_path).expect("create stdout file"))
             .stderr(File::create(&log_path).expect("create log file"));
