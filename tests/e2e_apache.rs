@@ -799,8 +799,22 @@ fn cgi_bin_directory_with_root() {
     );
     std::os::unix::fs::symlink(outside.join("evil.cgi"), cgi_bin.join("evil.cgi"))
         .expect("symlink");
+    // An editor's backup of a program: neither run (AddHandler's
+    // multi-extension rule would) nor shown.
+    write_file(
+        &cgi_bin.join("good.cgi.bak"),
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nBACKUP RAN\\n'\n",
+        0o755,
+    );
 
     let site = site.start();
+
+    checks.run("good.cgi.bak -> 403, neither run nor shown", || {
+        let r = site.get("/cgi-bin/good.cgi.bak");
+        assert_status(&r, 403, "backup of a program");
+        assert!(!r.text().contains("BACKUP RAN"), "{}", r.summary());
+        assert!(!r.text().contains("#!/bin/sh"), "{}", r.summary());
+    });
 
     checks.run("a .cgi inside root answers 200", || {
         let r = site.get("/cgi-bin/good.cgi");
