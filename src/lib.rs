@@ -10,6 +10,7 @@
 pub mod back;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod front;
 pub mod launch;
 pub mod log;
