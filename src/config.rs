@@ -3,7 +3,8 @@
 //! Owns: the two stages (raw serde structs with `deny_unknown_fields`, then a
 //! validated [`Config`] with real types), and errors that name
 //! `file:line:column`, the table and the key, with a suggestion for a typo.
-//! Must not: start anything, or read anything but the settings file.
+//! Must not: start anything, or read anything but the settings file (a
+//! permission error is explained by `deploy`, which reads /etc/passwd).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -297,11 +298,103 @@ impl Source<'_> {
             }
             return self.error(span, text);
         }
+        let written = span.as_ref().and_then(|s| self.text.get(s.clone()));
+        let message = plain_type_error(&message, written).unwrap_or(message);
         match span {
             Some(s) => self.at(s, message),
             None => self.error(None, message),
         }
     }
+}
+
+/// serde's "invalid type: string \"ten\", expected i64" in plain words:
+/// "expected a whole number, found the text \"ten\"". `written` is the value
+/// as it stands in the file.
+fn plain_type_error(message: &str, written: Option<&str>) -> Option<String> {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))?;
+    let (found, expected) = split_found_expected(rest)?;
+    let text = found
+        .strip_prefix("string \"")
+        .and_then(|t| t.strip_suffix('"'));
+    let number = |s: &str| {
+        let s = s.strip_prefix('`')?;
+        let end = s.find('`')?;
+        Some(s[..end].to_string())
+    };
+    let found_words = if let Some(t) = text {
+        format!("the text \"{t}\"")
+    } else if let Some(n) = found
+        .strip_prefix("integer ")
+        .or_else(|| found.strip_prefix("floating point "))
+        .and_then(number)
+    {
+        format!("the number {n}")
+    } else if let Some(b) = found.strip_prefix("boolean ").and_then(number) {
+        format!("the value {b}")
+    } else {
+        match found {
+            "sequence" => "a list".to_string(),
+            "map" if written.is_some_and(|w| w.starts_with(|c: char| c.is_ascii_digit())) => {
+                "a date or time".to_string()
+            }
+            "map" => "a table".to_string(),
+            other => other.to_string(),
+        }
+    };
+    let (expected_words, kind) = match expected {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => ("a whole number", Kind::Number),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
+            ("a whole number, 0 or more", Kind::Number)
+        }
+        "f32" | "f64" => ("a number", Kind::Number),
+        "a boolean" => ("true or false", Kind::Boolean),
+        "a string" => ("text in quotes, like \"example\"", Kind::Other),
+        "a sequence" => ("a list like [\"a\", \"b\"]", Kind::Other),
+        "a map" => ("a table like { NAME = \"value\" }", Kind::Other),
+        e if e.starts_with("struct ") => ("a table", Kind::Other),
+        e => (e, Kind::Other),
+    };
+    // "10" for a number, "true" for true or false: the quotes are the mistake.
+    let hint = match (text, kind) {
+        (Some(t), Kind::Number) if t.trim().parse::<f64>().is_ok() => {
+            format!(" (write it without quotes: {})", t.trim())
+        }
+        (Some(t @ ("true" | "false")), Kind::Boolean) => {
+            format!(" (write it without quotes: {t})")
+        }
+        _ => String::new(),
+    };
+    Some(format!(
+        "expected {expected_words}, found {found_words}{hint}"
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Number,
+    Boolean,
+    Other,
+}
+
+/// "string \"a, b\", expected i64" → ("string \"a, b\"", "i64"), minding a
+/// string that itself says ", expected ".
+fn split_found_expected(rest: &str) -> Option<(&str, &str)> {
+    let after_text = match rest.strip_prefix("string \"") {
+        Some(t) => {
+            let mut escaped = false;
+            let end = t.char_indices().find_map(|(i, c)| {
+                let close = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                close.then_some(i)
+            })?;
+            "string \"".len() + end + 1
+        }
+        None => 0,
+    };
+    let at = rest[after_text..].find(", expected ")? + after_text;
+    Some((&rest[..at], &rest[at + ", expected ".len()..]))
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
@@ -363,10 +456,20 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Read and validate the settings file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        position: None,
-        message: format!("cannot read settings: {e}"),
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                crate::deploy::access_problem(path, crate::deploy::Need::Read, "the settings file")
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        ConfigError {
+            path: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read settings: {e}{why}"),
+        }
     })?;
     parse(path, &text)
 }
@@ -391,10 +494,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         // Only when the working directory is unknown (absolute() failed).
         _ => PathBuf::from("."),
     };
-    let site = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "site".into());
+    let site = site_of(path);
 
     let app = raw.app.ok_or_else(|| {
         src.error(
@@ -489,9 +589,7 @@ fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig,
         }
         (None, Some(root)) => {
             let dir = resolve(base, root.get_ref());
-            if !dir.is_dir() {
-                return Err(src.at(root.span(), format!("{} is not a directory", dir.display())));
-            }
+            check_directory(&dir, "the CGI root directory").map_err(|e| src.at(root.span(), e))?;
             CgiProgram::Root(dir)
         }
     };
@@ -503,9 +601,7 @@ fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig,
     let workdir = match raw.workdir {
         Some(w) => {
             let dir = resolve(base, w.get_ref());
-            if !dir.is_dir() {
-                return Err(src.at(w.span(), format!("{} is not a directory", dir.display())));
-            }
+            check_directory(&dir, "the workdir").map_err(|e| src.at(w.span(), e))?;
             Some(dir)
         }
         None => None,
@@ -518,9 +614,34 @@ fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig,
     }))
 }
 
+/// `dir` is a directory; when it cannot even be looked at, say why.
+fn check_directory(dir: &Path, role: &str) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(cannot_reach(dir, crate::deploy::Need::ReadDir, role, &e))
+        }
+        _ => Err(format!("{} is not a directory", dir.display())),
+    }
+}
+
+/// A permission error explained: which directory on the way, its mode and owner.
+fn cannot_reach(path: &Path, need: crate::deploy::Need, role: &str, e: &std::io::Error) -> String {
+    match crate::deploy::access_problem(path, need, role) {
+        Some(problem) => problem.to_string(),
+        None => format!("{}: {e}", path.display()),
+    }
+}
+
 fn check_executable(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(cannot_reach(
+            path,
+            crate::deploy::Need::Run,
+            "the program",
+            &e,
+        )),
         Err(e) => Err(format!("{}: {e}", path.display())),
         Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", path.display())),
         Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(format!(
@@ -763,18 +884,15 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
     if let Some(list) = raw.python_path {
         for entry in list.get_ref() {
             let dir = resolve(base, entry);
-            if !dir.is_dir() {
-                return Err(src.at(list.span(), format!("{} is not a directory", dir.display())));
-            }
+            check_directory(&dir, "the python_path directory")
+                .map_err(|e| src.at(list.span(), e))?;
             python_path.push(dir);
         }
     }
     let workdir = match raw.workdir {
         Some(w) => {
             let dir = resolve(base, w.get_ref());
-            if !dir.is_dir() {
-                return Err(src.at(w.span(), format!("{} is not a directory", dir.display())));
-            }
+            check_directory(&dir, "the workdir").map_err(|e| src.at(w.span(), e))?;
             dir
         }
         None => base.to_path_buf(),
@@ -993,6 +1111,14 @@ pub fn find(arg: Option<&Path>, exe: &Path, env: Option<PathBuf>) -> Option<Foun
     }
     env.filter(|p| !p.as_os_str().is_empty())
         .map(Found::Environment)
+}
+
+/// The site's name in log lines: the settings file's stem.
+pub fn site_of(settings: &Path) -> String {
+    settings
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "site".into())
 }
 
 /// `mysite.toml` for the executable `mysite.fcgi`.
@@ -1471,6 +1597,120 @@ mod tests {
         assert_eq!(e.position, Some((4, 11)), "{text}");
         assert!(text.contains("key `timeout`"), "{text}");
         assert!(text.contains("invalid duration \"soon\""), "{text}");
+    }
+
+    /// serde's type errors, as a shared-hosting user should read them; the
+    /// place (file:line:column, table, key) stays in front.
+    #[test]
+    fn type_errors_in_plain_words() {
+        let app = "[app]\nkind = \"wsgi\"\nmodule = \"m\"\n";
+        let table = [
+            (
+                "max_requests = \"ten\"",
+                "expected a whole number, found the text \"ten\"",
+            ),
+            (
+                "max_requests = \"10\"",
+                "expected a whole number, found the text \"10\" (write it without quotes: 10)",
+            ),
+            (
+                "max_requests = 1.5",
+                "expected a whole number, found the number 1.5",
+            ),
+            (
+                "max_requests = true",
+                "expected a whole number, found the value true",
+            ),
+            (
+                "max_requests = [1]",
+                "expected a whole number, found a list",
+            ),
+            (
+                "max_requests = { a = 1 }",
+                "expected a whole number, found a table",
+            ),
+            (
+                "max_requests = 1979-05-27",
+                "expected a whole number, found a date or time",
+            ),
+            (
+                "max_requests = 99999999999999999999",
+                "expected a whole number, found the number 99999999999999999999",
+            ),
+            ("debug = 3", "expected true or false, found the number 3"),
+            (
+                "debug = \"true\"",
+                "expected true or false, found the text \"true\" (write it without quotes: true)",
+            ),
+            (
+                "python_path = \"/x\"",
+                "expected a list like [\"a\", \"b\"], found the text \"/x\"",
+            ),
+            (
+                "python_path = [1]",
+                "expected text in quotes, like \"example\", found the number 1",
+            ),
+            ("module_x = 1\n", "unknown key `module_x`"),
+            (
+                "env = 3",
+                "expected a table like { NAME = \"value\" }, found the number 3",
+            ),
+            (
+                "request_timeout = true",
+                "expected a duration: seconds as a number, or a string like \"500ms\", \"30s\", \"2m\", found the value true",
+            ),
+        ];
+        for (line, want) in table {
+            let text = err(&format!("{app}{line}\n")).to_string();
+            assert!(text.starts_with("/site/mysite.toml:4:"), "{line}: {text}");
+            assert!(text.contains(want), "{line}: {text}");
+            assert!(!text.contains("invalid type"), "{line}: {text}");
+            if !line.starts_with("module_x") {
+                let key = line.split(' ').next().unwrap_or_default();
+                assert!(
+                    text.contains(&format!("in [app], key `{key}`: expected")),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn type_error_messages_mapped() {
+        let table = [
+            (
+                "invalid value: integer `-1`, expected u64",
+                "expected a whole number, 0 or more, found the number -1",
+            ),
+            (
+                "invalid type: string \"x\", expected f64",
+                "expected a number, found the text \"x\"",
+            ),
+            (
+                "invalid type: integer `3`, expected struct RawApp",
+                "expected a table, found the number 3",
+            ),
+            (
+                "invalid type: string \"a, expected b\", expected i64",
+                "expected a whole number, found the text \"a, expected b\"",
+            ),
+            (
+                "invalid type: sequence, expected a map",
+                "expected a table like { NAME = \"value\" }, found a list",
+            ),
+            (
+                "invalid type: string \"yes\", expected a boolean",
+                "expected true or false, found the text \"yes\"",
+            ),
+        ];
+        for (serde, want) in table {
+            assert_eq!(
+                plain_type_error(serde, None).as_deref(),
+                Some(want),
+                "{serde}"
+            );
+        }
+        assert_eq!(plain_type_error("duplicate key", None), None);
     }
 
     #[test]
