@@ -12,7 +12,7 @@ use crate::back::{self, Back};
 use crate::config::{self, Config};
 use crate::launch::{self, Launch, ListenerSource};
 use crate::reload::{Reloader, Started};
-use crate::{front, server, sys};
+use crate::{deploy, front, server, sys};
 
 pub const USAGE: &str = "\
 fcgi-shim: run a web application (CGI programs, and more to come) on hosts that only offer FastCGI.
@@ -126,38 +126,74 @@ fn is_this_executable(name: &Path) -> bool {
     }
 }
 
-fn find_settings(arg: Option<&Path>, exe: &Path) -> Result<Config, String> {
+/// The settings file the shim uses (argv[1], else `NAME.toml` beside the
+/// executable, else $FCGI_SHIM_CONFIG), or why there is none.
+fn locate_settings(arg: Option<&Path>, exe: &Path) -> Result<PathBuf, String> {
     if let Some(a) = arg.filter(|a| !a.is_file()) {
         if a.exists() {
             return Err(format!("{}: not a settings file", a.display()));
         }
         return Err(format!("{}: no such settings file", a.display()));
     }
-    let found = config::find(
+    config::find(
         arg,
         exe,
         std::env::var_os(config::CONFIG_ENV).map(PathBuf::from),
     )
+    .map(|found| found.path().to_path_buf())
     .ok_or_else(|| {
         format!(
             "no settings file found (looked at {}); see README.md",
             config::search_description(exe)
         )
-    })?;
-    config::load(found.path()).map_err(|e| e.to_string())
+    })
+}
+
+fn find_settings(arg: Option<&Path>, exe: &Path) -> Result<Config, String> {
+    config::load(&locate_settings(arg, exe)?).map_err(|e| e.to_string())
+}
+
+/// The site's name in log lines before (or without) valid settings: the
+/// stem of the settings file tried (argv[1], else the sibling `NAME.toml`).
+fn site_name(arg: Option<&Path>, exe: &Path) -> String {
+    let tried = locate_settings(arg, exe)
+        .ok()
+        .or_else(|| arg.map(Path::to_path_buf))
+        .unwrap_or_else(|| config::sibling_of(exe));
+    config::site_of(&tried)
 }
 
 /// `check [--start-app] [SETTINGS]`: validate the settings; with
 /// `--start-app` also start the application once the way the shim would (a
 /// WSGI application is imported), which is what a reload asks of a new version.
 fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
-    let config = match find_settings(arg, exe) {
-        Ok(config) => config,
+    let path = match locate_settings(arg, exe) {
+        Ok(path) => path,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
+    let config = config::load(&path);
+    if let Err(e) = &config {
+        eprintln!("{e}");
+    }
+    // How the site is deployed: every problem, one line each.
+    let problems = deploy::diagnose(
+        &path,
+        exe,
+        config.as_ref().ok(),
+        deploy::Purpose::from_env(),
+    );
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    let Ok(config) = config else {
+        return ExitCode::from(1);
+    };
+    if problems.iter().any(deploy::Problem::is_error) {
+        return ExitCode::from(1);
+    }
     if start_app {
         // The application's own log lines would bury the one that matters.
         log::set_max_level(log::LevelFilter::Off);
@@ -166,13 +202,22 @@ fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    println!("ok: {}", config.path.display());
+    match problems.len() {
+        0 => println!("ok: {}", config.path.display()),
+        n => println!("ok: {} ({n} warning(s) above)", config.path.display()),
+    }
     ExitCode::SUCCESS
 }
 
 fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
     let arg = args.get(1).map(PathBuf::from);
     let arg = arg.as_deref();
+    // Every line names the site, also when its settings turn out unusable.
+    let _ = crate::log::configure(
+        &site_name(arg, exe),
+        &crate::log::LogTarget::Stderr,
+        log::LevelFilter::Info,
+    );
     let signals = match sys::install_signal_handlers() {
         Ok(s) => s,
         Err(e) => {

@@ -358,6 +358,8 @@ impl Reloader {
         }
         let mut child = Command::new(&program)
             .args(&args)
+            // What suEXEC would refuse does not stop a re-exec: only warn.
+            .env(crate::deploy::CHECK_FOR_ENV, "reload")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
