@@ -190,7 +190,14 @@ impl Back for CgiBack {
         let (process, pipes) = match Process::spawn(&spec) {
             Ok(p) => p,
             Err(e) => {
-                log::error!("cgi: cannot start {name}: {e} (502)");
+                // Why exec failed, when the file says why (mode, #! line, ...).
+                let why = crate::deploy::explain_program_failure(
+                    Path::new(program),
+                    spec.workdir.as_deref(),
+                )
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default();
+                log::error!("cgi: cannot start {name}: {e}{why} (502)");
                 return finish_with_error(exchange, 502, "");
             }
         };

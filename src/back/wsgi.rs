@@ -154,7 +154,14 @@ pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
                 ));
             }
             None if back.sup.failures() > 0 => {
-                break Err(format!("{}: the worker could not be started", back.label));
+                let why = back
+                    .deployment_problems()
+                    .map(|why| format!(": {why}"))
+                    .unwrap_or_default();
+                break Err(format!(
+                    "{}: the worker could not be started{why}",
+                    back.label
+                ));
             }
             _ => {}
         }
@@ -293,12 +300,21 @@ impl WsgiBack {
     fn log_start_error(&self, e: &StartError) {
         match e {
             StartError::Spawn(e) => log::error!(
-                "wsgi: {}: cannot start {}: {e}",
+                "wsgi: {}: cannot start {}: {e}{}",
                 self.label,
-                self.sup.name()
+                self.sup.name(),
+                self.deployment_problems()
+                    .map(|why| format!("; {why}"))
+                    .unwrap_or_default()
             ),
             StartError::Backoff(_) => {}
         }
+    }
+
+    /// What keeps the worker from starting or importing (an unreadable
+    /// python_path directory, ...), looked at only after it failed.
+    fn deployment_problems(&self) -> Option<String> {
+        crate::deploy::explain_start_failure(&crate::config::AppConfig::Wsgi(self.config.clone()))
     }
 
     /// A new worker: forget the old one's buffers, send it the adapter.
@@ -625,8 +641,13 @@ impl WsgiBack {
             Ok(Some((Frame::ImportFailed(report), _))) => {
                 let report = String::from_utf8_lossy(report).into_owned();
                 let (summary, traceback) = report.split_once('\n').unwrap_or((&report, ""));
-                let summary = summary.to_string();
+                let mut summary = summary.to_string();
                 let traceback = traceback.to_string();
+                // An import that fails because a path cannot be read says so.
+                if let Some(why) = self.deployment_problems() {
+                    summary.push_str("; ");
+                    summary.push_str(&why);
+                }
                 self.sup.failed();
                 log::error!(
                     "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
