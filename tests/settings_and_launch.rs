@@ -327,3 +327,55 @@ fn log_target_file_writes_the_log_to_that_file() {
     );
     assert_hello(&mut shim.connect(), false);
 }
+
+/// Issue 11, item 6: with unusable settings every log line still names the
+/// site (the settings file's stem), and a type error is said in plain words.
+#[test]
+fn invalid_settings_still_name_the_site_and_say_the_type_plainly() {
+    let mut shim = Shim::start("[app]\nkind = \"wsgi\"\nmodule = \"m\"\nmax_requests = \"ten\"\n");
+    let response = request(
+        &mut shim.connect(),
+        &cgi_params("GET", "q=1", 0),
+        b"",
+        false,
+    );
+    assert_eq!(response.complete_cgi().status, 503);
+    let settings_path = shim.dir().join(&format!("{SITE}.toml"));
+    let wanted = format!(
+        "{}:4:16: in [app], key `max_requests`: expected a whole number, found the text \"ten\"",
+        settings_path.display()
+    );
+    assert!(
+        shim.wait_for_log(&wanted, LOG_WAIT),
+        "log should contain {wanted:?}:\n{}",
+        shim.log()
+    );
+    let log = shim.log();
+    let prefix = shim.log_prefix(SITE);
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        assert!(line.starts_with(&prefix), "{line:?} lacks {prefix:?}");
+    }
+    assert_eq!(
+        shim.try_exit(),
+        None,
+        "the shim exited instead of answering 503"
+    );
+}
+
+#[test]
+fn check_says_a_wrong_type_in_plain_words() {
+    let dir = TempDir::new("check");
+    let path = dir.write(
+        "type.toml",
+        "[app]\nkind = \"wsgi\"\nmodule = \"m\"\ndebug = 3\n",
+    );
+    let outcome = check(&path, &dir);
+    assert_exit(&outcome, 1);
+    assert_located_error(
+        &outcome.stderr,
+        &path,
+        4,
+        Some(9),
+        &["key `debug`", "expected true or false, found the number 3"],
+    );
+}
