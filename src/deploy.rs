@@ -182,7 +182,7 @@ pub fn explain_start_failure(app: &AppConfig) -> Option<String> {
 pub fn explain_program_failure(program: &Path, workdir: Option<&Path>) -> Option<String> {
     let mut problems = program_problems(program, "the CGI program");
     if let Some(dir) = workdir {
-        problems.extend(access_problem(dir, Need::ReadDir, "the workdir"));
+        problems.extend(access_problem(dir, Need::Enter, "the workdir"));
     }
     let text: Vec<String> = problems.iter().map(Problem::to_string).collect();
     (!text.is_empty()).then(|| text.join("; "))
@@ -204,7 +204,7 @@ pub fn app_problems(app: &AppConfig) -> Vec<Problem> {
                     "the python_path directory",
                 ));
             }
-            problems.extend(access_problem(&w.workdir, Need::ReadDir, "the workdir"));
+            problems.extend(access_problem(&w.workdir, Need::Enter, "the workdir"));
             if problems.is_empty() {
                 problems.extend(module_problem(w));
             }
@@ -221,7 +221,7 @@ pub fn app_problems(app: &AppConfig) -> Vec<Problem> {
                 }
             }
             if let Some(dir) = &c.workdir {
-                problems.extend(access_problem(dir, Need::ReadDir, "the workdir"));
+                problems.extend(access_problem(dir, Need::Enter, "the workdir"));
             }
         }
     }
@@ -259,9 +259,10 @@ fn module_problem(w: &WsgiConfig) -> Option<Problem> {
     let files = roots
         .into_iter()
         .find_map(|root| module_files(root, &parts))?;
-    files.into_iter().find_map(|(path, need)| {
-        let role = match need {
-            Need::ReadDir => "the application package",
+    files.into_iter().enumerate().find_map(|(i, (path, need))| {
+        let role = match (i, need) {
+            (0, _) => "the directory Python imports the application from",
+            (_, Need::ReadDir) => "the application package",
             _ => "the application module",
         };
         access_problem(&path, need, role)
@@ -271,7 +272,8 @@ fn module_problem(w: &WsgiConfig) -> Option<Problem> {
 /// The directories and files Python reads to import the module `parts`
 /// from `root`, if its first part is there.
 fn module_files(root: &Path, parts: &[&str]) -> Option<Vec<(PathBuf, Need)>> {
-    let mut files = Vec::new();
+    // Python lists the directory to find the module in it.
+    let mut files = vec![(root.to_path_buf(), Need::ReadDir)];
     let mut at = root.to_path_buf();
     for (i, part) in parts.iter().enumerate() {
         let dir = at.join(part);
@@ -623,6 +625,8 @@ pub enum Need {
     Run,
     /// List and enter a directory.
     ReadDir,
+    /// Enter a directory (chdir into it).
+    Enter,
     /// Read a file.
     Read,
 }
@@ -630,7 +634,7 @@ pub enum Need {
 impl Need {
     fn flags(self) -> AccessFlags {
         match self {
-            Need::Run => AccessFlags::X_OK,
+            Need::Run | Need::Enter => AccessFlags::X_OK,
             Need::ReadDir => AccessFlags::R_OK | AccessFlags::X_OK,
             Need::Read => AccessFlags::R_OK,
         }
@@ -639,13 +643,14 @@ impl Need {
     fn verb(self) -> &'static str {
         match self {
             Need::Run => "run",
+            Need::Enter => "enter",
             Need::ReadDir | Need::Read => "read",
         }
     }
 
     fn bits(self) -> &'static str {
         match self {
-            Need::Run => "x",
+            Need::Run | Need::Enter => "x",
             Need::ReadDir => "rx",
             Need::Read => "r",
         }
