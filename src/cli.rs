@@ -29,7 +29,9 @@ It is not meant to be run from a shell. A web server starts it:
 Usage:
   fcgi-shim [SETTINGS]       be the FastCGI application (when started by a web server)
   fcgi-shim check [--start-app] [SETTINGS]
-                             validate the settings and exit (0 = valid); with
+                             validate the settings and how the site is deployed
+                             (execute bit, #! line, CRLF, permissions, suEXEC),
+                             one line per problem, and exit (0 = usable); with
                              --start-app also start the application once (a
                              WSGI application is imported), as a reload does
   fcgi-shim serve [SETTINGS] [key=value ...]
