@@ -1,5 +1,8 @@
-//! The settings templates in shim-templates/ are valid settings.
+//! The settings templates in shim-templates/ are valid settings, and deployed
+//! as their comments say (mode 755, the `#!` line naming the installed
+//! fcgi-shim) `check` finds nothing wrong with them.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -8,6 +11,8 @@ fn every_template_passes_check() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim-templates");
     let tmp = std::env::temp_dir().join(format!("fcgi-shim-templates-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
+    // Whatever the umask: a group-writable directory is what suEXEC refuses.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -21,7 +26,9 @@ fn every_template_passes_check() {
             "{} must start with a shebang line",
             path.display()
         );
-        let text = text.replace("/home/USER/app/run.cgi", "/bin/true");
+        let text = text
+            .replace("/home/USER/app/run.cgi", "/bin/true")
+            .replace("/home/USER/bin/fcgi-shim", env!("CARGO_BIN_EXE_fcgi-shim"));
         // The wsgi templates: an interpreter and project directories that exist.
         let text = text
             .replace("/home/USER/venv/bin/python", "/bin/sh")
@@ -29,6 +36,7 @@ fn every_template_passes_check() {
             .replace("/home/USER/myapp", &tmp.display().to_string());
         let copy = tmp.join(path.file_name().unwrap());
         std::fs::write(&copy, text).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_fcgi-shim"))
             .arg("check")
             .arg(&copy)
