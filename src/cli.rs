@@ -180,13 +180,13 @@ fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
     if let Err(e) = &config {
         eprintln!("{e}");
     }
-    // How the site is deployed: every problem, one line each.
-    let problems = deploy::diagnose(
-        &path,
-        exe,
-        config.as_ref().ok(),
-        deploy::Purpose::from_env(),
-    );
+    // How the site is deployed: every problem, one line each. A reload's
+    // check (no one reads its warnings) says only what stops the new version.
+    let purpose = deploy::Purpose::from_env();
+    let mut problems = deploy::diagnose(&path, exe, config.as_ref().ok(), purpose);
+    if purpose == deploy::Purpose::Reload {
+        problems.retain(deploy::Problem::is_error);
+    }
     for problem in &problems {
         eprintln!("{problem}");
     }

@@ -390,7 +390,13 @@ impl Reloader {
         if status.success() {
             return Ok(());
         }
-        let detail = stderr.trim();
+        // `check` says each problem on a line of its own; the log line is one.
+        let detail = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         Err(Rejected(if detail.is_empty() {
             format!(
                 "{} check {}",
