@@ -469,6 +469,8 @@ fn make_dist_packs_the_executable_templates_htaccess_and_install() {
         .replace("/home/USER/app/run.cgi", "/bin/true");
     assert_ne!(site, template, "the cgi template's placeholders changed");
     let site_path = dir.write("mysite.fcgi", &site);
+    // INSTALL: "chmod 755 it" (check names a settings file that is not executable).
+    fs::set_permissions(&site_path, fs::Permissions::from_mode(0o755)).expect("chmod mysite.fcgi");
     let out = Command::new(&exe)
         .arg("check")
         .arg(&site_path)
