@@ -516,9 +516,10 @@ fn crlf_problem(settings: &Path) -> Option<Problem> {
 // ---------------------------------------------------------------------------
 // suEXEC.
 
-/// What suEXEC refuses about the program the web server runs: the file or its
-/// directory writable by group or others, setuid/setgid, and a file whose
-/// owner (user or group) is not its directory's.
+/// What suEXEC refuses about the program the web server runs: a symbolic
+/// link, the file or its directory writable by group or others,
+/// setuid/setgid, and a file whose owner (user or group) is not its
+/// directory's.
 pub fn suexec_problems(program: &Path, purpose: Purpose) -> Vec<Problem> {
     let program = absolute(program);
     let Some(dir) = program.parent() else {
@@ -544,6 +545,19 @@ pub fn suexec_problems(program: &Path, purpose: Purpose) -> Vec<Problem> {
             fix,
         })
     };
+    if fs::symlink_metadata(&program).is_ok_and(|m| m.file_type().is_symlink()) {
+        add(
+            &program,
+            "a symbolic link: suEXEC refuses to run it (its log says \"cannot stat program\") and \
+             the site answers 500"
+                .into(),
+            format!(
+                "put a copy there instead (cp --remove-destination \"$(readlink -f {0})\" {0}), \
+                 or use the shebang form",
+                program.display()
+            ),
+        );
+    }
     let dir_mode = dir_meta.permissions().mode();
     if let Some(who) = writable_by(dir_mode) {
         add(

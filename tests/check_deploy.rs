@@ -194,6 +194,23 @@ fn an_owner_that_differs_from_the_directory_is_what_suexec_refuses() {
     line_about(&out, &file, &["owned by nobody", "mismatch", "chown root"]);
 }
 
+#[test]
+fn a_symlinked_program_is_what_suexec_refuses() {
+    let dir = site_dir("symlink");
+    let exe = shim_copy(&dir);
+    let program = dir.join("mysite.fcgi");
+    std::os::unix::fs::symlink(&exe, &program).expect("symlink");
+    dir.write(
+        "mysite.toml",
+        "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n",
+    );
+    let out = expect(
+        &run_bounded(&mut check_command(&program, &[]), &dir, RUN_LIMIT),
+        1,
+    );
+    line_about(&out, &program, &["symbolic link", "cannot stat program"]);
+}
+
 /// The binary copied into `dir`, so that nobody can run it wherever the
 /// build directory is.
 fn shim_copy(dir: &TempDir) -> PathBuf {
