@@ -976,9 +976,16 @@ mod tests {
     use super::*;
 
     const SHIPPED: &str = include_str!("../htaccess-examples/mod_fcgid.htaccess");
+    const NO_AUTHCONFIG: &str = include_str!("../htaccess-examples/no-authconfig.htaccess");
 
     #[test]
-    fn the_shipped_htaccess_denies_settings_and_backups_only() {
+    fn the_shipped_htaccess_files_deny_settings_and_backups_only() {
+        for text in [SHIPPED, NO_AUTHCONFIG] {
+            assert_denies_settings_and_backups_only(text);
+        }
+    }
+
+    fn assert_denies_settings_and_backups_only(shipped: &str) {
         for name in [
             "mysite.toml",
             "mysite.toml~",
@@ -987,10 +994,10 @@ mod tests {
             "#mysite.toml#",
             "mysite.toml.orig",
         ] {
-            assert!(htaccess_denies(SHIPPED, name, name), "{name} is not denied");
+            assert!(htaccess_denies(shipped, name, name), "{name} is not denied");
         }
         for name in ["settings.conf", "index.html", "mysite.tomlx"] {
-            assert!(!htaccess_denies(SHIPPED, name, name), "{name} is denied");
+            assert!(!htaccess_denies(shipped, name, name), "{name} is denied");
         }
     }
 
