@@ -165,7 +165,8 @@ fn site_name(arg: Option<&Path>, exe: &Path) -> String {
     config::site_of(&tried)
 }
 
-/// `check [--start-app] [SETTINGS]`: validate the settings; with
+/// `check [--start-app] [SETTINGS]`: validate the settings and how the site
+/// is deployed (`deploy`: every problem a line, exit 1 on any error); with
 /// `--start-app` also start the application once the way the shim would (a
 /// WSGI application is imported), which is what a reload asks of a new version.
 fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
