@@ -454,7 +454,7 @@ fn shebang_problems(script: &Path, line: &Shebang) -> Vec<Problem> {
             script,
             format!(
                 "the #! line names {}, which does not exist: the web server cannot start the site \
-                 (Apache only says \"End of script output before headers\")",
+                 (Apache says only \"End of script output before headers\")",
                 line.interpreter
             ),
             format!(
