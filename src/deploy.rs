@@ -139,7 +139,7 @@ pub fn diagnose(
         problems.extend(app_problems(&config.app));
     }
     if !shebang_form {
-        problems.extend(settings_served(&settings));
+        problems.extend(settings_served(&settings, purpose));
     }
     problems
 }
@@ -793,7 +793,10 @@ fn name_in(db: &str, id: u32) -> Option<String> {
 
 /// The settings file sits under a `.htaccess` (so, most likely, in the web
 /// root) and none of the `.htaccess` files from its directory up denies it.
-pub fn settings_served(settings: &Path) -> Option<Problem> {
+/// An error when someone checks the deployment (secrets are downloadable
+/// now); only a warning for a reload, which must not keep a fix of the
+/// application from going live.
+pub fn settings_served(settings: &Path, purpose: Purpose) -> Option<Problem> {
     let settings = absolute(settings);
     let name = settings.file_name()?.to_string_lossy().into_owned();
     let mut nearest = None;
@@ -814,7 +817,10 @@ pub fn settings_served(settings: &Path) -> Option<Problem> {
     let htaccess = nearest?;
     Some(Problem {
         path: settings.clone(),
-        severity: Severity::Warning,
+        severity: match purpose {
+            Purpose::Deployment => Severity::Error,
+            Purpose::Reload => Severity::Warning,
+        },
         what: format!(
             "{} does not deny this file, so the web server sends it to anyone who asks for it, \
              secrets (env = {{ SECRET_KEY = ... }}) included",

@@ -291,7 +291,7 @@ fn a_python_path_directory_nobody_can_read_is_named_with_its_mode() {
 }
 
 #[test]
-fn settings_that_no_htaccess_denies_are_a_warning() {
+fn settings_that_no_htaccess_denies_fail_the_check() {
     let dir = site_dir("served");
     let settings = dir.write(
         "mysite.toml",
@@ -301,11 +301,11 @@ fn settings_that_no_htaccess_denies_are_a_warning() {
         ".htaccess",
         "AddHandler fcgid-script .fcgi\nOptions +ExecCGI\n",
     );
-    let out = expect(&check(&dir, &settings), 0);
+    let out = expect(&check(&dir, &settings), 1);
     let line = line_about(
         &out,
         &settings,
-        &["warning", &htaccess.display().to_string(), "does not deny"],
+        &[&htaccess.display().to_string(), "does not deny"],
     );
     assert!(line.contains("FilesMatch"), "{line}");
 
