@@ -133,14 +133,7 @@ fn issue_11_check_start_app_with_a_bare_settings_name_wsgi() {
     let dir = TempDir::new("bare-check");
     write_wsgi_app(&dir, "hello");
     write_shebang_wsgi(&dir);
-    let out = check_in(dir.path(), "mysite.fcgi");
-    assert!(out.status.success(), "check failed: {}", describe(&out));
-    assert_eq!(
-        out.stdout.trim(),
-        format!("ok: {}", dir.join("mysite.fcgi").display()),
-        "{}",
-        describe(&out)
-    );
+    assert_check_ok(&dir, "mysite.fcgi");
 }
 
 #[test]
@@ -152,14 +145,7 @@ fn issue_11_check_start_app_with_a_bare_settings_name_cgi() {
         &format!("#!{}\n{}", shim_bin().display(), cgi_settings("hi")),
     );
     fs::set_permissions(&site, fs::Permissions::from_mode(0o755)).expect("chmod");
-    let out = check_in(dir.path(), "mysite.fcgi");
-    assert!(out.status.success(), "check failed: {}", describe(&out));
-    assert_eq!(
-        out.stdout.trim(),
-        format!("ok: {}", dir.join("mysite.fcgi").display()),
-        "{}",
-        describe(&out)
-    );
+    assert_check_ok(&dir, "mysite.fcgi");
 }
 
 #[test]
@@ -357,5 +343,17 @@ fn issue_11_serve_with_a_relative_settings_path_reloads_on_sighup_after_daemoniz
         !pidfile.exists(),
         "stopped and removed its pidfile\n{}",
         log()
+    );
+}
+
+/// `cd dir && fcgi-shim check --start-app NAME` says `ok: dir/NAME`.
+fn assert_check_ok(dir: &TempDir, name: &str) {
+    let out = check_in(dir.path(), name);
+    assert!(out.status.success(), "check failed: {}", describe(&out));
+    assert_eq!(
+        out.stdout.trim(),
+        format!("ok: {}", dir.join(name).display()),
+        "{}",
+        describe(&out)
     );
 }

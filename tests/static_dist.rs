@@ -166,15 +166,7 @@ fn make_static_writes_an_executable_with_no_dynamic_dependencies() {
         Err(e) => eprintln!("ldd not run ({e}); the ELF headers were checked"),
     }
 
-    let out = Command::new(&exe)
-        .arg("--version")
-        .output()
-        .expect("run it");
-    assert!(out.status.success(), "--version: {}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("fcgi-shim {VERSION}")
-    );
+    assert_version(&exe);
 }
 
 /// `serve host=`: an address or `localhost`, never a name lookup (getaddrinfo
@@ -447,15 +439,7 @@ fn make_dist_packs_the_executable_templates_htaccess_and_install() {
     );
 
     let exe = top.join("fcgi-shim");
-    let out = Command::new(&exe)
-        .arg("--version")
-        .output()
-        .expect("run it");
-    assert!(out.status.success(), "--version: {}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("fcgi-shim {VERSION}")
-    );
+    assert_version(&exe);
 
     // What INSTALL tells the user to do: a template, its shebang pointed at
     // the executable and its program at one that exists, then `check`.
@@ -509,5 +493,15 @@ fn make_dist_packs_the_executable_templates_htaccess_and_install() {
         "check {}: {}",
         broken.display(),
         text(&out)
+    );
+}
+
+/// `exe --version` prints this crate's version.
+fn assert_version(exe: &Path) {
+    let out = Command::new(exe).arg("--version").output().expect("run it");
+    assert!(out.status.success(), "--version: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("fcgi-shim {VERSION}")
     );
 }
