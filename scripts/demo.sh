@@ -2,8 +2,9 @@
 # `make demo`: a private Apache + mod_fcgid on a free loopback port serving a
 # throw-away web root set up exactly like a shared-hosting user would:
 #   .htaccess    = htaccess-examples/mod_fcgid.htaccess
-#   mysite.fcgi  = the release build of fcgi-shim
-#   mysite.toml  = [app] kind = "cgi", running scripts/demo-app.cgi
+#   mysite.fcgi  = the settings in the shebang form ([app] kind = "cgi",
+#                  running scripts/demo-app.cgi), first line #! the release
+#                  build of fcgi-shim copied outside the web root
 # Ctrl-C stops Apache (by its pid), waits for every process it started and
 # removes the temp dir.
 #
@@ -123,11 +124,15 @@ trap 'trap "" HUP PIPE INT; exit 129' HUP
 
 cp "$repo/htaccess-examples/mod_fcgid.htaccess" "$www/.htaccess"
 chmod 0644 "$www/.htaccess"
-cp "$shim" "$www/mysite.fcgi"
-chmod 0755 "$www/mysite.fcgi"
+# The README's recommended layout, the shebang form: the executable outside
+# the web root, mysite.fcgi the settings file itself.
+mkdir -m 0755 "$tmp/bin"
+cp "$shim" "$tmp/bin/fcgi-shim"
+chmod 0755 "$tmp/bin/fcgi-shim"
 cp "$repo/scripts/demo-app.cgi" "$app/demo-app.cgi"
 chmod 0755 "$app/demo-app.cgi"
-cat >"$www/mysite.toml" <<EOF
+cat >"$www/mysite.fcgi" <<EOF
+#!$tmp/bin/fcgi-shim
 [app]
 kind = "cgi"
 command = ["$app/demo-app.cgi"]
@@ -136,7 +141,8 @@ timeout = 10
 [log]
 level = "info"
 EOF
-chmod 0644 "$www/mysite.toml"
+chmod 0755 "$www/mysite.fcgi"
+"$tmp/bin/fcgi-shim" check "$www/mysite.fcgi" >&2 || die "the demo's settings do not pass fcgi-shim check"
 
 if [ "$(id -u)" -eq 0 ]; then
     run_as='User www-data\nGroup www-data'
