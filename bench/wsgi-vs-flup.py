@@ -5,7 +5,7 @@ Both sites serve bench/hello.py through the rewrite .htaccess from
 htaccess-examples/ (or, with --apache lean, mapped in the server config) in
 one Apache (the template of the end-to-end tests, with KeepAlive On):
   /shim/  mysite.fcgi = the release fcgi-shim, mysite.toml: kind = "wsgi"
-          (direct mode, the default: its worker serves the socket itself)
+          (every request through the shim to its Python worker)
   /flup/  mysite.fcgi = a Python script running flup.server.fcgi.WSGIServer
           (threaded; what Django's old runfastcgi guide used)
 Each round runs wrk against one site, then the other, so load from anything
@@ -13,10 +13,10 @@ else on the machine falls on both. Every request runs the application.
 
 Standard library only; run with the test virtualenv's python (it has flup):
   bench/wsgi-vs-flup.py [--rounds 8] [--seconds 3] [--connections 4] [--apache htaccess|lean]
-                        [--c-responder BIN] [--relay]
+                        [--c-responder BIN] [--compare BIN]
 
---relay adds /relay/: the same fcgi-shim with direct = false (every request
-relayed through the shim), to compare the two modes in the same run.
+--compare BIN adds /other/: another fcgi-shim build (e.g. of the commit before
+a change) with the same settings, measured in the same rounds.
 
 BENCH_CPU_SPLIT=bench/cpu-split.py adds the CPU time per request of each kind
 of process; BENCH_KEEP_LOGS=/path/prefix keeps Apache's logs; BENCH_HOLD=SECONDS
@@ -142,8 +142,8 @@ def main():
                     "cost in every number)")
     ap.add_argument("--c-responder", default="",
                     help="also measure this FastCGI program (bench/hello-libfcgi.c): the ceiling")
-    ap.add_argument("--relay", action="store_true",
-                    help="also measure fcgi-shim with direct = false (every request through the shim)")
+    ap.add_argument("--compare", default="",
+                    help="also measure this other fcgi-shim build, same settings, as /other/")
     args = ap.parse_args()
 
     try:
@@ -159,7 +159,7 @@ def main():
     apache = None
     try:
         www, app, state = (os.path.join(tmp, d) for d in ("www", "app", "apache"))
-        sites = ["shim", "flup"] + (["c"] if args.c_responder else []) + (["relay"] if args.relay else [])
+        sites = ["shim", "flup"] + (["c"] if args.c_responder else []) + (["other"] if args.compare else [])
         for d in [www, app, state, state + "/run", state + "/fcgid-ipc"] + [www + "/" + x for x in sites]:
             os.makedirs(d, mode=0o755, exist_ok=True)
             os.chmod(d, 0o755)
@@ -172,14 +172,14 @@ def main():
         if args.c_responder:
             shutil.copy(args.c_responder, www + "/c/mysite.fcgi")
             os.chmod(www + "/c/mysite.fcgi", 0o755)
-        for site, extra in (("shim", ""), ("relay", "direct = false\n")):
+        for site, binary in (("shim", args.shim), ("other", args.compare)):
             if site not in sites:
                 continue
-            shutil.copy(args.shim, www + "/%s/mysite.fcgi" % site)
+            shutil.copy(binary, www + "/%s/mysite.fcgi" % site)
             os.chmod(www + "/%s/mysite.fcgi" % site, 0o755)
             write(www + "/%s/mysite.toml" % site,
-                  '[app]\nkind = "wsgi"\nmodule = "hello"\npython = "%s"\npython_path = ["%s"]\n%s'
-                  '[log]\nlevel = "warn"\n' % (python, app, extra), 0o644)
+                  '[app]\nkind = "wsgi"\nmodule = "hello"\npython = "%s"\npython_path = ["%s"]\n'
+                  '[log]\nlevel = "warn"\n' % (python, app), 0o644)
         write(www + "/flup/mysite.fcgi",
               "#!%s\n# flup's WSGIServer, as in Django's old runfastcgi guide.\n"
               "import sys\nsys.path.insert(0, %r)\n"
@@ -260,10 +260,10 @@ def main():
             procs = [p for p, cmd in processes_under(www + "/" + site + "/").items()]
             rows = []
             for p in procs:
-                rows.append((p, {"shim": "fcgi-shim", "relay": "fcgi-shim", "flup": "flup", "c": "libfcgi"}[site], rss_kib(p)))
+                rows.append((p, {"shim": "fcgi-shim", "other": "fcgi-shim", "flup": "flup", "c": "libfcgi"}[site], rss_kib(p)))
                 for kid in children(p):
                     rows.append((kid, "python worker", rss_kib(kid)))
-                    # Direct mode: the worker's guardian.
+                    # An older build's direct mode: the worker's guardian.
                     for grandkid in children(kid):
                         rows.append((grandkid, "guardian", rss_kib(grandkid)))
             rss[site] = rows
@@ -273,7 +273,7 @@ def main():
             f.seek(measured_from)
             measured_lines = f.read().splitlines()
         for line in measured_lines:
-            m = re.search(r'"GET /(shim|flup|relay)/\S* [^"]*" \d+ \S+ (\d+)us', line)
+            m = re.search(r'"GET /(shim|flup|other)/\S* [^"]*" \d+ \S+ (\d+)us', line)
             if m and int(m.group(2)) > 500000:
                 slow[m.group(1)] += 1
         if os.environ.get("BENCH_KEEP_LOGS"):
@@ -316,9 +316,10 @@ def main():
     if "c" in results:
         c_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["c"], results["flup"]))
         print("ceiling: the C libfcgi responder does %.2fx flup here" % c_ratio)
-    if "relay" in results:
-        r_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["relay"], results["flup"]))
-        print("relay: fcgi-shim with direct = false does %.2fx flup here" % r_ratio)
+    if "other" in results:
+        o_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["other"], results["flup"]))
+        s_ratio = statistics.median(a["rps"] / b["rps"] for a, b in zip(results["shim"], results["other"]))
+        print("other: %s does %.2fx flup here; this build does %.2fx of it" % (args.compare, o_ratio, s_ratio))
     for site in sites:
         rows = rss[site]
         total = sum(r[2] for r in rows)

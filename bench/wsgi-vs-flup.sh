@@ -30,7 +30,7 @@ summary=()
 for c in ${BENCH_CONNECTIONS:-2 4 8}; do
     out=$("$python" bench/wsgi-vs-flup.py "${extra[@]}" --connections "$c" "$@")
     printf '%s\n\n' "$out"
-    summary+=("c=$c: $(grep -E '^ratio|^ceiling|^relay:' <<<"$out" | sed -E 's/ \(median of the [0-9]+ per-round ratios ([^;]*);[^)]*\)/ (rounds \1)/' | tr '\n' ' ')")
+    summary+=("c=$c: $(grep -E '^ratio|^ceiling|^other:' <<<"$out" | sed -E 's/ \(median of the [0-9]+ per-round ratios ([^;]*);[^)]*\)/ (rounds \1)/' | tr '\n' ' ')")
 done
 echo "Summary ($*):"
 printf '  %s\n' "${summary[@]}"

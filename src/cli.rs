@@ -4,7 +4,6 @@
 //! Must not: hold any serving logic; it calls launch, config, back and server.
 
 use std::ffi::OsString;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -248,18 +247,7 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
     let mut reloader = matches!(launch, Launch::Listener { .. })
         .then(|| reloader_for(args, exe, arg, settings.as_ref().ok()));
     let (mut back, limits) = match &settings {
-        Ok(config) => {
-            // Under a web server that spawned us, the WSGI worker may serve
-            // its listening socket directly.
-            let direct = match &launch {
-                Launch::Listener { fd, .. } => Some(back::DirectFds {
-                    listener: fd.as_fd(),
-                    wake: reloader.as_ref().and_then(Reloader::wake_fd),
-                }),
-                _ => None,
-            };
-            (back::from_config(config, direct), config.limits)
-        }
+        Ok(config) => (back::from_config(config), config.limits),
         Err(e) => {
             log::error!("{e}");
             (
@@ -546,7 +534,7 @@ fn serve_with(config: Config, started: Started) -> Result<(), String> {
             &mut || on_tick(),
         ),
         ServeMethod::Single => {
-            let mut back = back::from_config(&config, None);
+            let mut back = back::from_config(&config);
             worker::run(
                 worker::Worker {
                     listener: &listener,

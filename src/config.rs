@@ -58,6 +58,8 @@ struct RawApp {
     request_timeout: Option<Spanned<Seconds>>,
     script_name: Option<Spanned<String>>,
     debug: Option<Spanned<bool>>,
+    /// Accepted and ignored (direct mode is gone): a warning, not an error,
+    /// so that settings written for an older version keep working.
     direct: Option<Spanned<bool>>,
     // --- end of kind = "wsgi" ---
 }
@@ -796,9 +798,6 @@ pub struct WsgiConfig {
     pub script_name: crate::request::ScriptName,
     /// Show Python tracebacks on the 503 page when the application cannot start.
     pub debug: bool,
-    /// Under a web server that spawned us (mod_fcgid): let the worker serve
-    /// the listening socket itself between the shim's turns (default true).
-    pub direct: bool,
 }
 
 /// The keys only `kind = "wsgi"` takes, with their spans, for the error when
@@ -842,6 +841,16 @@ fn reject_wsgi_keys(src: &Source<'_>, raw: &RawApp) -> Result<(), ConfigError> {
 }
 
 fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig, ConfigError> {
+    if let Some(direct) = &raw.direct {
+        log::warn!(
+            "{}",
+            src.at(
+                direct.span(),
+                "`direct` is no longer used and is ignored: every request goes through \
+                 the shim to the worker; remove the line"
+            )
+        );
+    }
     for (name, span) in [
         ("command", raw.command.as_ref().map(Spanned::span)),
         ("root", raw.root.as_ref().map(Spanned::span)),
@@ -937,7 +946,6 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
         request_timeout,
         script_name,
         debug: raw.debug.is_some_and(|d| *d.get_ref()),
-        direct: raw.direct.is_none_or(|d| *d.get_ref()),
     }))
 }
 
@@ -992,7 +1000,6 @@ mod wsgi_tests {
         assert_eq!(w.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT);
         assert_eq!(w.script_name, ScriptName::Auto);
         assert!(!w.debug);
-        assert!(w.direct);
     }
 
     #[test]
@@ -1011,7 +1018,6 @@ mod wsgi_tests {
         assert_eq!(w.request_timeout, Duration::from_secs(5));
         assert_eq!(w.script_name, ScriptName::Fixed("/blog".into()));
         assert!(w.debug);
-        assert!(!w.direct);
         assert_eq!(
             w.env,
             vec![("DJANGO_SETTINGS_MODULE".into(), "myproject.settings".into())]

@@ -396,30 +396,6 @@ pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// A close-on-exec copy of `fd` numbered 3 or above (a child's stdio cannot
-/// take its number), e.g. the listening socket a worker is to inherit.
-pub fn dup_above_stdio(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) just returned this new fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// A pidfd for our child `pid` (Linux 5.3 and later): readable once it has exited.
-pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no
-    // memory is passed.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let raw = RawFd::try_from(raw).map_err(|_| io::Error::other("pidfd out of range"))?;
-    // SAFETY: the syscall just returned this new fd; nothing else owns it.
-    // pidfd_open sets close-on-exec itself.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
 // ---------------------------------------------------------------------------
 // The group guard: application process groups die with us, even by SIGKILL.
 //

@@ -50,7 +50,7 @@ fn write_shebang_wsgi(dir: &TempDir) {
         "mysite.fcgi",
         &format!(
             "#!{}\n[app]\nkind = \"wsgi\"\nmodule = \"hello:application\"\npython = \"{}\"\n\
-             python_path = [\"app\"]\ndirect = false\n",
+             python_path = [\"app\"]\n",
             shim_bin().display(),
             python()
         ),

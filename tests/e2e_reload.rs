@@ -523,17 +523,13 @@ fn kill_9_leaves_nothing(kind: Kind) {
         thread::sleep(Duration::from_millis(20));
     }
     // CGI: the program (exec'd into sleep) and the sleep it left in the
-    // background. WSGI: the Python worker (its sys.path names the directory),
-    // its guardian (direct mode) and the sleep the application started.
+    // background. WSGI: the Python worker (its sys.path names the directory)
+    // and the sleep the application started.
     let app_dir = site.bin.display().to_string();
     let before = processes_matching(&app_dir);
-    let expected = match kind {
-        Kind::Cgi => 2,
-        Kind::Wsgi => 3,
-    };
     assert_eq!(
         before.len(),
-        expected,
+        2,
         "{kind:?}: the application's processes: {before:#?}"
     );
     for pid in site.shim_pids() {

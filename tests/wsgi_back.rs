@@ -286,21 +286,18 @@ fn worker_crash_is_502_and_the_worker_comes_back() {
     assert_eq!(r.status, 200, "{}", shim.log());
 }
 
-/// Direct mode (the default here: the shim was given a listening socket):
-/// once the worker serves the socket itself, the same requests, errors and
-/// log lines as through the shim, and a clean stop.
+/// Every request passes the shim (there is no other path): big bodies both
+/// ways, a body sent whole before any of the response is read (as mod_fcgid
+/// does) to an application that answers first, a crash (502 and its log
+/// line), a request too slow (504), and a clean stop with nothing left.
 #[test]
-fn direct_mode_serves_and_handles_crash_timeout_and_stop() {
+fn the_relay_serves_bodies_crashes_timeouts_and_stops() {
     let mut shim = probe_shim("request_timeout = 1\n");
-    let lent = |shim: &Shim| shim.wait_for_log("is serving directly", Duration::from_secs(5));
-    assert!(lent(&shim), "never lent:\n{}", shim.log());
     let r = get(&shim, "/environ", "");
     assert_eq!(r.status, 200, "{}", shim.log());
     assert!(!r.body_text().contains("FCGI_SHIM_"), "{}", r.body_text());
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(post(&shim, "/echo", &body).body, body);
-    // Like mod_fcgid, the whole body goes out before any of the response is
-    // read, to an application that answers before it reads the body.
     let mut conn = shim.connect();
     conn.set_timeouts(Duration::from_secs(10));
     let big = vec![b'b'; 3 << 20];
@@ -327,14 +324,8 @@ fn direct_mode_serves_and_handles_crash_timeout_and_stop() {
         line.contains("SIGKILL") && line.contains("probe about to crash"),
         "{log}"
     );
+    assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
 
-    // The replacement is lent the socket in turn; then a request too slow.
-    let t0 = Instant::now();
-    while shim.log().matches("is serving directly").count() < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "{}", shim.log());
-        assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
-        thread::sleep(Duration::from_millis(100));
-    }
     let t0 = Instant::now();
     let r = get(&shim, "/sleep", "30");
     assert_eq!(r.status, 504, "{}", shim.log());
@@ -346,54 +337,43 @@ fn direct_mode_serves_and_handles_crash_timeout_and_stop() {
     );
     assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
 
-    // SIGTERM: the socket is taken back, the worker and its guardian stop.
+    // One worker, no other process of the application; gone after SIGTERM.
     let worker = worker_pid(&shim);
-    let guardian = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
+    let children = std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children"))
         .unwrap_or_default();
-    let ours: Vec<String> = std::iter::once(worker)
-        .chain(guardian.split_whitespace().map(str::to_string))
-        .collect();
-    assert_eq!(ours.len(), 2, "worker and guardian: {ours:?}");
+    assert_eq!(children.trim(), "", "the worker has no process of its own");
     shim.terminate();
     assert!(
         shim.wait_exit(Duration::from_secs(5)).is_some(),
         "{}",
         shim.log()
     );
-    let alive = |pid: &String| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z"))
     };
     let t0 = Instant::now();
-    while ours.iter().any(alive) {
+    while alive() {
         assert!(
             t0.elapsed() < Duration::from_secs(3),
-            "left running after the stop: {ours:?}"
+            "the worker {worker} is left running after the stop"
         );
         thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// With `direct = false` every request goes through the shim (the relay the
-/// other tests exercise only when the worker cannot serve directly).
+/// Settings written for an older version (`direct = false`) still work,
+/// with one warning that says the key is ignored.
 #[test]
-fn relay_mode_serves_and_handles_crash_and_timeout() {
-    let shim = probe_shim("direct = false\nrequest_timeout = 1\n");
-    let r = get(&shim, "/hello", "");
-    assert_eq!(r.status, 200, "{}", shim.log());
-    let body = vec![b'x'; 300_000];
-    let r = post(&shim, "/echo", &body);
-    assert_eq!(r.body, body);
-    let r = get(&shim, "/crash", "");
-    assert_eq!(r.status, 502, "{}", r.body_text());
-    assert!(
-        shim.wait_for_log("(502); restarting it", Duration::from_secs(2)),
-        "{}",
-        shim.log()
-    );
-    let r = get(&shim, "/sleep", "30");
-    assert_eq!(r.status, 504, "{}", shim.log());
+fn the_old_direct_key_is_ignored_with_a_warning() {
+    let shim = probe_shim("direct = false\n");
     assert_eq!(get(&shim, "/hello", "").status, 200, "{}", shim.log());
-    assert!(!shim.log().contains("serving directly"), "{}", shim.log());
+    let log = shim.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("warn") && l.contains("`direct` is no longer used")),
+        "{log}"
+    );
 }
 
 #[test]

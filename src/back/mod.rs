@@ -61,60 +61,16 @@ pub trait Back {
 
     /// Stop every process of the application (on exit or reload). `serve`
     /// may still be called afterwards (a reload whose exec failed): it must
-    /// then start what it needs again. A listening socket lent with
-    /// `serve_directly` is taken back first (the request in flight finishes).
+    /// then start what it needs again.
     fn shutdown(&mut self);
-
-    /// Instead of waiting for a connection: let the application serve the
-    /// listening socket itself (direct mode: the WSGI worker speaks FastCGI
-    /// to the web server, one process less in every request's path), and
-    /// wait up to `wait.timeout` for what needs us. `None`: the back does not
-    /// serve it now; the caller accepts connections itself.
-    fn serve_directly(&mut self, _wait: &DirectWait<'_>) -> Option<Woken> {
-        None
-    }
-
-    /// Take a socket lent with `serve_directly` back (the request in flight
-    /// finishes first): the caller wants to see every connection again.
-    fn take_back(&mut self) {}
-}
-
-/// What `Back::serve_directly` waits on besides the application.
-pub struct DirectWait<'a> {
-    pub signals: &'a SignalPipe,
-    /// The reloader's inotify fd, if it has one.
-    pub wake: Option<BorrowedFd<'a>>,
-    pub timeout: Duration,
-}
-
-/// What ended a `Back::serve_directly` wait.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Woken {
-    pub signal: bool,
-    pub wake: bool,
 }
 
 /// Build the back the settings ask for.
-/// `direct`: the listening socket the web server gave us, which a back may
-/// serve directly (see [`Back::serve_directly`]), and the reloader's inotify
-/// fd, which tells it to hand the socket back when a watched file changes.
-pub fn from_config(config: &Config, direct: Option<DirectFds<'_>>) -> Box<dyn Back> {
+pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
-        AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(
-            wsgi.clone(),
-            config.limits,
-            direct.filter(|_| wsgi.direct),
-        )),
+        AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
     }
-}
-
-/// What a back needs to serve the listening socket directly.
-#[derive(Clone, Copy)]
-pub struct DirectFds<'a> {
-    pub listener: BorrowedFd<'a>,
-    /// Readable when a watched file may have changed (the reloader's inotify fd).
-    pub wake: Option<BorrowedFd<'a>>,
 }
 
 /// Start the application once and stop it again: can the new version run?

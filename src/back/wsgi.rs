@@ -7,27 +7,21 @@
 //! handshake (ready, or the import error: 503), streaming the body to the
 //! worker and the response back chunk by chunk without blocking the front, the
 //! per-request timeout (504, fresh worker), a worker dying mid-request (502),
-//! and logging the worker's stderr (wsgi.errors) line by line; direct mode
-//! (lending the web server's listening socket to the worker, taking it back,
-//! and what its guardian reports; see the section below).
+//! and logging the worker's stderr (wsgi.errors) line by line. Every request
+//! passes the front: the worker speaks only these frames, never FastCGI.
 //! Must not: spawn, restart or stop the worker itself (that is
 //! `supervise::Supervisor`), or know the front's protocol.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, poll};
-use nix::sys::signal::Signal;
-
 use super::stderr_lines::StderrLines;
-use super::{Back, Context, DirectFds, DirectWait, Outcome, Ready, Woken, finish_with_error};
+use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
-use crate::request::{self, Exchange, InputEvent, ResponseHead, ScriptName};
+use crate::request::{self, Exchange, InputEvent, ResponseHead};
 use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
-use crate::sys;
 
 /// The adapter, written to the worker's stdin at start.
 const ADAPTER: &str = include_str!("wsgi_adapter.py");
@@ -49,9 +43,6 @@ const STDERR_TAIL_LINES: usize = 5;
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Grace for the worker at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(1);
-/// After a worker serving directly died: how long its guardian may take to
-/// answer the request in flight and report it.
-const GUARDIAN_GRACE: Duration = Duration::from_secs(2);
 
 const FRAME_HEADER: usize = 5;
 
@@ -73,45 +64,6 @@ pub struct WsgiBack {
     stderr_lines: StderrLines,
     /// The last import failure: (log summary, Python traceback).
     import_error: Option<(String, String)>,
-    /// Direct mode: our copy of the web server's listening socket, which the
-    /// worker inherits (None: direct mode is off).
-    listener: Option<OwnedFd>,
-    /// Our copy of the reloader's inotify fd, which the worker inherits.
-    _wake: Option<OwnedFd>,
-    /// The current worker said it can serve the socket directly.
-    direct_ok: bool,
-    /// The log said so for the current worker.
-    direct_announced: bool,
-    /// The socket is lent to the worker: a pidfd that is readable once it exited.
-    lent: Option<OwnedFd>,
-    /// What the worker's guardian reported after the worker died.
-    guardian: Option<GuardianReport>,
-}
-
-/// The guardian's `X` frame: the request the worker died in (or was killed
-/// in, after `request_timeout`) and what the web server got instead.
-struct GuardianReport {
-    timeout: bool,
-    /// The head had already gone out: the response was ended early.
-    cut: bool,
-    summary: String,
-    seconds: String,
-}
-
-impl GuardianReport {
-    /// "KIND\0STATUS\0SUMMARY\0SECONDS".
-    fn parse(payload: &[u8]) -> GuardianReport {
-        let text = String::from_utf8_lossy(payload);
-        let mut fields = text.split('\0');
-        let mut next = || fields.next().unwrap_or("").to_string();
-        let (kind, status, summary, seconds) = (next(), next(), next(), next());
-        GuardianReport {
-            timeout: kind == "timeout",
-            cut: status == "cut",
-            summary,
-            seconds,
-        }
-    }
 }
 
 /// What the worker sent.
@@ -121,10 +73,6 @@ enum Frame<'a> {
     Head(&'a [u8]),
     Body(&'a [u8]),
     Done,
-    /// Direct mode ended; the payload counts the requests served.
-    Returned(&'a [u8]),
-    /// From the guardian, after the worker died in a request.
-    Guardian(&'a [u8]),
 }
 
 /// Start a worker for `config`, wait (up to `start_timeout`) until it has
@@ -132,7 +80,7 @@ enum Frame<'a> {
 /// with its innermost frame, or how the worker ended).
 pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
     let deadline = Instant::now() + config.start_timeout;
-    let mut back = WsgiBack::new(config, limits, None);
+    let mut back = WsgiBack::new(config, limits);
     let result = loop {
         if let Some((summary, _)) = &back.import_error {
             break Err(format!("cannot import {}: {summary}", back.label));
@@ -194,9 +142,8 @@ enum Interrupt {
 
 impl WsgiBack {
     /// Builds the back and starts the worker at once, so that the first
-    /// request does not pay for the application's imports. With `direct`
-    /// (the web server's listening socket) the worker may serve it directly.
-    pub fn new(config: WsgiConfig, limits: Limits, direct: Option<DirectFds<'_>>) -> WsgiBack {
+    /// request does not pay for the application's imports.
+    pub fn new(config: WsgiConfig, limits: Limits) -> WsgiBack {
         let label = format!("{}:{}", config.module, config.attribute);
         let mut args: Vec<OsString> = vec![
             "-c".into(),
@@ -217,47 +164,6 @@ impl WsgiBack {
             env.retain(|(n, _)| n != name.as_str());
             env.push((name.into(), value.into()));
         }
-        // Direct mode: the worker inherits a copy of the listening socket
-        // (numbered above stdio: under mod_fcgid ours is fd 0), and one of
-        // the reloader's inotify fd: readable, it stops taking connections
-        // and hands the socket back, so that the request after a `touch`
-        // waits for the reload, as it does when we accept.
-        let listener = direct.and_then(|d| {
-            sys::dup_above_stdio(d.listener)
-                .inspect_err(|e| {
-                    log::warn!("wsgi: cannot lend the listening socket ({e}); not serving directly")
-                })
-                .ok()
-        });
-        let wake = direct
-            .and_then(|d| d.wake)
-            .filter(|_| listener.is_some())
-            .and_then(|fd| sys::dup_above_stdio(fd).ok());
-        if let Some(fd) = &wake {
-            env.push((
-                "FCGI_SHIM_WAKE_FD".into(),
-                fd.as_raw_fd().to_string().into(),
-            ));
-        }
-        if let Some(fd) = &listener {
-            let script_name = match &config.script_name {
-                ScriptName::Auto => "auto".to_string(),
-                ScriptName::Fixed(prefix) => format!("fixed:{prefix}"),
-                // Not a wsgi setting (the cgi kind's); the adapter reads
-                // anything but "fixed:..." as auto.
-                ScriptName::AsReceived => "received".to_string(),
-            };
-            for (name, value) in [
-                ("FCGI_SHIM_LISTEN_FD", fd.as_raw_fd().to_string()),
-                (
-                    "FCGI_SHIM_REQUEST_TIMEOUT_MS",
-                    config.request_timeout.as_millis().to_string(),
-                ),
-                ("FCGI_SHIM_SCRIPT_NAME", script_name),
-            ] {
-                env.push((name.into(), value.into()));
-            }
-        }
         let spec = SpawnSpec {
             program: config.python.clone().into(),
             args,
@@ -265,11 +171,7 @@ impl WsgiBack {
             workdir: Some(config.workdir.clone()),
             // The adapter ends its process group when we go (see its end_group).
             descendants: Descendants::LeaderEndsGroup,
-            inherit_fds: listener
-                .iter()
-                .chain(&wake)
-                .map(AsRawFd::as_raw_fd)
-                .collect(),
+            inherit_fds: Vec::new(),
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
         let mut back = WsgiBack {
@@ -283,12 +185,6 @@ impl WsgiBack {
             scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
             stderr_lines,
             import_error: None,
-            listener,
-            _wake: wake,
-            direct_ok: false,
-            direct_announced: false,
-            lent: None,
-            guardian: None,
         };
         match back.sup.start() {
             Ok(_) => back.greet(),
@@ -325,8 +221,6 @@ impl WsgiBack {
             return;
         }
         self.greeted = Some(pid);
-        self.direct_ok = false;
-        self.direct_announced = false;
         self.to_worker.clear();
         self.to_worker.extend_from_slice(ADAPTER.as_bytes());
         self.from_worker.clear();
@@ -434,8 +328,6 @@ impl WsgiBack {
             b'H' => Frame::Head(payload),
             b'B' => Frame::Body(payload),
             b'D' => Frame::Done,
-            b'Q' => Frame::Returned(payload),
-            b'X' => Frame::Guardian(payload),
             other => return Err(format!("unknown frame type {other:#04x} from the worker")),
         };
         Ok(Some((frame, FRAME_HEADER + len)))
@@ -619,11 +511,8 @@ impl WsgiBack {
     fn start_frame(&mut self) -> Started {
         match self.next_frame() {
             Ok(Some((Frame::Ready(payload), used))) => {
-                // "Python 3.11.2", and "\0direct" if it can serve the socket.
-                let payload = String::from_utf8_lossy(payload).into_owned();
-                let mut parts = payload.split('\0');
-                let version = parts.next().unwrap_or("").to_string();
-                self.direct_ok = parts.any(|p| p == "direct");
+                // "Python 3.11.2".
+                let version = String::from_utf8_lossy(payload).into_owned();
                 self.from_worker.drain(..used);
                 let Some(w) = self.sup.worker() else {
                     return Started::Failed;
@@ -998,7 +887,7 @@ fn forward(frame: Frame<'_>, ex: &mut dyn Exchange, max_head: usize) -> Step {
         },
         Frame::Body(data) => ex.send_body(data),
         Frame::Done => return Step::Done,
-        Frame::Ready(_) | Frame::ImportFailed(_) | Frame::Returned(_) | Frame::Guardian(_) => {
+        Frame::Ready(_) | Frame::ImportFailed(_) => {
             return Step::Broken("unexpected frame during a request".into());
         }
     };
@@ -1070,254 +959,8 @@ fn escape_html(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-// ---------------------------------------------------------------------------
-// Direct mode: the worker serves the listening socket itself.
-//
-// Between requests, a ready worker that said it can (its `S` frame ends in
-// "direct") is lent the socket with an `L` frame: it accepts and answers the
-// web server's FastCGI connections on its own, one at a time, and the shim
-// only watches. The worker's guardian (a process the adapter clones before
-// importing the application, sharing the worker's file descriptors) keeps the
-// connection in flight open if the worker dies: it answers 502 (or 504 after
-// `request_timeout`, killing the worker), then sends us an `X` frame and
-// exits. SIGUSR1 asks the worker to finish its request and hand the socket
-// back (`Q`, with the number of requests served).
-
-impl WsgiBack {
-    fn can_lend(&mut self) -> bool {
-        self.listener.is_some()
-            && self.direct_ok
-            && self.to_worker.is_empty()
-            && self.from_worker.is_empty()
-            && self.sup.worker().is_some_and(|w| w.ready)
-    }
-
-    /// Send the worker `L`: serve the socket (at most the requests it has
-    /// left before `max_requests`). False: not lent.
-    fn lend(&mut self) -> bool {
-        let left = self.sup.requests_left();
-        let Some(w) = self.sup.worker() else {
-            return false;
-        };
-        if left == Some(0) {
-            return false;
-        }
-        let pid = w.process.pid();
-        let pidfd = match sys::pidfd_open(pid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                log::warn!(
-                    "wsgi: {}: cannot watch the worker with a pidfd ({e}); not serving directly",
-                    self.label
-                );
-                self.listener = None;
-                return false;
-            }
-        };
-        push_frame(
-            &mut self.to_worker,
-            b'L',
-            left.unwrap_or(0).to_string().as_bytes(),
-        );
-        if self.write_to_worker().is_err() || !self.to_worker.is_empty() {
-            // Gone: the next request finds out how.
-            self.to_worker.clear();
-            return false;
-        }
-        if !self.direct_announced {
-            self.direct_announced = true;
-            log::info!(
-                "wsgi: {}: the worker (pid {}) is serving directly: it accepts the web server's connections itself",
-                self.label,
-                pid
-            );
-        }
-        self.lent = Some(pidfd);
-        true
-    }
-
-    /// One wait while the socket is lent: the worker's frames and stderr, its
-    /// exit, and what the caller waits for.
-    fn wait_lent(
-        &mut self,
-        signals: Option<BorrowedFd<'_>>,
-        wake: Option<BorrowedFd<'_>>,
-        timeout: Duration,
-    ) -> Woken {
-        let (Some(pidfd), Some(w)) = (&self.lent, self.sup.worker()) else {
-            self.lent = None;
-            return Woken::default();
-        };
-        let idle = pidfd.as_fd();
-        let mut fds = [
-            PollFd::new(w.pipes.stdout.as_fd(), PollFlags::POLLIN),
-            PollFd::new(w.pipes.stderr.as_fd(), PollFlags::POLLIN),
-            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.unwrap_or(idle), PollFlags::POLLIN),
-            PollFd::new(wake.unwrap_or(idle), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, sys::poll_timeout(timeout)) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => log::error!("wsgi: {}: poll failed: {e}", self.label),
-        }
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        let (stdout, stderr, exited) = (ready(0), ready(1), ready(2));
-        let woken = Woken {
-            signal: signals.is_some() && ready(3),
-            wake: wake.is_some() && ready(4),
-        };
-        if stderr {
-            self.read_stderr();
-        }
-        let open = !stdout || matches!(self.read_stdout(), Ok(true));
-        self.lent_frames();
-        if exited || !open {
-            self.lent_worker_died();
-        }
-        woken
-    }
-
-    /// Handle the frames a lent worker (or its guardian) sent.
-    fn lent_frames(&mut self) {
-        loop {
-            let (returned, used) = match self.next_frame() {
-                Ok(None) => return,
-                // "COUNT\0WHY": asked, limit, changed, accept.
-                Ok(Some((Frame::Returned(report), used))) => {
-                    let report = String::from_utf8_lossy(report);
-                    let (count, why) = report.split_once('\0').unwrap_or((&report, ""));
-                    ((count.parse::<u64>().unwrap_or(0), why == "accept"), used)
-                }
-                Ok(Some((Frame::Guardian(report), used))) => {
-                    self.guardian = Some(GuardianReport::parse(report));
-                    self.from_worker.drain(..used);
-                    continue;
-                }
-                Ok(Some(_)) | Err(_) => {
-                    log::error!(
-                        "wsgi: {}: the worker broke the protocol while serving directly; replaced",
-                        self.label
-                    );
-                    self.from_worker.clear();
-                    self.lent = None;
-                    self.sup.replace();
-                    self.greet();
-                    return;
-                }
-            };
-            self.from_worker.drain(..used);
-            self.lent = None;
-            let (served, accept_failed) = returned;
-            if served > 0 {
-                self.sup.requests_done(served);
-                self.greet();
-            }
-            if accept_failed {
-                // Its stderr says why: do not lend this worker the socket again.
-                self.direct_ok = false;
-            }
-        }
-    }
-
-    /// The lent worker exited: wait for its guardian's report (the guardian
-    /// holds the worker's pipes until it has answered the web server), then
-    /// log how it ended and replace it.
-    fn lent_worker_died(&mut self) {
-        self.lent = None;
-        let deadline = Instant::now() + GUARDIAN_GRACE;
-        loop {
-            let now = Instant::now();
-            let Some(w) = self.sup.worker() else { break };
-            if now >= deadline {
-                break;
-            }
-            let mut fds = [PollFd::new(w.pipes.stdout.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut fds, sys::poll_timeout(deadline - now));
-            let open = matches!(self.read_stdout(), Ok(true));
-            self.lent_frames();
-            if !open {
-                break;
-            }
-        }
-        self.from_worker.clear();
-        match self.guardian.take() {
-            Some(report) if report.timeout => {
-                self.read_stderr();
-                log::error!(
-                    "wsgi: {}: {} timed out after {}s (request_timeout); worker replaced ({})",
-                    self.label,
-                    report.summary,
-                    report.seconds,
-                    if report.cut {
-                        "response cut short"
-                    } else {
-                        "504"
-                    }
-                );
-                self.sup.replace();
-                self.greet();
-            }
-            Some(report) => {
-                let status = if report.cut {
-                    "response cut short"
-                } else {
-                    "502"
-                };
-                self.worker_ended(
-                    &format!("during {}", report.summary),
-                    &format!(" ({status}); restarting it"),
-                );
-            }
-            None => self.worker_ended("while idle", "; starting another"),
-        }
-    }
-}
-
 impl Back for WsgiBack {
-    fn serve_directly(&mut self, wait: &DirectWait<'_>) -> Option<Woken> {
-        if self.lent.is_none() && !(self.can_lend() && self.lend()) {
-            return None;
-        }
-        Some(self.wait_lent(Some(wait.signals.fd()), wait.wake, wait.timeout))
-    }
-
-    /// SIGUSR1: the worker finishes its request and hands the socket back.
-    fn take_back(&mut self) {
-        let Some(pid) = self
-            .lent
-            .as_ref()
-            .and(self.sup.worker())
-            .map(|w| w.process.pid())
-        else {
-            self.lent = None;
-            return;
-        };
-        sys::signal_process(pid, Signal::SIGUSR1);
-        let limit = if sys::stop_requested() {
-            super::STOP_GRACE
-        } else {
-            self.config.request_timeout + Duration::from_secs(1)
-        };
-        let deadline = Instant::now() + limit;
-        while self.lent.is_some() {
-            let now = Instant::now();
-            if now >= deadline {
-                log::warn!(
-                    "wsgi: {}: the worker did not hand the listening socket back within {:.1}s; replaced",
-                    self.label,
-                    limit.as_secs_f64()
-                );
-                self.lent = None;
-                self.sup.replace();
-                self.greet();
-                return;
-            }
-            self.wait_lent(None, None, deadline - now);
-        }
-    }
-
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
-        self.take_back();
         // Twice at most: the first worker may turn out to have exited.
         for _ in 0..2 {
             if let Err(outcome) = self.ready_worker(exchange, ctx) {
@@ -1339,10 +982,6 @@ impl Back for WsgiBack {
     /// request does not pay for the imports. (After an import error the next
     /// try waits for a request: no Python start every 10 s on an idle site.)
     fn idle(&mut self) {
-        if self.lent.is_some() {
-            // `serve_directly` looks after a lent worker.
-            return;
-        }
         self.read_stderr();
         // A worker starting up: its handshake, as far as it has come (an
         // import error is read before the death that follows it is noticed).
@@ -1364,7 +1003,6 @@ impl Back for WsgiBack {
     }
 
     fn shutdown(&mut self) {
-        self.take_back();
         self.sup.stop(STOP_GRACE);
     }
 }
@@ -1391,22 +1029,6 @@ mod tests {
             parse_head(b"204 No Content\0", 1024).unwrap().headers,
             vec![]
         );
-    }
-
-    #[test]
-    fn guardian_reports() {
-        let r = GuardianReport::parse(b"crash\x00502\x00GET /crash\x000.2");
-        assert!(!r.timeout && !r.cut);
-        assert_eq!(
-            (r.summary.as_str(), r.seconds.as_str()),
-            ("GET /crash", "0.2")
-        );
-        let r = GuardianReport::parse(b"timeout\x00cut\x00POST /x?a=b\x0031.0");
-        assert!(r.timeout && r.cut);
-        assert_eq!(r.summary, "POST /x?a=b");
-        // Whatever arrives, something to log.
-        let r = GuardianReport::parse(b"");
-        assert!(!r.timeout && r.summary.is_empty());
     }
 
     #[test]

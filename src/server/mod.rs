@@ -6,10 +6,6 @@
 //! asking `reload` whether anything changed before each request and on the
 //! idle tick (its inotify fd is in the poll before each accept, so that asking
 //! costs nothing while nothing changed), and restarting in place when it did.
-//! While a back serves the listening socket itself (`Back::serve_directly`:
-//! the WSGI worker's direct mode), the loop waits on what needs the shim
-//! instead (stop signals, the reloader's inotify fd, the application), and
-//! takes the socket back before a reload check looks at a change.
 //! Must not: parse protocols or run applications itself.
 //!
 //! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the
@@ -25,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 
-use crate::back::{Back, Context, DirectWait};
+use crate::back::{Back, Context};
 use crate::config::Limits;
 use crate::front::fastcgi;
 use crate::launch::{self, ListenerSource};
@@ -54,50 +50,28 @@ pub fn run_single(
     mut reloader: Option<&mut Reloader>,
 ) {
     let mut last_request = Instant::now();
-    // May the back serve the listening socket itself (see below)?
-    let mut lend = true;
     while !sys::stop_requested() {
         let (incoming, signalled, woke) = {
             // The reloader's inotify fd, when it has one: readable when a
             // watched file may have changed; then `check_polled` looks.
             let wake = reloader.as_deref().and_then(Reloader::wake_fd);
-            // Direct mode: the back serves the socket itself and we wait for
-            // what needs us (a signal, a file change, the application).
-            let direct = lend.then(|| {
-                back.serve_directly(&DirectWait {
-                    signals,
-                    wake,
-                    timeout: IDLE_TICK,
-                })
-            });
-            if let Some(Some(w)) = direct {
-                if w.wake {
-                    // A watched file may have changed: no connection may be
-                    // served before `check_polled` has looked (it reads the
-                    // event the worker watches too).
-                    back.take_back();
+            let mut fds = [
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.fd(), PollFlags::POLLIN),
+                PollFd::new(wake.unwrap_or(signals.fd()), PollFlags::POLLIN),
+            ];
+            let polled = if wake.is_some() { 3 } else { 2 };
+            match poll(&mut fds[..polled], sys::poll_timeout(IDLE_TICK)) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("poll on the listening socket failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
-                (false, w.signal, w.wake)
-            } else {
-                let mut fds = [
-                    PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(signals.fd(), PollFlags::POLLIN),
-                    PollFd::new(wake.unwrap_or(signals.fd()), PollFlags::POLLIN),
-                ];
-                let polled = if wake.is_some() { 3 } else { 2 };
-                match poll(&mut fds[..polled], sys::poll_timeout(IDLE_TICK)) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => {
-                        log::error!("poll on the listening socket failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                }
-                let ready =
-                    |i: usize| i < polled && fds[i].revents().is_some_and(|r| !r.is_empty());
-                (ready(0), ready(1), ready(2))
             }
+            let ready = |i: usize| i < polled && fds[i].revents().is_some_and(|r| !r.is_empty());
+            (ready(0), ready(1), ready(2))
         };
         if signalled {
             signals.drain();
@@ -108,14 +82,6 @@ pub fn run_single(
                 restart(r, &listener, source, back);
             }
             let replaced = !incoming && r.should_exit_when_idle();
-            if replaced && lend {
-                // The web server has moved on to the new file's processes:
-                // see every connection again, so that idleness shows.
-                lend = false;
-                back.take_back();
-                // It may have served requests until now: the minute starts here.
-                last_request = Instant::now();
-            }
             if replaced && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
                 log::info!(
                     "{} was replaced and no request came for {} s: exiting (the web server \

@@ -215,7 +215,7 @@ fn worker_main(
         !matches!((&control).read(&mut [0u8; 1]),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted))
     };
-    let mut back = back::from_config(config, None);
+    let mut back = back::from_config(config);
     let end = worker::run(
         worker::Worker {
             listener,

@@ -140,7 +140,7 @@ fn spawn(
     std::thread::Builder::new()
         .name(format!("worker-{id}"))
         .spawn(move || {
-            let mut back = back::from_config(&config, None);
+            let mut back = back::from_config(&config);
             let report_tx = tx.clone();
             let mut report = |s: Status| {
                 let _ = report_tx.send((id, Event::Report(s)));
