@@ -288,6 +288,14 @@ impl Source<'_> {
     fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim_end().to_string();
         let span = err.span();
+        if message.contains("recursion") {
+            let span = span.or_else(|| deep_key(self.text).map(|at| at..at));
+            let text = format!(
+                "the settings nest too deeply: tables, arrays and dotted keys \
+                 may go at most {MAX_SETTINGS_DEPTH} levels deep"
+            );
+            return self.error(span, text);
+        }
         if let Some((unknown, expected)) = parse_unknown_field(&message) {
             let table = span.as_ref().and_then(|s| table_at(self.text, s.start));
             let within = table.map(|t| format!(" in [{t}]")).unwrap_or_default();
@@ -399,6 +407,36 @@ fn split_found_expected(rest: &str) -> Option<(&str, &str)> {
     Some((&rest[..at], &rest[at + ", expected ".len()..]))
 }
 
+/// Where a key with [`MAX_SETTINGS_DEPTH`] or more dotted parts starts (toml
+/// reports that one without a place): a line's key before `=`, or a `[table]`
+/// header, with the dots counted outside quotes. Only run on that error.
+fn deep_key(text: &str) -> Option<usize> {
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim_start();
+        let key = match trimmed.strip_prefix('[') {
+            Some(header) => header.split(']').next().unwrap_or(header),
+            None => trimmed.split('=').next().unwrap_or(trimmed),
+        };
+        let mut quote = None;
+        let mut dots = 0;
+        for c in key.chars() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, '.') => dots += 1,
+                _ => {}
+            }
+        }
+        if dots + 1 >= MAX_SETTINGS_DEPTH {
+            return Some(start + indent);
+        }
+        start += line.len();
+    }
+    None
+}
+
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -456,9 +494,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
 // ---------------------------------------------------------------------------
 // Loading.
 
+/// The largest settings file read: a real one is a few hundred bytes, and a
+/// huge one (a 30 MB array made `check` take seconds and a gigabyte, and every
+/// shim runs `check` on reload) is refused before it is parsed.
+pub const MAX_SETTINGS_BYTES: usize = 1024 * 1024;
+
+/// How deep tables, arrays and dotted keys may nest: the toml crate's own
+/// limit (its `LIMIT`), which ends the parse before the stack does.
+const MAX_SETTINGS_DEPTH: usize = 80;
+
 /// Read and validate the settings file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let failed = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        position: None,
+        message,
+    };
+    let bytes = read_capped(path).map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::PermissionDenied => {
                 crate::deploy::access_problem(path, crate::deploy::Need::Read, "the settings file")
@@ -467,13 +519,51 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             }
             _ => String::new(),
         };
+        failed(format!("cannot read settings: {e}{why}"))
+    })?;
+    if bytes.len() > MAX_SETTINGS_BYTES {
+        return Err(failed(too_big()));
+    }
+    let text = decode_utf8(path, &bytes)?;
+    parse(path, text)
+}
+
+/// At most one byte more than [`MAX_SETTINGS_BYTES`]: enough to tell that a
+/// file is too big without reading all of it.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SETTINGS_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn too_big() -> String {
+    format!(
+        "the settings file is larger than {} KiB; settings are a few lines of text \
+         (is this the right file?)",
+        MAX_SETTINGS_BYTES / 1024
+    )
+}
+
+/// The text of the settings, or an error at the line:column of the first byte
+/// that is not UTF-8.
+fn decode_utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = e.valid_up_to();
+        // Invariant: from_utf8 says the bytes before `good` are valid.
+        let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
         ConfigError {
             path: path.to_path_buf(),
-            position: None,
-            message: format!("cannot read settings: {e}{why}"),
+            position: Some(line_column(before, good)),
+            message: format!(
+                "the settings file is not UTF-8 text: byte 0x{:02x} here cannot be decoded \
+                 (save the file as UTF-8)",
+                bytes[good]
+            ),
         }
-    })?;
-    parse(path, &text)
+    })
 }
 
 /// Validate settings text that came from `path`.
@@ -490,6 +580,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     // symlinked web root keeps the name the user gave it.
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let src = Source { path, text };
+    if text.len() > MAX_SETTINGS_BYTES {
+        return Err(src.error(None, too_big()));
+    }
     let raw: RawSettings = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let base = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -1742,6 +1835,36 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+    }
+
+    #[test]
+    fn decode_errors_point_at_the_first_bad_byte() {
+        let e = decode_utf8(Path::new("/x/s.toml"), b"[app]\nk\xc3\xa9y = 1 # \xff\n").unwrap_err();
+        assert_eq!(e.position, Some((2, 11)), "{e}");
+        assert!(e.message.contains("0xff"), "{e}");
+    }
+
+    #[test]
+    fn oversized_and_deep_text_named_plainly() {
+        let big = format!(
+            "[app]\nkind = \"cgi\"\n#{}\n",
+            "x".repeat(MAX_SETTINGS_BYTES)
+        );
+        let e = err(&big);
+        assert_eq!(e.position, None);
+        assert!(e.message.contains("larger than 1024 KiB"), "{e}");
+        let e = err(&format!(
+            "[app]\nkind = \"cgi\"\n[{}]\n",
+            vec!["t"; 90].join(".")
+        ));
+        assert_eq!(e.position, Some((3, 1)), "{e}");
+        assert!(e.message.contains("nest too deeply"), "{e}");
+        let e = err(&format!(
+            "[app]\nkind = \"cgi\"\nx = {}\n",
+            "{ a = ".repeat(100)
+        ));
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        assert!(e.message.contains("nest too deeply"), "{e}");
     }
 
     #[test]

@@ -379,3 +379,66 @@ fn check_says_a_wrong_type_in_plain_words() {
         &["key `debug`", "expected true or false, found the number 3"],
     );
 }
+
+/// Issue 13, item 7: a Latin-1 byte is reported at its line:column, not as
+/// a bare "stream did not contain valid UTF-8".
+#[test]
+fn check_locates_a_byte_that_is_not_utf8() {
+    let dir = TempDir::new("check");
+    let path = dir.join("latin1.toml");
+    std::fs::write(&path, b"[app]\nkind = \"cgi\"\n# caf\xe9\n").unwrap();
+    let outcome = check(&path, &dir);
+    assert_exit(&outcome, 1);
+    assert_located_error(&outcome.stderr, &path, 3, Some(6), &["not UTF-8", "0xe9"]);
+}
+
+/// Issue 13, item 7: a key of 100 dotted parts is located, not a bare
+/// "recursion limit"; nested arrays likewise.
+#[test]
+fn check_locates_settings_that_nest_too_deeply() {
+    let dir = TempDir::new("check");
+    let key = vec!["a"; 100].join(".");
+    let path = dir.write(
+        "key.toml",
+        &format!("[app]\nkind = \"cgi\"\n\n  {key} = 1\n"),
+    );
+    let outcome = check(&path, &dir);
+    assert_exit(&outcome, 1);
+    assert_located_error(
+        &outcome.stderr,
+        &path,
+        4,
+        Some(3),
+        &["nest too deeply", "80"],
+    );
+
+    let arrays = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let path = dir.write(
+        "arrays.toml",
+        &format!("[app]\nkind = \"cgi\"\nx = {arrays}\n"),
+    );
+    let outcome = check(&path, &dir);
+    assert_exit(&outcome, 1);
+    assert_located_error(&outcome.stderr, &path, 3, None, &["nest too deeply"]);
+}
+
+/// Issue 13, item 7: a 30 MB file is refused before parsing, quickly.
+#[test]
+fn check_refuses_a_huge_settings_file_before_parsing() {
+    let dir = TempDir::new("check");
+    let body = format!("[app]\nkind = \"cgi\"\nx = [{}]\n", "1,".repeat(15_000_000));
+    let path = dir.write("huge.toml", &body);
+    let started = Instant::now();
+    let outcome = check(&path, &dir);
+    assert_exit(&outcome, 1);
+    assert!(
+        outcome.stderr.contains("larger than 1024 KiB"),
+        "stderr:\n{}",
+        outcome.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
