@@ -480,23 +480,30 @@ pub fn restored_authorization(req: &Request) -> Option<&str> {
 /// received except the forbidden ones (HTTP_PROXY) and an empty
 /// HTTP_AUTHORIZATION, with SCRIPT_NAME as `mode` says and Authorization
 /// restored. A repeated name is visited again; the last one wins when they
-/// go into a map (as the WSGI environ does). Allocates only a changed
-/// SCRIPT_NAME.
+/// go into a map (as the WSGI environ does). SCRIPT_NAME and PATH_INFO are
+/// always visited (PEP 3333 requires both keys): one the web server did not
+/// send is derived (see [`derived_path_info`]), as nginx's stock
+/// `scgi_params` sends neither. Allocates only a changed or derived value.
 pub fn for_each_application_meta_variable(
     req: &Request,
     mode: &ScriptName,
     mut visit: impl FnMut(&[u8], &[u8]),
 ) {
     let script_name = presented_script_name(req, mode);
-    let mut saw_script_name = false;
+    let (mut saw_script_name, mut saw_path_info) = (false, false);
     for (name, value) in req.params() {
         if is_forbidden_meta_variable(name) || (name == b"HTTP_AUTHORIZATION" && value.is_empty()) {
             continue;
         }
+        saw_path_info |= name == b"PATH_INFO";
         match (name, &script_name) {
             (b"SCRIPT_NAME", Some(s)) => {
                 saw_script_name = true;
                 visit(name, s.as_bytes());
+            }
+            (b"SCRIPT_NAME", None) => {
+                saw_script_name = true;
+                visit(name, value);
             }
             _ => visit(name, value),
         }
@@ -504,8 +511,33 @@ pub fn for_each_application_meta_variable(
     if let Some(auth) = restored_authorization(req) {
         visit(b"HTTP_AUTHORIZATION", auth.as_bytes());
     }
-    if let (Some(s), false) = (&script_name, saw_script_name) {
-        visit(b"SCRIPT_NAME", s.as_bytes());
+    let presented = script_name
+        .as_deref()
+        .or_else(|| req.get("SCRIPT_NAME"))
+        .unwrap_or("");
+    if !saw_script_name {
+        visit(b"SCRIPT_NAME", presented.as_bytes());
+    }
+    if !saw_path_info {
+        visit(b"PATH_INFO", derived_path_info(req, presented).as_bytes());
+    }
+}
+
+/// PATH_INFO for a request that came without one: the percent-decoded path of
+/// REQUEST_URI after `script_name` (the SCRIPT_NAME presented: the one
+/// received, or the configured prefix, "" when nothing is known). A path not
+/// under that prefix is given whole when no SCRIPT_NAME was received (the web
+/// server routed it here), else it is "" (the script is the whole path, as
+/// nginx's `fastcgi_params` without `fastcgi_split_path_info` sends it).
+pub fn derived_path_info(req: &Request, script_name: &str) -> String {
+    let Some(uri) = req.get("REQUEST_URI") else {
+        return String::new();
+    };
+    let path = percent_decode(uri.split('?').next().unwrap_or(""));
+    match path.strip_prefix(script_name) {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.to_string(),
+        _ if req.get("SCRIPT_NAME").is_none() => path,
+        _ => String::new(),
     }
 }
 
@@ -695,6 +727,103 @@ mod script_name_tests {
             }
         });
         assert_eq!(script_names, ["/mysite.fcgi"]);
+    }
+
+    /// The SCRIPT_NAME and PATH_INFO (each exactly once) an application is
+    /// given for (what the web server sent, the mode): issue 13, nginx's
+    /// stock `scgi_params` sends neither.
+    #[test]
+    fn missing_script_name_and_path_info_derived() {
+        let fixed = |p: &str| ScriptName::Fixed(p.into());
+        /// (sent, mode, SCRIPT_NAME given, PATH_INFO given)
+        type Case<'a> = (&'a [(&'a str, &'a str)], ScriptName, &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
+            // nginx + scgi_params at the root.
+            (
+                &[
+                    ("REQUEST_URI", "/login/?next=%2F"),
+                    ("DOCUMENT_URI", "/login/"),
+                ],
+                ScriptName::Auto,
+                "",
+                "/login/",
+            ),
+            (
+                &[("REQUEST_URI", "/caf%C3%A9/a%20b")],
+                ScriptName::Auto,
+                "",
+                "/caf\u{e9}/a b",
+            ),
+            // Under a prefix that `script_name` names.
+            (
+                &[("REQUEST_URI", "/app/login/")],
+                fixed("/app"),
+                "/app",
+                "/login/",
+            ),
+            (&[("REQUEST_URI", "/app")], fixed("/app"), "/app", ""),
+            // Not under the prefix: the web server routed it here, all of it.
+            (
+                &[("REQUEST_URI", "/application/x")],
+                fixed("/app"),
+                "/app",
+                "/application/x",
+            ),
+            // The cgi kind: "" as the prefix, the whole path.
+            (
+                &[("REQUEST_URI", "/x/y?z")],
+                ScriptName::AsReceived,
+                "",
+                "/x/y",
+            ),
+            // Nothing to go by.
+            (&[("REQUEST_METHOD", "GET")], ScriptName::Auto, "", ""),
+            // Only PATH_INFO missing (nginx fastcgi_params without split_path_info).
+            (
+                &[("SCRIPT_NAME", "/app/x"), ("REQUEST_URI", "/app/x")],
+                ScriptName::Auto,
+                "/app/x",
+                "",
+            ),
+            (
+                &[
+                    ("SCRIPT_NAME", "/cgi/t.cgi"),
+                    ("REQUEST_URI", "/cgi/t.cgi/more"),
+                ],
+                ScriptName::AsReceived,
+                "/cgi/t.cgi",
+                "/more",
+            ),
+            // Only SCRIPT_NAME missing: PATH_INFO kept as sent.
+            (
+                &[("PATH_INFO", "/p"), ("REQUEST_URI", "/app/p")],
+                fixed("/app"),
+                "/app",
+                "/p",
+            ),
+            (
+                &[("PATH_INFO", "/p"), ("REQUEST_URI", "/p")],
+                ScriptName::Auto,
+                "",
+                "/p",
+            ),
+        ];
+        for (pairs, mode, script_name, path_info) in cases {
+            let mut seen = (Vec::new(), Vec::new());
+            for_each_application_meta_variable(&req(pairs), mode, |n, v| {
+                let v = String::from_utf8_lossy(v).into_owned();
+                match n {
+                    b"SCRIPT_NAME" => seen.0.push(v),
+                    b"PATH_INFO" => seen.1.push(v),
+                    _ => {}
+                }
+            });
+            assert_eq!(
+                seen,
+                (vec![script_name.to_string()], vec![path_info.to_string()]),
+                "{pairs:?} {mode:?}"
+            );
+        }
     }
 
     #[test]

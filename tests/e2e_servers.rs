@@ -397,3 +397,42 @@ fn django_project_behind_nginx_lighttpd_and_apache() {
         &lighttpd.logs(),
     );
 }
+
+/// Issue 13: nginx with Debian's stock `scgi_params` sends neither
+/// SCRIPT_NAME nor PATH_INFO; the shim derives them (`script_name` and
+/// REQUEST_URI), so two URLs reach two different Django views, not both `/`.
+#[test]
+fn django_behind_nginx_scgi_with_the_stock_scgi_params() {
+    require(servers_support::NGINX_BIN, "nginx-light");
+    let site = Site::django();
+    let settings = std::fs::read_to_string(&site.settings).expect("settings");
+    apache_support::write_file(
+        &site.settings,
+        format!("{settings}script_name = \"/app\"\n"),
+        0o644,
+    );
+    let port = free_loopback_port();
+    let _shim = site.serve(
+        &[
+            "protocol=scgi".into(),
+            "method=threaded".into(),
+            format!("port={port}"),
+        ],
+        Endpoint::Tcp(port),
+    );
+    let nginx = WebServer::start(
+        Kind::Nginx,
+        &repo_file("server-examples/nginx-scgi.conf"),
+        &[("SHIM_PORT", port.to_string())],
+    );
+    assert_django_under_app(&nginx.get("/app/"), "nginx scgi", &nginx.logs());
+    let login = nginx.get("/app/login/");
+    assert_eq!(login.status, 200, "{}\n{}", login.summary(), nginx.logs());
+    let text = login.text();
+    assert!(
+        text.contains("csrfmiddlewaretoken") && text.contains("action=\"/app/login/\""),
+        "/app/login/ should be the login view:\n{text}"
+    );
+    let missing = nginx.get("/app/no-such-page/");
+    assert_eq!(missing.status, 404, "{}", missing.summary());
+}
