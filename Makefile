@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= $(HOME)/.local
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: all build test lint check install demo fuzz-check clean bench static dist
+.PHONY: all build test lint check install demo fuzz fuzz-check clean bench static dist
 
 all: build
 
@@ -79,6 +79,22 @@ bench:
 # The fuzz targets build on stable; running them needs cargo-fuzz and nightly.
 fuzz-check:
 	cd fuzz && $(CARGO) check
+
+# Every fuzz target of fuzz/ for FUZZ_SECONDS each (libFuzzer's
+# -max_total_time), one after the other; a crash stops it with an error and
+# its input in fuzz/artifacts/<target>/. The corpus (fuzz/corpus/) is kept
+# between runs. Needs the nightly toolchain and cargo-fuzz
+# (`rustup toolchain install nightly`, `cargo install cargo-fuzz`).
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "make fuzz: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2; exit 1; }
+	@$(CARGO) +nightly --version >/dev/null 2>&1 || { echo "make fuzz: no nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
+	cd fuzz && $(CARGO) +nightly fuzz build
+	set -e; cd fuzz && for target in $$($(CARGO) +nightly fuzz list); do \
+		echo "make fuzz: $$target for $(FUZZ_SECONDS) s"; \
+		$(CARGO) +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS); \
+	done
 
 clean:
 	$(CARGO) clean
