@@ -327,10 +327,11 @@ fn hostile_heads_are_refused_alike_by_every_kind() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Through the adapter as it is: an application's CR/LF is its own bug, shown
-/// as the adapter's 500 with the traceback in the log; latin-1 passes.
+/// Through the adapter as it is: an application's CR/LF or non-token name is
+/// its own bug, shown as the adapter's 500 with the traceback in the log;
+/// latin-1 passes.
 #[test]
-fn adapter_refuses_line_breaks_and_passes_latin1() {
+fn adapter_refuses_bad_heads_early_and_passes_latin1() {
     let dir = TempDir::new("adapter-heads");
     let app = dir.join("app");
     std::fs::create_dir_all(&app).unwrap();
@@ -340,6 +341,8 @@ fn adapter_refuses_line_breaks_and_passes_latin1() {
          \x20   path = environ['PATH_INFO']\n\
          \x20   if path == '/status':\n\
          \x20       start_response('200 OK\\r\\nSet-Cookie: evil=1', [('Content-Type', 'text/plain')])\n\
+         \x20   elif path == '/name':\n\
+         \x20       start_response('200 OK', [('X-(a)', 'x')])\n\
          \x20   elif path == '/euro':\n\
          \x20       start_response('200 OK', [('X-A', '\\u20ac')])\n\
          \x20   else:\n\
@@ -359,6 +362,16 @@ fn adapter_refuses_line_breaks_and_passes_latin1() {
     assert!(
         shim.wait_for_log(
             "status must be a str like",
+            std::time::Duration::from_secs(5)
+        ),
+        "{}",
+        shim.log()
+    );
+    let r = get(&shim, "/name");
+    assert_eq!(r.cgi().status, 500, "{}", shim.log());
+    assert!(
+        shim.wait_for_log(
+            "invalid header ('X-(a)', 'x')",
             std::time::Duration::from_secs(5)
         ),
         "{}",

@@ -220,7 +220,8 @@ class FileWrapper:
             yield data
 
 
-_BAD_NAME = re.compile(r"[:\r\n\0 \t]").search
+# RFC 9110 tchar: anything else in a header name.
+_BAD_NAME = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
 _BAD_VALUE = re.compile(r"[\r\n\0]").search
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "upgrade"))
 
