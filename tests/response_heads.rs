@@ -4,7 +4,8 @@
 //! application's process: its frames are not trusted), and the visitor must
 //! see the same thing from both: 502 and no injected header, or, for a valid
 //! head with latin-1 bytes, the bytes as they were written. The log line is
-//! the same after the kind and the application's name.
+//! the same after the kind and the application's name; `[limits]` on the
+//! head's size too.
 //!
 //! Needs a python3 with its standard library: `$FCGI_SHIM_TEST_PYTHON` or
 //! `python3` from PATH.
@@ -43,6 +44,9 @@ enum Expect {
 }
 
 const TEXT: (&[u8], &[u8]) = (b"Content-Type", b"text/plain");
+/// Both shims run with `max_response_head_bytes = 1024`.
+const LIMITS: &str = "[limits]\nmax_response_head_bytes = 1024\n";
+const LONG: &[u8] = &[b'a'; 2000];
 
 const CASES: &[Case] = &[
     Case {
@@ -125,6 +129,13 @@ const CASES: &[Case] = &[
         status: b"200 OK",
         headers: &[TEXT, (b"X-A", b"a\0b")],
         expect: Expect::Refused(r#"invalid value of response header "X-A": "a\0b""#),
+    },
+    Case {
+        what: "a head over [limits] max_response_head_bytes",
+        kinds: Kinds::Both,
+        status: b"200 OK",
+        headers: &[TEXT, (b"X-Long", LONG)],
+        expect: Expect::Refused("response header block larger than 1024 bytes"),
     },
     Case {
         what: "latin-1 bytes in the reason and a value",
@@ -244,11 +255,11 @@ fn hostile_heads_are_refused_alike_by_every_kind() {
     std::fs::write(app.join("hostile.py"), wsgi_app()).unwrap();
 
     let cgi = Shim::start(&format!(
-        "[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 10\n",
+        "[app]\nkind = \"cgi\"\ncommand = [\"{}\"]\ntimeout = 10\n{LIMITS}",
         program.display()
     ));
     let wsgi = Shim::start(&format!(
-        "[app]\nkind = \"wsgi\"\nmodule = \"hostile\"\npython = \"{}\"\npython_path = [\"{}\"]\n",
+        "[app]\nkind = \"wsgi\"\nmodule = \"hostile\"\npython = \"{}\"\npython_path = [\"{}\"]\n{LIMITS}",
         python(),
         app.display()
     ));
