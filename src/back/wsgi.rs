@@ -921,7 +921,7 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
 /// "200 OK\0Name\0value\0..." → a response head, the bytes checked by the
 /// same rules as a CGI program's (the adapter checks too, but a worker is
 /// the application's process: what it writes is not trusted).
-fn parse_head(raw: &[u8], max: usize) -> Result<ResponseHead, HeadError> {
+pub fn parse_head(raw: &[u8], max: usize) -> Result<ResponseHead, HeadError> {
     if raw.len() > max {
         return Err(HeadError::TooLarge(max));
     }
