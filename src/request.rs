@@ -107,52 +107,168 @@ pub fn is_forbidden_meta_variable(name: &[u8]) -> bool {
     name == b"HTTP_PROXY"
 }
 
-/// Status line and headers of a response.
+/// Status line and headers of a response, as bytes (PEP 3333 headers are
+/// latin-1, CGI output is bytes): carried to the web server as they came.
+///
+/// Only validated parts get in: [`ResponseHead::from_status_line`] and
+/// [`ResponseHead::push_header`] apply the one set of rules every back shares
+/// (RFC 9110: a status of 100-599, a reason of visible bytes, token names,
+/// values without CR, LF or NUL), so no front can be made to write a line break
+/// an application chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
-    pub status: u16,
-    pub reason: String,
+    status: u16,
+    reason: Vec<u8>,
     /// Header fields other than Status, as the application wrote them.
-    pub headers: Vec<(String, String)>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl ResponseHead {
-    /// A response with a standard reason phrase.
+    /// A response with a standard reason phrase (statuses the shim chooses).
     pub fn new(status: u16) -> ResponseHead {
         ResponseHead {
             status,
-            reason: reason_phrase(status).to_string(),
+            reason: reason_phrase(status).as_bytes().to_vec(),
             headers: Vec::new(),
         }
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    /// A head from an application's status line "NNN reason" (the reason may
+    /// be missing: the standard phrase is used).
+    pub fn from_status_line(line: &[u8]) -> Result<ResponseHead, HeadError> {
+        let (status, reason) = parse_status_line(line)?;
+        let mut head = ResponseHead::new(status);
+        if !reason.is_empty() {
+            head.reason = reason.to_vec();
+        }
+        Ok(head)
+    }
+
+    /// The same head with another status and its standard reason.
+    fn with_status(mut self, status: u16) -> ResponseHead {
+        self.status = status;
+        self.reason = reason_phrase(status).as_bytes().to_vec();
+        self
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    pub fn reason(&self) -> &[u8] {
+        &self.reason
+    }
+
+    pub fn headers(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.headers
+    }
+
+    /// Add a header field after checking it: a token name, a value with no
+    /// CR, LF or NUL.
+    pub fn push_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), HeadError> {
+        check_header(name, value)?;
+        self.headers.push((name.to_vec(), value.to_vec()));
+        Ok(())
+    }
+
+    /// Add a header field the shim itself chose (a constant known to pass
+    /// [`check_header`]).
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> ResponseHead {
+        debug_assert!(check_header(name.as_bytes(), value.as_bytes()).is_ok());
+        self.headers
+            .push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_slice())
     }
 
     /// RFC 3875 §6.2.2: a local redirect is a Location that is a path, with no
     /// status of its own. The web server performs it; we pass it on untouched.
     pub fn is_local_redirect(&self) -> bool {
-        self.status == 200 && self.header("Location").is_some_and(|l| l.starts_with('/'))
+        self.status == 200 && self.header("Location").is_some_and(|l| l.starts_with(b"/"))
     }
 
     /// Append the head as a CGI response head (what FastCGI and SCGI carry).
     pub fn write_cgi(&self, out: &mut Vec<u8>) {
         if !self.is_local_redirect() {
-            out.extend_from_slice(
-                format!("Status: {} {}\r\n", self.status, self.reason).as_bytes(),
-            );
+            out.extend_from_slice(format!("Status: {} ", self.status).as_bytes());
+            out.extend_from_slice(&self.reason);
+            out.extend_from_slice(b"\r\n");
         }
         for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(name);
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// "NNN reason" → the status (100-599) and the reason (possibly empty):
+/// three digits, then nothing or a space and a reason of HTAB, SP, visible
+/// ASCII and obs-text (RFC 9112 §4), so never CR, LF, NUL or another control.
+pub fn parse_status_line(line: &[u8]) -> Result<(u16, &[u8]), HeadError> {
+    let bad = || HeadError::BadStatus(line.to_vec());
+    let (code, reason) = match line.get(3) {
+        None => (line, &b""[..]),
+        Some(b' ') => (&line[..3], &line[4..]),
+        Some(_) => return Err(bad()),
+    };
+    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    if !(100..=599).contains(&status) || !reason.iter().all(|&b| is_reason_byte(b)) {
+        return Err(bad());
+    }
+    Ok((status, reason))
+}
+
+/// The one check of a response header field every back applies.
+pub fn check_header(name: &[u8], value: &[u8]) -> Result<(), HeadError> {
+    if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+        return Err(HeadError::BadName(name.to_vec()));
+    }
+    if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(HeadError::BadValue {
+            name: name.to_vec(),
+            value: value.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// RFC 9110 §5.5 / RFC 9112 §4: HTAB, SP, VCHAR, obs-text.
+fn is_reason_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || b.is_ascii_graphic() || b >= 0x80
+}
+
+/// Bytes as a double-quoted string: printable ASCII as it is, the rest
+/// escaped (`\r`, `\n`, `\0`, `\xe9`), so a log line shows what was refused.
+pub struct Escaped<'a>(pub &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        for &b in self.0 {
+            match b {
+                b'"' => f.write_str("\\\"")?,
+                b'\\' => f.write_str("\\\\")?,
+                b'\r' => f.write_str("\\r")?,
+                b'\n' => f.write_str("\\n")?,
+                b'\t' => f.write_str("\\t")?,
+                0 => f.write_str("\\0")?,
+                b' '..=b'~' => write!(f, "{}", b as char)?,
+                _ => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        f.write_str("\"")
     }
 }
 
@@ -183,14 +299,22 @@ pub fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// Why an application's response head was refused (the client gets a 502).
+/// The bytes kept are the application's, shown escaped by `Display`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadError {
     /// More than the configured number of bytes without the blank line.
     TooLarge(usize),
-    /// A line that is not `Name: value`.
-    BadLine(String),
-    /// A Status header that is not "NNN reason".
-    BadStatus(String),
+    /// A line that is not `Name: value` (no colon, or a continuation line).
+    BadLine(Vec<u8>),
+    /// A status line (CGI's Status header, WSGI's status) that is not
+    /// "NNN reason" with 100 <= NNN <= 599 and a reason of visible bytes.
+    BadStatus(Vec<u8>),
+    /// A header name that is not an RFC 9110 token.
+    BadName(Vec<u8>),
+    /// A header value with CR, LF or NUL in it.
+    BadValue { name: Vec<u8>, value: Vec<u8> },
+    /// A WSGI head frame whose names and values do not pair up.
+    BadFieldList,
     /// None of Content-Type, Location or Status (RFC 3875 §6.2).
     NoDocument,
 }
@@ -199,8 +323,16 @@ impl fmt::Display for HeadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HeadError::TooLarge(n) => write!(f, "response header block larger than {n} bytes"),
-            HeadError::BadLine(l) => write!(f, "malformed response header line {l:?}"),
-            HeadError::BadStatus(s) => write!(f, "malformed Status header {s:?}"),
+            HeadError::BadLine(l) => write!(f, "malformed response header line {}", Escaped(l)),
+            HeadError::BadStatus(s) => write!(f, "invalid Status line {}", Escaped(s)),
+            HeadError::BadName(n) => write!(f, "invalid response header name {}", Escaped(n)),
+            HeadError::BadValue { name, value } => write!(
+                f,
+                "invalid value of response header {}: {}",
+                Escaped(name),
+                Escaped(value)
+            ),
+            HeadError::BadFieldList => f.write_str("malformed response header list"),
             HeadError::NoDocument => {
                 f.write_str("response head has none of Content-Type, Location, Status")
             }
@@ -282,67 +414,43 @@ fn find_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
 }
 
 fn parse_head(head: &[u8]) -> Result<ResponseHead, HeadError> {
-    let text = String::from_utf8_lossy(head);
-    let mut status: Option<(u16, String)> = None;
-    let mut headers = Vec::new();
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
+    let mut status: Option<&[u8]> = None;
+    let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(HeadError::BadLine(line.to_string()));
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(HeadError::BadLine(line.to_vec()));
         };
-        let name = name.trim();
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(HeadError::BadLine(line.to_string()));
-        }
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("Status") {
-            status = Some(parse_status(value)?);
+        // No whitespace around the name (RFC 9112 §5.1, and a line starting
+        // with whitespace would be an obsolete continuation): the name check
+        // refuses it.
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"Status") {
+            status = Some(value);
         } else {
-            headers.push((name.to_string(), value.to_string()));
+            fields.push((name, value));
         }
     }
-    let mut head = ResponseHead {
-        status: 200,
-        reason: "OK".into(),
-        headers,
+    let mut head = match status {
+        Some(line) => ResponseHead::from_status_line(line)?,
+        None => ResponseHead::new(200),
     };
-    match status {
-        Some((code, reason)) => {
-            head.status = code;
-            head.reason = reason;
-        }
-        None => {
-            let location = head.header("Location").map(str::to_string);
-            match location {
-                // RFC 3875 §6.2.3/§6.2.4: a client redirect without a Status is a 302.
-                Some(l) if !l.starts_with('/') => head.status = 302,
-                Some(_) => {}
-                None if head.header("Content-Type").is_none() => return Err(HeadError::NoDocument),
-                None => {}
-            }
-            head.reason = reason_phrase(head.status).to_string();
+    for (name, value) in fields {
+        head.push_header(name, value)?;
+    }
+    if status.is_none() {
+        match head.header("Location") {
+            // RFC 3875 §6.2.3/§6.2.4: a client redirect without a Status is a 302.
+            Some(l) if !l.starts_with(b"/") => head = head.with_status(302),
+            Some(_) => {}
+            None if head.header("Content-Type").is_none() => return Err(HeadError::NoDocument),
+            None => {}
         }
     }
     Ok(head)
-}
-
-fn parse_status(value: &str) -> Result<(u16, String), HeadError> {
-    let (code, reason) = value.split_once(' ').unwrap_or((value, ""));
-    match code.parse::<u16>() {
-        Ok(c) if code.len() == 3 && (100..=999).contains(&c) => {
-            let reason = reason.trim();
-            let reason = if reason.is_empty() {
-                reason_phrase(c)
-            } else {
-                reason
-            };
-            Ok((c, reason.to_string()))
-        }
-        _ => Err(HeadError::BadStatus(value.to_string())),
-    }
 }
 
 fn is_token_byte(b: u8) -> bool {
@@ -407,9 +515,7 @@ pub fn send_error(exchange: &mut dyn Exchange, status: u16, detail: &str) -> io:
     if exchange.head_sent() {
         return Ok(());
     }
-    let mut head = ResponseHead::new(status);
-    head.headers
-        .push(("Content-Type".into(), "text/plain; charset=utf-8".into()));
+    let head = ResponseHead::new(status).with_header("Content-Type", "text/plain; charset=utf-8");
     exchange.send_head(&head)?;
     let body = format!("{} {}\n{detail}\n", status, reason_phrase(status));
     exchange.send_body(body.as_bytes())
@@ -848,12 +954,12 @@ mod tests {
         else {
             panic!("partial")
         };
-        assert_eq!(head.status, 200);
+        assert_eq!(head.status(), 200);
         assert_eq!(
-            head.headers,
-            vec![
-                ("Content-Type".into(), "text/plain".into()),
-                ("X-A".into(), "1".into())
+            head.headers(),
+            [
+                (b"Content-Type".to_vec(), b"text/plain".to_vec()),
+                (b"X-A".to_vec(), b"1".to_vec())
             ]
         );
         assert_eq!(body, b"hello");
@@ -875,8 +981,8 @@ mod tests {
                     HeadProgress::Partial => panic!("partial at split {split}"),
                 },
             };
-            assert_eq!(result.0.status, 404, "split {split}");
-            assert_eq!(result.0.reason, "Not Found");
+            assert_eq!(result.0.status(), 404, "split {split}");
+            assert_eq!(result.0.reason(), b"Not Found");
             assert_eq!(result.1, b"body", "split {split}");
         }
     }
@@ -896,7 +1002,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((client.status, client.reason.as_str()), (302, "Found"));
+        assert_eq!((client.status(), client.reason()), (302, &b"Found"[..]));
         let mut out = Vec::new();
         client.write_cgi(&mut out);
         assert_eq!(
@@ -909,16 +1015,138 @@ mod tests {
     fn malformed_heads() {
         assert_eq!(
             parse_all(b"garbage line\n\n"),
-            Err(HeadError::BadLine("garbage line".into()))
+            Err(HeadError::BadLine(b"garbage line".to_vec()))
         );
         assert_eq!(
             parse_all(b"Status: abc\n\n"),
-            Err(HeadError::BadStatus("abc".into()))
+            Err(HeadError::BadStatus(b"abc".to_vec()))
         );
         assert_eq!(parse_all(b"X-Only: 1\n\n"), Err(HeadError::NoDocument));
         assert_eq!(
             CgiHeadParser::new(8).push(b"Content-Type: x"),
             Err(HeadError::TooLarge(8))
+        );
+    }
+
+    /// Issue 13: what an application writes can never become a line of its
+    /// own in the head a front writes, whichever back it came through.
+    #[test]
+    fn hostile_heads_are_refused() {
+        let cases: &[(&[u8], HeadError, &str)] = &[
+            (
+                b"Status: 200 OK\rSet-Cookie: evil=1\nContent-Type: text/plain\n\n",
+                HeadError::BadStatus(b"200 OK\rSet-Cookie: evil=1".to_vec()),
+                r#"invalid Status line "200 OK\rSet-Cookie: evil=1""#,
+            ),
+            (
+                b"Status: 200 OK\0\nContent-Type: text/plain\n\n",
+                HeadError::BadStatus(b"200 OK\0".to_vec()),
+                r#"invalid Status line "200 OK\0""#,
+            ),
+            (
+                b"Status: 600 Beyond\nContent-Type: text/plain\n\n",
+                HeadError::BadStatus(b"600 Beyond".to_vec()),
+                r#"invalid Status line "600 Beyond""#,
+            ),
+            (
+                b"Status: 099 Low\nContent-Type: text/plain\n\n",
+                HeadError::BadStatus(b"099 Low".to_vec()),
+                r#"invalid Status line "099 Low""#,
+            ),
+            (
+                b"Status: 2000 OK\nContent-Type: text/plain\n\n",
+                HeadError::BadStatus(b"2000 OK".to_vec()),
+                r#"invalid Status line "2000 OK""#,
+            ),
+            (
+                b"Content-Type: text/plain\nBad Name: x\n\n",
+                HeadError::BadName(b"Bad Name".to_vec()),
+                r#"invalid response header name "Bad Name""#,
+            ),
+            (
+                b"Content-Type: text/plain\nX-A : x\n\n",
+                HeadError::BadName(b"X-A ".to_vec()),
+                r#"invalid response header name "X-A ""#,
+            ),
+            (
+                b"Content-Type: text/plain\n continued: x\n\n",
+                HeadError::BadName(b" continued".to_vec()),
+                r#"invalid response header name " continued""#,
+            ),
+            (
+                b"Content-Type: text/plain\nX-\x01: x\n\n",
+                HeadError::BadName(b"X-\x01".to_vec()),
+                r#"invalid response header name "X-\x01""#,
+            ),
+            (
+                b"Content-Type: text/plain\nX-(a): x\n\n",
+                HeadError::BadName(b"X-(a)".to_vec()),
+                r#"invalid response header name "X-(a)""#,
+            ),
+            (
+                b"Content-Type: text/plain\nX-A: a\rSet-Cookie: evil=1\n\n",
+                HeadError::BadValue {
+                    name: b"X-A".to_vec(),
+                    value: b"a\rSet-Cookie: evil=1".to_vec(),
+                },
+                r#"invalid value of response header "X-A": "a\rSet-Cookie: evil=1""#,
+            ),
+            (
+                b"Content-Type: text/plain\nX-A: a\0b\n\n",
+                HeadError::BadValue {
+                    name: b"X-A".to_vec(),
+                    value: b"a\0b".to_vec(),
+                },
+                r#"invalid value of response header "X-A": "a\0b""#,
+            ),
+        ];
+        for (input, error, line) in cases {
+            let got = parse_all(input);
+            assert_eq!(got.as_ref(), Err(error), "{}", Escaped(input));
+            assert_eq!(error.to_string(), *line);
+        }
+    }
+
+    #[test]
+    fn heads_are_carried_as_bytes() {
+        let input =
+            b"Status: 200 \xc7a va\nContent-Disposition: attachment; filename=\"caf\xe9.txt\"\n\n";
+        let HeadProgress::Complete(head, _) = parse_all(input).unwrap() else {
+            panic!("partial")
+        };
+        let mut out = Vec::new();
+        head.write_cgi(&mut out);
+        assert_eq!(
+            out,
+            b"Status: 200 \xc7a va\r\nContent-Disposition: attachment; filename=\"caf\xe9.txt\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line(b"204"), Ok((204, &b""[..])));
+        assert_eq!(parse_status_line(b"599 x\ty"), Ok((599, &b"x\ty"[..])));
+        assert_eq!(
+            ResponseHead::from_status_line(b"404").unwrap().reason(),
+            b"Not Found"
+        );
+        for bad in [
+            &b""[..],
+            b"20",
+            b"20x OK",
+            b"200OK",
+            b"+20 OK",
+            b"200 a\x7fb",
+        ] {
+            assert!(parse_status_line(bad).is_err(), "{}", Escaped(bad));
+        }
+    }
+
+    #[test]
+    fn escaped_bytes() {
+        assert_eq!(
+            Escaped(b"a\"\\\r\n\t\0\xe9~").to_string(),
+            r#""a\"\\\r\n\t\0\xe9~""#
         );
     }
 

@@ -64,6 +64,14 @@ case "$PATH_INFO" in
     printf 'Content-Type: text/plain\n\nthis is /other\n' ;;
 /client-redirect)
     printf 'Location: http://example.com/x\n\n' ;;
+/inject-status)
+    printf 'Status: 200 OK\rSet-Cookie: evil=1\r\nContent-Type: text/plain\r\n\r\nhello\n' ;;
+/inject-value)
+    printf 'Content-Type: text/plain\r\nX-A: a\rSet-Cookie: evil=1\r\n\r\nhello\n' ;;
+/bad-name)
+    printf 'Content-Type: text/plain\r\nBad Name: x\r\n\r\nhello\n' ;;
+/latin1)
+    printf 'Content-Type: text/plain\r\nContent-Disposition: attachment; filename="caf\351.txt"\r\n\r\nhello\n' ;;
 /segv)
     ulimit -c 0
     echo "boom-segv: about to crash" >&2
@@ -703,6 +711,63 @@ fn program_dying_before_headers_is_502_and_one_log_line() {
         assert!(has_line(&r.text(), "PATH_INFO=/hello"), "{}", r.summary());
     });
 
+    site.finish(checks);
+}
+
+/// Issue 13: what a program writes in its head cannot become a header of its
+/// own at the visitor, and header bytes that are not UTF-8 arrive as written.
+#[test]
+fn hostile_response_heads_are_502_and_latin1_is_byte_exact() {
+    let Some(site) = Site::new() else { return };
+    let site = site.sibling_toml_form().start();
+    let mut checks = Checks::new("hostile_response_heads_are_502_and_latin1_is_byte_exact");
+    let apache = site.apache();
+    let program = site.bin.join("app.cgi").display().to_string();
+    for (path, message) in [
+        (
+            "/inject-status",
+            r#"invalid Status line "200 OK\rSet-Cookie: evil=1""#,
+        ),
+        (
+            "/inject-value",
+            r#"invalid value of response header "X-A": "a\rSet-Cookie: evil=1""#,
+        ),
+        ("/bad-name", r#"invalid response header name "Bad Name""#),
+    ] {
+        checks.run(
+            &format!("{path} -> 502, no Set-Cookie, one log line"),
+            || {
+                let r = site.get(path);
+                assert_status(&r, 502, path);
+                assert!(
+                    r.header("Set-Cookie").is_none() && !r.summary().contains("evil"),
+                    "{}",
+                    r.summary()
+                );
+                let line = format!("cgi: {program}: {message} (502)");
+                apache.wait_for_error_log(Duration::from_secs(3), |l| l.contains(&line));
+                let log = apache.error_log();
+                let found: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
+                assert_eq!(found.len(), 1, "want one line {line:?} in\n{log}");
+                assert!(found[0].contains("[fcgi-shim mysite "), "{}", found[0]);
+            },
+        );
+    }
+    checks.run("a latin-1 filename arrives byte-exact", || {
+        let r = site.get("/latin1");
+        assert_status(&r, 200, "latin1");
+        // The harness keeps header bytes one char per byte.
+        let got: Option<Vec<u8>> = r
+            .header("Content-Disposition")
+            .map(|v| v.chars().map(|c| c as u32 as u8).collect());
+        assert_eq!(
+            got.as_deref(),
+            Some(&b"attachment; filename=\"caf\xe9.txt\""[..]),
+            "{}",
+            r.summary()
+        );
+        assert_eq!(r.body, b"hello\n");
+    });
     site.finish(checks);
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::stderr_lines::StderrLines;
 use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
-use crate::request::{self, Exchange, InputEvent, ResponseHead};
+use crate::request::{self, Exchange, HeadError, InputEvent, ResponseHead};
 use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
 
 /// The adapter, written to the worker's stdin at start.
@@ -589,10 +589,9 @@ impl WsgiBack {
             );
         }
         let page = debug_page(&self.label, summary, traceback);
-        let mut head = ResponseHead::new(503);
-        head.headers
-            .push(("Content-Type".into(), "text/html; charset=utf-8".into()));
-        head.headers.push(("Retry-After".into(), "1".into()));
+        let head = ResponseHead::new(503)
+            .with_header("Content-Type", "text/html; charset=utf-8")
+            .with_header("Retry-After", "1");
         match ex
             .send_head(&head)
             .and_then(|()| ex.send_body(page.as_bytes()))
@@ -730,6 +729,19 @@ impl WsgiBack {
                             ex.request().summary()
                         );
                         gone = Some((Interrupt::FrontGone, Instant::now()));
+                    }
+                    Step::BadHead(e) => {
+                        // The same line as the cgi kind's, then the worker is
+                        // replaced: the rest of its answer is not wanted.
+                        log::error!("wsgi: {}: {e} (502)", self.label);
+                        log::warn!(
+                            "wsgi: {}: {}: worker replaced after an invalid response head",
+                            self.label,
+                            ex.request().summary()
+                        );
+                        self.sup.replace();
+                        self.greet();
+                        return Some(finish_with_error(ex, 502, ""));
                     }
                     Step::Broken(why) => {
                         log::error!(
@@ -876,6 +888,8 @@ enum Step {
     Done,
     FrontGone,
     Broken(String),
+    /// The application's status line or headers were refused.
+    BadHead(HeadError),
 }
 
 /// Pass one frame of the response to the front.
@@ -883,7 +897,7 @@ fn forward(frame: Frame<'_>, ex: &mut dyn Exchange, max_head: usize) -> Step {
     let sent = match frame {
         Frame::Head(raw) => match parse_head(raw, max_head) {
             Ok(head) => ex.send_head(&head),
-            Err(e) => return Step::Broken(e),
+            Err(e) => return Step::BadHead(e),
         },
         Frame::Body(data) => ex.send_body(data),
         Frame::Done => return Step::Done,
@@ -904,33 +918,22 @@ fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// "200 OK\0Name\0value\0..." → a response head.
-fn parse_head(raw: &[u8], max: usize) -> Result<ResponseHead, String> {
+/// "200 OK\0Name\0value\0..." → a response head, the bytes checked by the
+/// same rules as a CGI program's (the adapter checks too, but a worker is
+/// the application's process: what it writes is not trusted).
+pub fn parse_head(raw: &[u8], max: usize) -> Result<ResponseHead, HeadError> {
     if raw.len() > max {
-        return Err(format!("response header block larger than {max} bytes"));
+        return Err(HeadError::TooLarge(max));
     }
-    let text = String::from_utf8_lossy(raw);
-    let mut fields = text.split('\0');
-    let status_line = fields.next().unwrap_or("");
-    let (code, reason) = status_line.split_once(' ').unwrap_or((status_line, ""));
-    let status = match code.parse::<u16>() {
-        Ok(c) if code.len() == 3 && c >= 100 => c,
-        _ => return Err(format!("malformed status {status_line:?}")),
-    };
-    let mut head = ResponseHead::new(status);
-    if !reason.is_empty() {
-        head.reason = reason.to_string();
-    }
-    let mut rest: Vec<&str> = fields.collect();
-    if rest.last() == Some(&"") {
-        rest.pop();
-    }
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    let mut fields = raw.split(|&b| b == 0);
+    let mut head = ResponseHead::from_status_line(fields.next().unwrap_or(b""))?;
+    let rest: Vec<&[u8]> = fields.collect();
     if !rest.len().is_multiple_of(2) {
-        return Err("malformed header list".into());
+        return Err(HeadError::BadFieldList);
     }
-    for pair in rest.chunks(2) {
-        head.headers
-            .push((pair[0].to_string(), pair[1].to_string()));
+    for pair in rest.chunks_exact(2) {
+        head.push_header(pair[0], pair[1])?;
     }
     Ok(head)
 }
@@ -1014,21 +1017,55 @@ mod tests {
     #[test]
     fn heads() {
         let h = parse_head(b"404 Not Found\0Content-Type\0text/plain\0X-A\0b\0", 1024).unwrap();
-        assert_eq!((h.status, h.reason.as_str()), (404, "Not Found"));
+        assert_eq!((h.status(), h.reason()), (404, &b"Not Found"[..]));
         assert_eq!(
-            h.headers,
-            vec![
-                ("Content-Type".into(), "text/plain".into()),
-                ("X-A".into(), "b".into())
+            h.headers(),
+            [
+                (b"Content-Type".to_vec(), b"text/plain".to_vec()),
+                (b"X-A".to_vec(), b"b".to_vec())
             ]
         );
-        assert!(parse_head(b"20 OK\0", 1024).is_err());
-        assert!(parse_head(b"200 OK\0A\0", 1024).is_err());
-        assert!(parse_head(b"200 OK\0A\0b\0", 4).is_err());
+        assert!(matches!(
+            parse_head(b"20 OK\0", 1024),
+            Err(HeadError::BadStatus(_))
+        ));
         assert_eq!(
-            parse_head(b"204 No Content\0", 1024).unwrap().headers,
-            vec![]
+            parse_head(b"200 OK\0A\0", 1024),
+            Err(HeadError::BadFieldList)
         );
+        assert_eq!(
+            parse_head(b"200 OK\0A\0b\0", 4),
+            Err(HeadError::TooLarge(4))
+        );
+        assert_eq!(parse_head(b"204 No Content\0", 1024).unwrap().headers(), []);
+    }
+
+    #[test]
+    fn heads_are_bytes_and_checked_like_cgi() {
+        // PEP 3333 headers are latin-1: carried as they are.
+        let h = parse_head(
+            b"200 OK\0Content-Disposition\0attachment; filename=\"caf\xe9.txt\"\0",
+            1024,
+        )
+        .unwrap();
+        assert_eq!(
+            h.header("content-disposition"),
+            Some(&b"attachment; filename=\"caf\xe9.txt\""[..])
+        );
+        assert_eq!(
+            parse_head(b"200 OK\r\nSet-Cookie: evil=1\0", 1024),
+            Err(HeadError::BadStatus(
+                b"200 OK\r\nSet-Cookie: evil=1".to_vec()
+            ))
+        );
+        assert_eq!(
+            parse_head(b"200 OK\0Bad Name\0x\0", 1024),
+            Err(HeadError::BadName(b"Bad Name".to_vec()))
+        );
+        assert!(matches!(
+            parse_head(b"200 OK\0X-A\0a\rb\0", 1024),
+            Err(HeadError::BadValue { .. })
+        ));
     }
 
     #[test]

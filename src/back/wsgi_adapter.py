@@ -220,9 +220,31 @@ class FileWrapper:
             yield data
 
 
-_BAD_NAME = re.compile(r"[:\r\n\0 \t]").search
+# RFC 9110 tchar: anything else in a header name.
+_BAD_NAME = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
 _BAD_VALUE = re.compile(r"[\r\n\0]").search
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "upgrade"))
+
+
+# The shim checks every head again (its check is the one that counts: RFC 9110
+# token names, no CR/LF/NUL anywhere); these catch an application's mistake
+# early, as a 500 with a traceback instead of the shim's 502.
+_BAD_STATUS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
+
+
+def _check_status(status):
+    if (type(status) is not str or len(status) < 4 or not status[:3].isdigit()
+            or status[3] != " " or _BAD_STATUS(status) or not _latin1(status)):
+        raise ValueError("status must be a str like '200 OK', not %r" % (status,))
+
+
+def _latin1(text):
+    """PEP 3333: status and headers are str holding latin-1 only."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_header(name, value):
@@ -230,6 +252,8 @@ def _check_header(name, value):
         raise TypeError("header %r: names and values must be str" % ((name, value),))
     if not name or _BAD_NAME(name) or _BAD_VALUE(value):
         raise ValueError("invalid header %r" % ((name, value),))
+    if not _latin1(name) or not _latin1(value):
+        raise ValueError("header %r is not latin-1 (PEP 3333)" % ((name, value),))
     if name.lower() in _HOP_BY_HOP:
         raise ValueError("hop-by-hop header %r is not allowed in WSGI (PEP 3333)" % name)
 
@@ -263,8 +287,7 @@ class Request:
             self.sent = False
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
-            raise ValueError("status must be a str like '200 OK', not %r" % (status,))
+        _check_status(status)
         if type(headers) is not list:
             raise TypeError("headers must be a list, not %r" % type(headers).__name__)
         for pair in headers:

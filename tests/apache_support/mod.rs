@@ -680,7 +680,7 @@ pub fn kill_processes_matching(needle: &str) -> Vec<(u32, String)> {
 pub struct HttpResponse {
     pub status: u16,
     pub reason: String,
-    /// In order, names as sent.
+    /// In order, names as sent; one char per byte (latin-1).
     pub headers: Vec<(String, String)>,
     /// De-chunked body.
     pub body: Vec<u8>,
@@ -776,7 +776,10 @@ fn bad(msg: impl Into<String>) -> io::Error {
 /// Parses a complete HTTP/1.x response (as read until EOF).
 pub fn parse_response(raw: &[u8], head_request: bool) -> io::Result<HttpResponse> {
     let end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("non-UTF-8 header"))?;
+    // Header bytes are kept one char per byte (latin-1), so that a test can
+    // compare bytes that are not UTF-8.
+    let head: String = raw[..end].iter().map(|&b| char::from(b)).collect();
+    let head = head.as_str();
     let rest = &raw[end + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("empty response"))?;
