@@ -52,7 +52,23 @@ extern "C" fn on_stop_signal(signo: libc::c_int) {
     }
 }
 
-/// The read end of the signal self-pipe: poll it, then call [`drain_signal_pipe`].
+/// SIGCHLD: a child (an application process) exited; only wakes whoever
+/// polls the signal pipe, which then asks `waitpid(pid, WNOHANG)` about the
+/// processes it owns. This is how the relay notices a worker's death even
+/// when a process the worker forked still holds its pipes open.
+extern "C" fn on_child_signal(_signo: libc::c_int) {
+    let fd = SIGNAL_PIPE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: as in `on_stop_signal`: write(2) is async-signal-safe, `fd`
+        // is the non-blocking write end of the signal pipe, open for the life
+        // of the process; a full pipe (EAGAIN) is fine.
+        unsafe {
+            libc::write(fd, [0u8; 1].as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// The read end of the signal self-pipe: poll it, then call [`SignalPipe::drain`].
 pub struct SignalPipe {
     read: OwnedFd,
     // Kept open so the handler's fd stays valid.
@@ -72,7 +88,9 @@ impl SignalPipe {
 }
 
 /// Install the stop handlers (SIGTERM, SIGINT, SIGHUP, SIGUSR1) without
-/// SA_RESTART, so blocking calls return EINTR, and ignore SIGPIPE.
+/// SA_RESTART, so blocking calls return EINTR, a SIGCHLD handler (with
+/// SA_RESTART: a child's exit interrupts only poll and sleeps) that only
+/// wakes the signal pipe, and ignore SIGPIPE.
 pub fn install_signal_handlers() -> io::Result<SignalPipe> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     SIGNAL_PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
@@ -92,6 +110,14 @@ pub fn install_signal_handlers() -> io::Result<SignalPipe> {
         // both async-signal-safe.
         unsafe { sigaction(signal, &stop) }?;
     }
+    let child = SigAction::new(
+        SigHandler::Handler(on_child_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: `on_child_signal` only reads an atomic and calls write(2),
+    // both async-signal-safe.
+    unsafe { sigaction(Signal::SIGCHLD, &child) }?;
     // SAFETY: SIG_IGN installs no handler code.
     unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
     Ok(SignalPipe {

