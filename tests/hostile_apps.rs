@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -129,4 +130,58 @@ fn worker_crash_is_seen_by_pid_while_a_forked_child_holds_its_pipes() {
     // A new worker serves the next request.
     let r = get(&shim, "/hello", "");
     assert_eq!(r.status, 200, "{}", shim.log());
+}
+
+/// Settings for a cgi `root` directory.
+fn cgi_root_settings(root: &Path) -> String {
+    format!(
+        "[app]\nkind = \"cgi\"\nroot = \"{}\"\ntimeout = 5\n[log]\nlevel = \"info\"\n",
+        root.display()
+    )
+}
+
+/// A GET for the program `script` under a cgi `root`.
+fn get_script(shim: &Shim, script: &Path, query: &str) -> CgiResponse {
+    let mut p = cgi_params("GET", query, 0);
+    p.push(("SCRIPT_FILENAME".into(), script.display().to_string()));
+    let mut conn = shim.connect();
+    request(&mut conn, &p, b"", false).complete_cgi()
+}
+
+/// Issue 13, item 11: a setuid or setgid program under `root` is not run:
+/// 403 and a log line; the same program without the bit runs.
+#[test]
+fn setuid_and_setgid_programs_under_root_are_refused() {
+    let dir = TempDir::new("hostile-suid");
+    let root = dir.join("cgi-bin");
+    std::fs::create_dir_all(&root).unwrap();
+    let ran = dir.join("ran");
+    let script = root.join("suid.cgi");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch {}\nprintf 'Content-Type: text/plain\\r\\n\\r\\nran'\n",
+            ran.display()
+        ),
+    )
+    .unwrap();
+    let shim = Shim::start(&cgi_root_settings(&root));
+    for (mode, what) in [(0o4755, "setuid"), (0o2755, "setgid")] {
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = get_script(&shim, &script, "");
+        assert_eq!(r.status, 403, "{mode:o}: {}\n{}", r.body_text(), shim.log());
+        let log = shim.log();
+        assert!(
+            log.lines().any(|l| l.contains(&format!(
+                "refusing SCRIPT_FILENAME {}: a {what} program (mode {mode:o}) (403)",
+                script.display()
+            ))),
+            "{log}"
+        );
+        assert!(!ran.exists(), "the {what} program ran");
+    }
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = get_script(&shim, &script, "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert_eq!(r.body_text(), "ran");
 }
