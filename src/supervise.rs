@@ -3,9 +3,10 @@
 //! Owns: how every application process is started (its own process group,
 //! PR_SET_PDEATHSIG so it dies with us, a clean environment plus the
 //! configured one, its working directory, piped stdio) and how it is stopped
-//! (SIGTERM to the group, a grace period, SIGKILL, reaped); and telling the
+//! (SIGTERM to the group, a grace period, SIGKILL, reaped); telling the
 //! group guard (`sys::GroupGuard`) about every group, so that the groups end
-//! even if we are killed with SIGKILL. Every back that runs a process uses
+//! even if we are killed with SIGKILL; and, as a child subreaper, ending the
+//! descendants that left their group (`end_orphans`). Every back that runs a process uses
 //! this; none re-implements it.
 //! Must not: speak any protocol with the application.
 
@@ -17,6 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -94,8 +96,14 @@ impl Process {
         for &fd in &spec.inherit_fds {
             sys::keep_open_across_exec(&mut command, fd);
         }
+        ensure_subreaper();
+        // Registered before anyone can list our children again: another
+        // thread ending orphans must not take it for one.
+        let mut groups = lock(&GROUPS);
         let mut child = command.spawn()?;
         let pgid = child.id();
+        groups.push(pgid);
+        drop(groups);
         if guarded {
             guard_watch(pgid);
         }
@@ -197,6 +205,107 @@ impl Drop for Process {
         if self.guarded {
             guard_forget(self.pgid);
         }
+        lock(&GROUPS).retain(|g| *g != self.pgid);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Orphans: descendants that left their process group (`setsid()`, even with
+// SIGTERM ignored). We are a child subreaper, so when their parent exits
+// they become our children; they are ended after each CGI request and on
+// stop.
+
+/// The process groups of our live `Process`es (leader pid = group id).
+static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// The pid of the group guard (a child of ours), 0 if none.
+static GUARD_PID: AtomicU32 = AtomicU32::new(0);
+/// The pid that made itself a child subreaper: the flag is not inherited by
+/// fork (prefork workers set it again), and set again after a re-exec.
+static SUBREAPER: AtomicU32 = AtomicU32::new(0);
+
+/// How long orphans get after SIGTERM before SIGKILL.
+pub const ORPHAN_GRACE: Duration = Duration::from_millis(200);
+/// How long, after the SIGKILL, we wait for them (and for the groups just
+/// ended) to be gone before we give up.
+const ORPHAN_KILL_WAIT: Duration = Duration::from_millis(300);
+
+/// Become a child subreaper once per process, before its first child.
+fn ensure_subreaper() {
+    let me = sys::pid();
+    if SUBREAPER.swap(me, Ordering::SeqCst) == me {
+        return;
+    }
+    if let Err(e) = sys::become_child_subreaper() {
+        log::warn!(
+            "cannot become a child subreaper ({e}; Linux 3.4 or later is needed): \
+             processes an application starts in a session of their own may outlive the shim"
+        );
+    }
+}
+
+/// End every child of ours that is none of our own processes: the orphans
+/// an application left behind (SIGTERM, `ORPHAN_GRACE`, SIGKILL; each in
+/// its own group too when it leads one), reaping them; and wait, within the
+/// same bounds, for `ended` (groups just killed) to empty, since their
+/// members re-parent to us only as they die. Spared: the processes of a live
+/// `Process` and their groups, the guard, and children in our own process
+/// group (a reload's `check`, prefork workers). Blocks at most
+/// `ORPHAN_GRACE + ORPHAN_KILL_WAIT`.
+pub fn end_orphans(ended: &[u32]) {
+    if SUBREAPER.load(Ordering::SeqCst) != sys::pid() {
+        return; // nothing was spawned here: no orphan can be ours
+    }
+    let ours = sys::own_pgid();
+    let guard = GUARD_PID.load(Ordering::SeqCst);
+    let term_until = Instant::now() + ORPHAN_GRACE;
+    let give_up = term_until + ORPHAN_KILL_WAIT;
+    let mut termed: Vec<u32> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut live = 0;
+        {
+            let groups = lock(&GROUPS);
+            for c in sys::children() {
+                if c.pgid == ours || groups.contains(&c.pgid) {
+                    continue;
+                }
+                if c.zombie {
+                    sys::reap(c.pid, false);
+                    continue;
+                }
+                if c.pid == guard {
+                    continue;
+                }
+                live += 1;
+                let signal = if now >= term_until {
+                    Signal::SIGKILL
+                } else if !termed.contains(&c.pid) {
+                    log::warn!(
+                        "process {} ({}) outlived the application process that started it, \
+                         in a session or process group of its own; ending it",
+                        c.pid,
+                        c.name
+                    );
+                    termed.push(c.pid);
+                    Signal::SIGTERM
+                } else {
+                    continue;
+                };
+                if c.pgid == c.pid {
+                    sys::signal_group(c.pid, signal);
+                }
+                sys::signal_process(c.pid, signal);
+            }
+        }
+        let waiting = live > 0 || ended.iter().any(|&g| sys::group_alive(g));
+        if !waiting || now >= give_up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(if live > 0 { 5 } else { 1 }));
     }
 }
 
@@ -209,7 +318,10 @@ fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let guard = slot.get_or_insert_with(|| match GroupGuard::start() {
-        Ok(g) => Some(g),
+        Ok(g) => {
+            GUARD_PID.store(g.pid(), Ordering::SeqCst);
+            Some(g)
+        }
         Err(e) => {
             log::warn!(
                 "cannot start the process-group guard ({e}): if the shim is killed with SIGKILL, \
@@ -432,15 +544,20 @@ impl Supervisor {
         let _ = self.start();
     }
 
-    /// Stop the worker and everything retiring: SIGTERM, `grace`, SIGKILL.
+    /// Stop the worker and everything retiring: SIGTERM, `grace`, SIGKILL;
+    /// then end what they left behind outside their groups (`end_orphans`).
     pub fn stop(&mut self, grace: Duration) {
+        let mut ended = Vec::new();
         if let Some(mut w) = self.current.take() {
             drop(w.pipes);
             w.process.stop(grace);
+            ended.push(w.process.pgid);
         }
         for (mut p, _) in self.retiring.drain(..) {
             p.stop(grace);
+            ended.push(p.pgid);
         }
+        end_orphans(&ended);
     }
 
     /// Requests the worker may still serve before it is recycled (None: no limit).

@@ -2,7 +2,8 @@
 //! of the crate lives here, each behind a safe wrapper with a SAFETY comment.
 //!
 //! Owns: signal handling (a self-pipe the handlers write one byte to), the
-//! child-side setup between fork and exec (PR_SET_PDEATHSIG), inspection of
+//! child-side setup between fork and exec (PR_SET_PDEATHSIG), the child
+//! subreaper flag and the list of our children (/proc), inspection of
 //! inherited sockets, and a plain `Read + Write` wrapper around a socket fd.
 //! Must not: make policy decisions (what a signal means, which fd to adopt);
 //! the callers do that.
@@ -423,6 +424,94 @@ pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Child subreaper: descendants that leave their process group stay ours.
+
+/// Become a child subreaper (PR_SET_CHILD_SUBREAPER, Linux 3.4): a
+/// descendant whose parent exits is re-parented to us instead of init, also
+/// after `setsid()`, so we can end it. Not inherited by fork(2); kept across
+/// execve(2).
+pub fn become_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok(())
+}
+
+/// One child process of ours, as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildProcess {
+    pub pid: u32,
+    pub pgid: u32,
+    pub session: u32,
+    /// Exited, not yet reaped.
+    pub zombie: bool,
+    /// Its command name (the kernel's 15 bytes).
+    pub name: String,
+}
+
+/// Our process group.
+pub fn own_pgid() -> u32 {
+    nix::unistd::getpgrp().as_raw().unsigned_abs()
+}
+
+/// Our children: from /proc/self/task/*/children (CONFIG_PROC_CHILDREN),
+/// else by reading every /proc/<pid>/stat for our pid as the parent.
+pub fn children() -> Vec<ChildProcess> {
+    let me = std::process::id();
+    let listed = std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
+        let mut pids = Vec::new();
+        for task in tasks.flatten() {
+            let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+            pids.extend(
+                text.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        Some(pids)
+    });
+    let candidates: Vec<u32> = match listed {
+        Some(pids) => pids,
+        None => std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    candidates
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (ppid, child) = parse_stat(pid, &stat)?;
+            (ppid == me).then_some(child)
+        })
+        .collect()
+}
+
+/// /proc/<pid>/stat: "pid (comm) state ppid pgrp session ..."; the name
+/// may hold spaces and parentheses, so the fields start after the last ')'.
+fn parse_stat(pid: u32, stat: &str) -> Option<(u32, ChildProcess)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let mut fields = stat.get(close + 1..)?.split_ascii_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some((
+        ppid,
+        ChildProcess {
+            pid,
+            pgid,
+            session,
+            zombie: state == "Z" || state == "X",
+            name,
+        },
+    ))
+}
+
+// ---------------------------------------------------------------------------
 // The group guard: application process groups die with us, even by SIGKILL.
 //
 // PR_SET_PDEATHSIG reaches only an application's first process; what it
@@ -442,16 +531,20 @@ const GUARD_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub struct GroupGuard {
     write: OwnedFd,
+    pid: u32,
 }
 
 impl GroupGuard {
-    /// Start the guard (double-forked: it is not our child, so it never
-    /// lingers as a zombie of ours, across a re-exec included).
+    /// Start the guard. It is our child (as a child subreaper we would
+    /// inherit it anyway if it were double-forked), so the caller knows its
+    /// pid and spares it when ending orphans; it exits when our end of the
+    /// pipe closes, and whoever we are then (the image after a re-exec)
+    /// reaps it with the other orphans.
     pub fn start() -> io::Result<GroupGuard> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let read_raw = read.as_raw_fd();
         // SAFETY: fork(2) itself is safe to call; the child branch below only
-        // calls async-signal-safe functions (setsid, fork, sigaction, close,
+        // calls async-signal-safe functions (setsid, prctl, signal, close,
         // close_range, read, kill, nanosleep, _exit) on plain stack data and
         // never returns into Rust code that might allocate or take locks, so it
         // is sound even if other threads exist.
@@ -464,11 +557,17 @@ impl GroupGuard {
             }
             child => {
                 drop(read);
-                // The intermediate child exits at once; reap it.
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
-                Ok(GroupGuard { write })
+                Ok(GroupGuard {
+                    write,
+                    pid: child.unsigned_abs(),
+                })
             }
         }
+    }
+
+    /// The guard's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Tell the guard about a new process group.
@@ -505,11 +604,6 @@ unsafe fn guard_child(read: RawFd) -> ! {
     unsafe {
         // Its own session: not in the web server's process group, no terminal.
         libc::setsid();
-        match libc::fork() {
-            0 => {}
-            -1 => libc::_exit(1),
-            _ => libc::_exit(0),
-        }
         // `ps -o comm` / top show what it is (15 bytes + NUL, the kernel's limit).
         libc::prctl(libc::PR_SET_NAME, c"fcgi-shim-guard".as_ptr());
         // Our handlers would write to the signal pipe we are about to close;
@@ -523,6 +617,8 @@ unsafe fn guard_child(read: RawFd) -> ! {
         ] {
             libc::signal(signo, libc::SIG_IGN);
         }
+        // It starts no process; our SIGCHLD handler has nothing to wake here.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         // Hold nothing of ours open: not the listening socket, not a connection.
         for fd in 0..read {
             libc::close(fd);

@@ -51,14 +51,20 @@ def application(environ, start_response):
         # A grandchild in its own session that ignores SIGTERM; its argv
         # carries a marker the test looks for in the process list.
         marker = environ["QUERY_STRING"]
+        ready = os.path.join(os.path.dirname(__file__), "escaped")
         subprocess.Popen(
             [sys.executable, "-c",
-             "import os,signal,time\n"
+             "import os,signal,sys,time\n"
              "os.setsid()\n"
              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-             "time.sleep(300)\n", marker],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=False)
+             "open(sys.argv[2], 'w').close()\n"
+             "time.sleep(300)\n", marker, ready],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Answer once it is in its own session and deaf to SIGTERM.
+        for _ in range(500):
+            if os.path.exists(ready):
+                break
+            time.sleep(0.01)
         body = "escaped"
     elif path == "/crash":
         sys.stderr.write("hostile about to crash\n")
@@ -184,4 +190,122 @@ fn setuid_and_setgid_programs_under_root_are_refused() {
     let r = get_script(&shim, &script, "");
     assert_eq!(r.status, 200, "{}", shim.log());
     assert_eq!(r.body_text(), "ran");
+}
+
+/// Live processes whose command line holds `marker`.
+fn escaped(marker: &str) -> Vec<u32> {
+    processes_matching(marker)
+}
+
+/// Issue 13, item 2 (cgi): a program starts a grandchild that calls
+/// `setsid()` and ignores SIGTERM, then exits: once the response is in, the
+/// grandchild is gone, and the log names it.
+#[test]
+fn cgi_grandchild_in_its_own_session_ignoring_sigterm_ends_with_the_request() {
+    let dir = TempDir::new("hostile-cgi-setsid");
+    let marker = format!("escapee-{}", dir.path().display());
+    let script = dir.script(
+        "escape.cgi",
+        &format!(
+            "setsid sh -c 'trap \"\" TERM; : >escaped; while :; do sleep 1; done' '{marker}' \
+             </dev/null >/dev/null 2>&1 &\n\
+             # Answer once it is in its own session and deaf to SIGTERM.\n\
+             while [ ! -e escaped ]; do sleep 0.01; done\n\
+             printf 'Content-Type: text/plain\\r\\n\\r\\nescaped'"
+        ),
+    );
+    let shim = Shim::start(&settings(&script));
+    let mut conn = shim.connect();
+    let r = request(&mut conn, &cgi_params("GET", "", 0), b"", false).complete_cgi();
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    assert_eq!(r.body_text(), "escaped");
+    let left = wait_until_gone(Duration::from_millis(300), || escaped(&marker));
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the request\n{}",
+        shim.log()
+    );
+    let log = shim.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("outlived the application process that started it")
+                && l.contains("(sh)")
+                && l.contains("ending it")
+        ),
+        "{log}"
+    );
+    // The shim keeps serving, and holds no zombie.
+    let r = request(&mut shim.connect(), &cgi_params("GET", "", 0), b"", false).complete_cgi();
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(wait_until_gone(Duration::from_millis(300), || escaped(&marker)).is_empty());
+    assert_eq!(zombies_of(shim.pid()), Vec::<u32>::new());
+}
+
+/// The children of `parent` that are zombies (exited, never reaped).
+fn zombies_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let f: Vec<&str> = after.split_whitespace().collect();
+            f.len() > 2 && f[0] == "Z" && f[1] == parent.to_string()
+        })
+        .collect()
+}
+
+/// Issue 13, item 2 (wsgi): the application starts a grandchild that calls
+/// `setsid()` and ignores SIGTERM: once the shim has stopped, it is gone.
+#[test]
+fn wsgi_grandchild_in_its_own_session_ignoring_sigterm_ends_with_the_shim() {
+    let dir = TempDir::new("hostile-wsgi-setsid");
+    let app = hostile_app(&dir);
+    let marker = format!("escapee-{}", dir.path().display());
+    let mut shim = Shim::start(&wsgi_settings(&app));
+    let r = get(&shim, "/escape", &marker);
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    assert!(
+        wait_for(Duration::from_secs(2), || !escaped(&marker).is_empty()),
+        "the grandchild did not start"
+    );
+    shim.terminate();
+    assert!(
+        shim.wait_exit(Duration::from_secs(5)).is_some(),
+        "{}",
+        shim.log()
+    );
+    let left = escaped(&marker);
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the shim\n{}",
+        shim.log()
+    );
+    assert!(
+        shim.log()
+            .contains("outlived the application process that started it"),
+        "{}",
+        shim.log()
+    );
+}
+
+/// Polls until `done()` or `timeout`; whether it became true.
+fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! Owns: choosing the program (a fixed `command`, or SCRIPT_FILENAME confined
 //! to `root`), its meta-variables, feeding it the body while streaming its
-//! output back, parsing its response head, the per-request timeout (504) and
-//! the death-before-headers case (502).
+//! output back, parsing its response head, the per-request timeout (504),
+//! the death-before-headers case (502), and ending what the program left
+//! behind (its group, and orphans outside it) before the request counts as done.
 //! Must not: spawn or stop processes itself (that is `supervise`), or know the
 //! front's protocol.
 
@@ -221,6 +222,7 @@ impl Back for CgiBack {
             log::warn!("cgi: {name}: cannot make stdin non-blocking: {e}");
         }
         let stderr_lines = StderrLines::new(format!("cgi: {name}"), STDERR_TAIL_LINES);
+        let group = process.pid();
         let run = Run {
             name,
             process,
@@ -232,11 +234,17 @@ impl Back for CgiBack {
             deadline: Instant::now() + self.config.timeout,
             timeout: self.config.timeout,
         };
-        run.drive(exchange, ctx)
+        let outcome = run.drive(exchange, ctx);
+        // Its group is ended; what left the group (setsid) and outlived its
+        // parent is ours now (child subreaper): end that too.
+        supervise::end_orphans(&[group]);
+        outcome
     }
 
     fn shutdown(&mut self) {
-        // Programs live only for the length of a request; nothing persists.
+        // Programs live only for the length of a request; only orphans a
+        // request's end did not catch may be left.
+        supervise::end_orphans(&[]);
     }
 }
 
