@@ -309,3 +309,35 @@ fn wait_for(timeout: Duration, done: impl Fn() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The same during start-up: the module forks a long-lived child that holds
+/// the worker's pipes, then the worker dies importing it: a 503 at once
+/// (not after start_timeout), and the log says how the worker ended.
+#[test]
+fn worker_death_during_start_up_is_seen_by_pid_while_a_forked_child_holds_its_pipes() {
+    let dir = TempDir::new("hostile-import");
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("hostile.py"),
+        "import os, sys, time\n\
+         if os.fork() == 0:\n    time.sleep(120)\n    os._exit(0)\n\
+         sys.stderr.write('hostile dies importing\\n')\n\
+         sys.stderr.flush()\n\
+         os._exit(3)\n",
+    )
+    .unwrap();
+    let shim = Shim::start(&wsgi_settings(&app));
+    let started = Instant::now();
+    let r = get(&shim, "/hello", "");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}\n{}", r.body_text(), shim.log());
+    assert!(took < Duration::from_secs(2), "503 after {took:?}");
+    let log = shim.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("exited with status 3 during start-up")
+                && l.contains("hostile dies importing")),
+        "{log}"
+    );
+}

@@ -500,7 +500,8 @@ impl WsgiBack {
                 self.sup.failed();
                 return Err(self.unavailable(ex));
             }
-            let ready = match self.poll_round(Some(ex), ctx, true, limit - now) {
+            let wait = (limit - now).min(DEATH_CHECK);
+            let ready = match self.poll_round(Some(ex), ctx, true, wait) {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("wsgi: {}: poll failed: {e}", self.label);
@@ -509,6 +510,18 @@ impl WsgiBack {
                 }
             };
             self.on_events(&ready, ctx);
+            // By its pid: what the application's import started may hold
+            // the worker's output open.
+            if self.worker_exited() {
+                self.drain_stdout();
+                match self.start_frame() {
+                    // Ready, then gone: `run` finds it gone and says so.
+                    Started::Ready => return Ok(()),
+                    Started::Failed => {}
+                    Started::Pending => self.worker_ended("during start-up", " (503)"),
+                }
+                return Err(self.unavailable(ex));
+            }
             if let Err(i) = on_front(&ready, ex) {
                 return Err(self.interrupted_before_request(i));
             }
