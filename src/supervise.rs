@@ -256,9 +256,8 @@ fn ensure_subreaper() {
 /// group (a reload's `check`, prefork workers). Blocks at most
 /// `ORPHAN_GRACE + ORPHAN_KILL_WAIT`.
 pub fn end_orphans(ended: &[u32]) {
-    if SUBREAPER.load(Ordering::SeqCst) != sys::pid() {
-        return; // nothing was spawned here: no orphan can be ours
-    }
+    // (Also before this image spawned anything: the flag survives a
+    // re-exec, and so may orphans of the image before.)
     let ours = sys::own_pgid();
     let guard = GUARD_PID.load(Ordering::SeqCst);
     let term_until = Instant::now() + ORPHAN_GRACE;

@@ -456,16 +456,21 @@ pub fn own_pgid() -> u32 {
 /// else by reading every /proc/<pid>/stat for our pid as the parent.
 pub fn children() -> Vec<ChildProcess> {
     let me = std::process::id();
+    // A thread that ends meanwhile has no file any more: skip it; without
+    // CONFIG_PROC_CHILDREN no thread has one.
     let listed = std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
         let mut pids = Vec::new();
+        let mut any = false;
         for task in tasks.flatten() {
-            let text = std::fs::read_to_string(task.path().join("children")).ok()?;
-            pids.extend(
-                text.split_ascii_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok()),
-            );
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                any = true;
+                pids.extend(
+                    text.split_ascii_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
         }
-        Some(pids)
+        any.then_some(pids)
     });
     let candidates: Vec<u32> = match listed {
         Some(pids) => pids,
@@ -805,5 +810,39 @@ impl Conn {
             ip.to_ipv4_mapped()
                 .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines() {
+        let (ppid, c) = parse_stat(42, "42 (sh) S 7 42 42 0 -1 4194560 ...").unwrap();
+        assert_eq!(ppid, 7);
+        assert_eq!((c.pid, c.pgid, c.session, c.zombie), (42, 42, 42, false));
+        assert_eq!(c.name, "sh");
+        // A name with spaces and parentheses; a zombie.
+        let (ppid, c) = parse_stat(9, "9 (a) b (c) Z 1 5 6 0").unwrap();
+        assert_eq!((ppid, c.pgid, c.session, c.zombie), (1, 5, 6, true));
+        assert_eq!(c.name, "a) b (c");
+        assert!(parse_stat(9, "9 (x").is_none());
+        assert!(parse_stat(9, "9 (x) S").is_none());
+    }
+
+    #[test]
+    fn children_lists_a_child_with_its_group() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = children().into_iter().find(|c| c.pid == pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let c = found.expect("the child is listed");
+        assert_eq!((c.pgid, c.zombie, c.name.as_str()), (pid, false, "sleep"));
     }
 }
