@@ -313,14 +313,9 @@ pub fn end_orphans(ended: &[u32]) {
 static GUARD: Mutex<Option<Option<GroupGuard>>> = Mutex::new(None);
 
 fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
-    let mut slot = GUARD
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let guard = slot.get_or_insert_with(|| match GroupGuard::start() {
-        Ok(g) => {
-            GUARD_PID.store(g.pid(), Ordering::SeqCst);
-            Some(g)
-        }
+    let mut slot = lock(&GUARD);
+    let guard = slot.get_or_insert_with(|| match start_known_guard() {
+        Ok(g) => Some(g),
         Err(e) => {
             log::warn!(
                 "cannot start the process-group guard ({e}): if the shim is killed with SIGKILL, \
@@ -335,6 +330,15 @@ fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
         log::warn!("the process-group guard is gone ({e}); continuing without it");
         *slot = Some(None);
     }
+}
+
+/// Start the guard, its pid known before another thread's `end_orphans`
+/// can list it (the lock it takes).
+fn start_known_guard() -> io::Result<GroupGuard> {
+    let _groups = lock(&GROUPS);
+    let guard = GroupGuard::start()?;
+    GUARD_PID.store(guard.pid(), Ordering::SeqCst);
+    Ok(guard)
 }
 
 /// Start the guard now (if not yet): a prefork manager does this before it

@@ -200,44 +200,78 @@ fn escaped(marker: &str) -> Vec<u32> {
 /// Issue 13, item 2 (cgi): a program starts a grandchild that calls
 /// `setsid()` and ignores SIGTERM, then exits: once the response is in, the
 /// grandchild is gone, and the log names it.
-#[test]
-fn cgi_grandchild_in_its_own_session_ignoring_sigterm_ends_with_the_request() {
-    let dir = TempDir::new("hostile-cgi-setsid");
-    let marker = format!("escapee-{}", dir.path().display());
-    let script = dir.script(
+/// A cgi program that starts a grandchild in its own session, deaf to
+/// SIGTERM, with `marker` in its argv, waits until it is set up, and answers.
+fn escaping_script(dir: &TempDir, marker: &str) -> PathBuf {
+    dir.script(
         "escape.cgi",
         &format!(
-            "setsid sh -c 'trap \"\" TERM; : >escaped; while :; do sleep 1; done' '{marker}' \
+            "rm -f escaped\n\
+             setsid sh -c 'trap \"\" TERM; : >escaped; while :; do sleep 1; done' '{marker}' \
              </dev/null >/dev/null 2>&1 &\n\
              # Answer once it is in its own session and deaf to SIGTERM.\n\
              while [ ! -e escaped ]; do sleep 0.01; done\n\
              printf 'Content-Type: text/plain\\r\\n\\r\\nescaped'"
         ),
-    );
-    let shim = Shim::start(&settings(&script));
+    )
+}
+
+/// One request to the escaping script: 200, and afterwards no process with
+/// `marker` is left.
+fn escape_and_check(shim: &Shim, marker: &str) {
     let mut conn = shim.connect();
     let r = request(&mut conn, &cgi_params("GET", "", 0), b"", false).complete_cgi();
     assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
     assert_eq!(r.body_text(), "escaped");
-    let left = wait_until_gone(Duration::from_millis(300), || escaped(&marker));
+    let left = wait_until_gone(Duration::from_millis(300), || escaped(marker));
     assert!(
         left.is_empty(),
         "{left:?} outlived the request\n{}",
         shim.log()
     );
+}
+
+const ORPHAN_LINE: &str = "outlived the application process that started it";
+
+/// Issue 13, item 2 (cgi): a program starts a grandchild that calls
+/// `setsid()` and ignores SIGTERM, then exits: once the response is in, the
+/// grandchild is gone, and the log names it.
+#[test]
+fn cgi_grandchild_in_its_own_session_ignoring_sigterm_ends_with_the_request() {
+    let dir = TempDir::new("hostile-cgi-setsid");
+    let marker = format!("escapee-{}", dir.path().display());
+    let shim = Shim::start(&settings(&escaping_script(&dir, &marker)));
+    escape_and_check(&shim, &marker);
     let log = shim.log();
     assert!(
-        log.lines().any(
-            |l| l.contains("outlived the application process that started it")
-                && l.contains("(sh)")
-                && l.contains("ending it")
-        ),
+        log.lines()
+            .any(|l| l.contains(ORPHAN_LINE) && l.contains("(sh)") && l.contains("ending it")),
         "{log}"
     );
-    // The shim keeps serving, and holds no zombie.
-    let r = request(&mut shim.connect(), &cgi_params("GET", "", 0), b"", false).complete_cgi();
-    assert_eq!(r.status, 200, "{}", shim.log());
-    assert!(wait_until_gone(Duration::from_millis(300), || escaped(&marker)).is_empty());
+    // Again: the shim keeps serving, and holds no zombie.
+    escape_and_check(&shim, &marker);
+    assert_eq!(shim.log().matches(ORPHAN_LINE).count(), 2, "{}", shim.log());
+    assert_eq!(zombies_of(shim.pid()), Vec::<u32>::new());
+}
+
+/// The same after `touch` re-exec'd the shim (same pid): the new image is a
+/// subreaper too, and reaps the guard the old image left.
+#[test]
+fn cgi_grandchild_ends_with_the_request_after_a_reload() {
+    let dir = TempDir::new("hostile-cgi-reload");
+    let marker = format!("escapee-{}", dir.path().display());
+    let shim = Shim::start(&settings(&escaping_script(&dir, &marker)));
+    escape_and_check(&shim, &marker);
+    let toml = shim.dir().join("testsite.toml");
+    let file = std::fs::File::options().write(true).open(&toml).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
+        .unwrap();
+    drop(file);
+    // The next request sees the change, re-execs, and is served by the new image.
+    escape_and_check(&shim, &marker);
+    assert!(shim.log().contains("changed; restarting"), "{}", shim.log());
+    escape_and_check(&shim, &marker);
+    assert_eq!(shim.log().matches(ORPHAN_LINE).count(), 3, "{}", shim.log());
     assert_eq!(zombies_of(shim.pid()), Vec::<u32>::new());
 }
 
