@@ -254,15 +254,23 @@ fn ensure_subreaper() {
 /// members re-parent to us only as they die. Spared: the processes of a live
 /// `Process` and their groups, the guard, and children in our own process
 /// group (a reload's `check`, prefork workers). Blocks at most
-/// `ORPHAN_GRACE + ORPHAN_KILL_WAIT`.
+/// `ORPHAN_GRACE + ORPHAN_KILL_WAIT`; once a stop was asked for, orphans get
+/// SIGKILL at once.
 pub fn end_orphans(ended: &[u32]) {
     // (Also before this image spawned anything: the flag survives a
     // re-exec, and so may orphans of the image before.)
     let ours = sys::own_pgid();
     let guard = GUARD_PID.load(Ordering::SeqCst);
-    let term_until = Instant::now() + ORPHAN_GRACE;
+    // Stopping: the web server's SIGKILL may be close (mod_fcgid: 3 s after
+    // SIGTERM), and their parents had their grace already.
+    let grace = if sys::stop_requested() {
+        Duration::ZERO
+    } else {
+        ORPHAN_GRACE
+    };
+    let term_until = Instant::now() + grace;
     let give_up = term_until + ORPHAN_KILL_WAIT;
-    let mut termed: Vec<u32> = Vec::new();
+    let mut seen: Vec<u32> = Vec::new();
     loop {
         let now = Instant::now();
         let mut live = 0;
@@ -280,16 +288,19 @@ pub fn end_orphans(ended: &[u32]) {
                     continue;
                 }
                 live += 1;
-                let signal = if now >= term_until {
-                    Signal::SIGKILL
-                } else if !termed.contains(&c.pid) {
+                let first_seen = !seen.contains(&c.pid);
+                if first_seen {
                     log::warn!(
                         "process {} ({}) outlived the application process that started it, \
                          in a session or process group of its own; ending it",
                         c.pid,
                         c.name
                     );
-                    termed.push(c.pid);
+                    seen.push(c.pid);
+                }
+                let signal = if now >= term_until {
+                    Signal::SIGKILL
+                } else if first_seen {
                     Signal::SIGTERM
                 } else {
                     continue;

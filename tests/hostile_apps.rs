@@ -375,3 +375,46 @@ fn worker_death_during_start_up_is_seen_by_pid_while_a_forked_child_holds_its_pi
         "{log}"
     );
 }
+
+/// Issue 13, item 2 (cgi, on stop): the shim is stopped while the program
+/// that started such a grandchild still runs: once the shim has exited,
+/// neither is left.
+#[test]
+fn cgi_grandchild_in_its_own_session_ends_with_a_stopping_shim() {
+    let dir = TempDir::new("hostile-cgi-stop");
+    let marker = format!("escapee-{}", dir.path().display());
+    let script = dir.script(
+        "escape.cgi",
+        &format!(
+            "setsid sh -c 'trap \"\" TERM; : >escaped; while :; do sleep 1; done' '{marker}' \
+             </dev/null >/dev/null 2>&1 &\n\
+             while [ ! -e escaped ]; do sleep 0.01; done\n\
+             printf 'Content-Type: text/plain\\r\\n\\r\\nrunning'\n\
+             exec sleep 30"
+        ),
+    );
+    let mut shim = Shim::start(&settings_with_timeout(&script, 30));
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(1, &cgi_params("GET", "", 0), b"", false),
+    );
+    assert!(
+        wait_for_file(&dir.join("escaped"), Duration::from_secs(5)),
+        "{}",
+        shim.log()
+    );
+    shim.terminate();
+    assert!(
+        shim.wait_exit(Duration::from_secs(5)).is_some(),
+        "{}",
+        shim.log()
+    );
+    let left = escaped(&marker);
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the shim\n{}",
+        shim.log()
+    );
+    assert!(shim.log().contains(ORPHAN_LINE), "{}", shim.log());
+}
