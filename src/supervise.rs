@@ -6,8 +6,8 @@
 //! (SIGTERM to the group, a grace period, SIGKILL, reaped); telling the
 //! group guard (`sys::GroupGuard`) about every group, so that the groups end
 //! even if we are killed with SIGKILL; and, as a child subreaper, ending the
-//! descendants that left their group (`end_orphans`). Every back that runs a process uses
-//! this; none re-implements it.
+//! descendants that left their group (`end_orphans`). Every back that runs a
+//! process uses this; none re-implements it.
 //! Must not: speak any protocol with the application.
 
 use std::ffi::OsString;
@@ -205,7 +205,11 @@ impl Drop for Process {
         if self.guarded {
             guard_forget(self.pgid);
         }
-        lock(&GROUPS).retain(|g| *g != self.pgid);
+        // One entry: a reaped pid may already lead a newer `Process`.
+        let mut groups = lock(&GROUPS);
+        if let Some(at) = groups.iter().position(|g| *g == self.pgid) {
+            groups.swap_remove(at);
+        }
     }
 }
 
