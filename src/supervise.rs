@@ -3,10 +3,11 @@
 //! Owns: how every application process is started (its own process group,
 //! PR_SET_PDEATHSIG so it dies with us, a clean environment plus the
 //! configured one, its working directory, piped stdio) and how it is stopped
-//! (SIGTERM to the group, a grace period, SIGKILL, reaped); and telling the
+//! (SIGTERM to the group, a grace period, SIGKILL, reaped); telling the
 //! group guard (`sys::GroupGuard`) about every group, so that the groups end
-//! even if we are killed with SIGKILL. Every back that runs a process uses
-//! this; none re-implements it.
+//! even if we are killed with SIGKILL; and, as a child subreaper, ending the
+//! descendants that left their group (`end_orphans`). Every back that runs a
+//! process uses this; none re-implements it.
 //! Must not: speak any protocol with the application.
 
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -94,8 +96,14 @@ impl Process {
         for &fd in &spec.inherit_fds {
             sys::keep_open_across_exec(&mut command, fd);
         }
+        ensure_subreaper();
+        // Registered before anyone can list our children again: another
+        // thread ending orphans must not take it for one.
+        let mut groups = lock(&GROUPS);
         let mut child = command.spawn()?;
         let pgid = child.id();
+        groups.push(pgid);
+        drop(groups);
         if guarded {
             guard_watch(pgid);
         }
@@ -197,6 +205,121 @@ impl Drop for Process {
         if self.guarded {
             guard_forget(self.pgid);
         }
+        // One entry: a reaped pid may already lead a newer `Process`.
+        let mut groups = lock(&GROUPS);
+        if let Some(at) = groups.iter().position(|g| *g == self.pgid) {
+            groups.swap_remove(at);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Orphans: descendants that left their process group (`setsid()`, even with
+// SIGTERM ignored). We are a child subreaper, so when their parent exits
+// they become our children; they are ended after each CGI request and on
+// stop.
+
+/// The process groups of our live `Process`es (leader pid = group id).
+static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// The pid of the group guard (a child of ours), 0 if none.
+static GUARD_PID: AtomicU32 = AtomicU32::new(0);
+/// The pid that made itself a child subreaper: the flag is not inherited by
+/// fork (prefork workers set it again), and set again after a re-exec.
+static SUBREAPER: AtomicU32 = AtomicU32::new(0);
+
+/// How long orphans get after SIGTERM before SIGKILL.
+pub const ORPHAN_GRACE: Duration = Duration::from_millis(200);
+/// How long, after the SIGKILL, we wait for them (and for the groups just
+/// ended) to be gone before we give up.
+const ORPHAN_KILL_WAIT: Duration = Duration::from_millis(300);
+
+/// Become a child subreaper once per process, before its first child.
+fn ensure_subreaper() {
+    let me = sys::pid();
+    if SUBREAPER.swap(me, Ordering::SeqCst) == me {
+        return;
+    }
+    if let Err(e) = sys::become_child_subreaper() {
+        log::warn!(
+            "cannot become a child subreaper ({e}; Linux 3.4 or later is needed): \
+             processes an application starts in a session of their own may outlive the shim"
+        );
+    }
+}
+
+/// End every child of ours that is none of our own processes: the orphans
+/// an application left behind (SIGTERM, `ORPHAN_GRACE`, SIGKILL; each in
+/// its own group too when it leads one), reaping them; and wait, within the
+/// same bounds, for `ended` (groups just killed) to empty, since their
+/// members re-parent to us only as they die. Spared: the processes of a live
+/// `Process` and their groups, the guard, and children in our own process
+/// group (a reload's `check`, prefork workers). Blocks at most
+/// `ORPHAN_GRACE + ORPHAN_KILL_WAIT`; once a stop was asked for, orphans get
+/// SIGKILL at once.
+pub fn end_orphans(ended: &[u32]) {
+    // (Also before this image spawned anything: the flag survives a
+    // re-exec, and so may orphans of the image before.)
+    let ours = sys::own_pgid();
+    let guard = GUARD_PID.load(Ordering::SeqCst);
+    // Stopping: the web server's SIGKILL may be close (mod_fcgid: 3 s after
+    // SIGTERM), and their parents had their grace already.
+    let grace = if sys::stop_requested() {
+        Duration::ZERO
+    } else {
+        ORPHAN_GRACE
+    };
+    let term_until = Instant::now() + grace;
+    let give_up = term_until + ORPHAN_KILL_WAIT;
+    let mut seen: Vec<u32> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let mut live = 0;
+        {
+            let groups = lock(&GROUPS);
+            for c in sys::children() {
+                if c.pgid == ours || groups.contains(&c.pgid) {
+                    continue;
+                }
+                if c.zombie {
+                    sys::reap(c.pid, false);
+                    continue;
+                }
+                if c.pid == guard {
+                    continue;
+                }
+                live += 1;
+                let first_seen = !seen.contains(&c.pid);
+                if first_seen {
+                    log::warn!(
+                        "process {} ({}) outlived the application process that started it, \
+                         in a session or process group of its own; ending it",
+                        c.pid,
+                        c.name
+                    );
+                    seen.push(c.pid);
+                }
+                let signal = if now >= term_until {
+                    Signal::SIGKILL
+                } else if first_seen {
+                    Signal::SIGTERM
+                } else {
+                    continue;
+                };
+                if c.pgid == c.pid {
+                    sys::signal_group(c.pid, signal);
+                }
+                sys::signal_process(c.pid, signal);
+            }
+        }
+        let waiting = live > 0 || ended.iter().any(|&g| sys::group_alive(g));
+        if !waiting || now >= give_up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(if live > 0 { 5 } else { 1 }));
     }
 }
 
@@ -205,10 +328,8 @@ impl Drop for Process {
 static GUARD: Mutex<Option<Option<GroupGuard>>> = Mutex::new(None);
 
 fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
-    let mut slot = GUARD
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let guard = slot.get_or_insert_with(|| match GroupGuard::start() {
+    let mut slot = lock(&GUARD);
+    let guard = slot.get_or_insert_with(|| match start_known_guard() {
         Ok(g) => Some(g),
         Err(e) => {
             log::warn!(
@@ -224,6 +345,15 @@ fn with_guard(f: impl FnOnce(&GroupGuard) -> io::Result<()>) {
         log::warn!("the process-group guard is gone ({e}); continuing without it");
         *slot = Some(None);
     }
+}
+
+/// Start the guard, its pid known before another thread's `end_orphans`
+/// can list it (the lock it takes).
+fn start_known_guard() -> io::Result<GroupGuard> {
+    let _groups = lock(&GROUPS);
+    let guard = GroupGuard::start()?;
+    GUARD_PID.store(guard.pid(), Ordering::SeqCst);
+    Ok(guard)
 }
 
 /// Start the guard now (if not yet): a prefork manager does this before it
@@ -432,15 +562,20 @@ impl Supervisor {
         let _ = self.start();
     }
 
-    /// Stop the worker and everything retiring: SIGTERM, `grace`, SIGKILL.
+    /// Stop the worker and everything retiring: SIGTERM, `grace`, SIGKILL;
+    /// then end what they left behind outside their groups (`end_orphans`).
     pub fn stop(&mut self, grace: Duration) {
+        let mut ended = Vec::new();
         if let Some(mut w) = self.current.take() {
             drop(w.pipes);
             w.process.stop(grace);
+            ended.push(w.process.pgid);
         }
         for (mut p, _) in self.retiring.drain(..) {
             p.stop(grace);
+            ended.push(p.pgid);
         }
+        end_orphans(&ended);
     }
 
     /// Requests the worker may still serve before it is recycled (None: no limit).

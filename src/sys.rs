@@ -2,7 +2,8 @@
 //! of the crate lives here, each behind a safe wrapper with a SAFETY comment.
 //!
 //! Owns: signal handling (a self-pipe the handlers write one byte to), the
-//! child-side setup between fork and exec (PR_SET_PDEATHSIG), inspection of
+//! child-side setup between fork and exec (PR_SET_PDEATHSIG), the child
+//! subreaper flag and the list of our children (/proc), inspection of
 //! inherited sockets, and a plain `Read + Write` wrapper around a socket fd.
 //! Must not: make policy decisions (what a signal means, which fd to adopt);
 //! the callers do that.
@@ -52,7 +53,23 @@ extern "C" fn on_stop_signal(signo: libc::c_int) {
     }
 }
 
-/// The read end of the signal self-pipe: poll it, then call [`drain_signal_pipe`].
+/// SIGCHLD: a child (an application process) exited; only wakes whoever
+/// polls the signal pipe, which then asks `waitpid(pid, WNOHANG)` about the
+/// processes it owns. This is how the relay notices a worker's death even
+/// when a process the worker forked still holds its pipes open.
+extern "C" fn on_child_signal(_signo: libc::c_int) {
+    let fd = SIGNAL_PIPE_WRITE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: as in `on_stop_signal`: write(2) is async-signal-safe, `fd`
+        // is the non-blocking write end of the signal pipe, open for the life
+        // of the process; a full pipe (EAGAIN) is fine.
+        unsafe {
+            libc::write(fd, [0u8; 1].as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// The read end of the signal self-pipe: poll it, then call [`SignalPipe::drain`].
 pub struct SignalPipe {
     read: OwnedFd,
     // Kept open so the handler's fd stays valid.
@@ -72,7 +89,9 @@ impl SignalPipe {
 }
 
 /// Install the stop handlers (SIGTERM, SIGINT, SIGHUP, SIGUSR1) without
-/// SA_RESTART, so blocking calls return EINTR, and ignore SIGPIPE.
+/// SA_RESTART, so blocking calls return EINTR, a SIGCHLD handler (with
+/// SA_RESTART: a child's exit interrupts only poll and sleeps) that only
+/// wakes the signal pipe, and ignore SIGPIPE.
 pub fn install_signal_handlers() -> io::Result<SignalPipe> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     SIGNAL_PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
@@ -92,6 +111,14 @@ pub fn install_signal_handlers() -> io::Result<SignalPipe> {
         // both async-signal-safe.
         unsafe { sigaction(signal, &stop) }?;
     }
+    let child = SigAction::new(
+        SigHandler::Handler(on_child_signal),
+        SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
+        SigSet::empty(),
+    );
+    // SAFETY: `on_child_signal` only reads an atomic and calls write(2),
+    // both async-signal-safe.
+    unsafe { sigaction(Signal::SIGCHLD, &child) }?;
     // SAFETY: SIG_IGN installs no handler code.
     unsafe { sigaction(Signal::SIGPIPE, &ignore) }?;
     Ok(SignalPipe {
@@ -397,6 +424,99 @@ pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Child subreaper: descendants that leave their process group stay ours.
+
+/// Become a child subreaper (PR_SET_CHILD_SUBREAPER, Linux 3.4): a
+/// descendant whose parent exits is re-parented to us instead of init, also
+/// after `setsid()`, so we can end it. Not inherited by fork(2); kept across
+/// execve(2).
+pub fn become_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok(())
+}
+
+/// One child process of ours, as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildProcess {
+    pub pid: u32,
+    pub pgid: u32,
+    pub session: u32,
+    /// Exited, not yet reaped.
+    pub zombie: bool,
+    /// Its command name (the kernel's 15 bytes).
+    pub name: String,
+}
+
+/// Our process group.
+pub fn own_pgid() -> u32 {
+    nix::unistd::getpgrp().as_raw().unsigned_abs()
+}
+
+/// Our children: from /proc/self/task/*/children (CONFIG_PROC_CHILDREN),
+/// else by reading every /proc/<pid>/stat for our pid as the parent.
+pub fn children() -> Vec<ChildProcess> {
+    let me = std::process::id();
+    // A thread that ends meanwhile has no file any more: skip it; without
+    // CONFIG_PROC_CHILDREN no thread has one.
+    let listed = std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
+        let mut pids = Vec::new();
+        let mut any = false;
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                any = true;
+                pids.extend(
+                    text.split_ascii_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        any.then_some(pids)
+    });
+    let candidates: Vec<u32> = match listed {
+        Some(pids) => pids,
+        None => std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    candidates
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (ppid, child) = parse_stat(pid, &stat)?;
+            (ppid == me).then_some(child)
+        })
+        .collect()
+}
+
+/// /proc/<pid>/stat: "pid (comm) state ppid pgrp session ..."; the name
+/// may hold spaces and parentheses, so the fields start after the last ')'.
+fn parse_stat(pid: u32, stat: &str) -> Option<(u32, ChildProcess)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let mut fields = stat.get(close + 1..)?.split_ascii_whitespace();
+    let state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some((
+        ppid,
+        ChildProcess {
+            pid,
+            pgid,
+            session,
+            zombie: state == "Z" || state == "X",
+            name,
+        },
+    ))
+}
+
+// ---------------------------------------------------------------------------
 // The group guard: application process groups die with us, even by SIGKILL.
 //
 // PR_SET_PDEATHSIG reaches only an application's first process; what it
@@ -416,16 +536,20 @@ const GUARD_CAPACITY: usize = 1024;
 #[derive(Debug)]
 pub struct GroupGuard {
     write: OwnedFd,
+    pid: u32,
 }
 
 impl GroupGuard {
-    /// Start the guard (double-forked: it is not our child, so it never
-    /// lingers as a zombie of ours, across a re-exec included).
+    /// Start the guard. It is our child (as a child subreaper we would
+    /// inherit it anyway if it were double-forked), so the caller knows its
+    /// pid and spares it when ending orphans; it exits when our end of the
+    /// pipe closes, and whoever we are then (the image after a re-exec)
+    /// reaps it with the other orphans.
     pub fn start() -> io::Result<GroupGuard> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let read_raw = read.as_raw_fd();
         // SAFETY: fork(2) itself is safe to call; the child branch below only
-        // calls async-signal-safe functions (setsid, fork, sigaction, close,
+        // calls async-signal-safe functions (setsid, prctl, signal, close,
         // close_range, read, kill, nanosleep, _exit) on plain stack data and
         // never returns into Rust code that might allocate or take locks, so it
         // is sound even if other threads exist.
@@ -438,11 +562,17 @@ impl GroupGuard {
             }
             child => {
                 drop(read);
-                // The intermediate child exits at once; reap it.
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
-                Ok(GroupGuard { write })
+                Ok(GroupGuard {
+                    write,
+                    pid: child.unsigned_abs(),
+                })
             }
         }
+    }
+
+    /// The guard's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Tell the guard about a new process group.
@@ -479,11 +609,6 @@ unsafe fn guard_child(read: RawFd) -> ! {
     unsafe {
         // Its own session: not in the web server's process group, no terminal.
         libc::setsid();
-        match libc::fork() {
-            0 => {}
-            -1 => libc::_exit(1),
-            _ => libc::_exit(0),
-        }
         // `ps -o comm` / top show what it is (15 bytes + NUL, the kernel's limit).
         libc::prctl(libc::PR_SET_NAME, c"fcgi-shim-guard".as_ptr());
         // Our handlers would write to the signal pipe we are about to close;
@@ -497,6 +622,8 @@ unsafe fn guard_child(read: RawFd) -> ! {
         ] {
             libc::signal(signo, libc::SIG_IGN);
         }
+        // It starts no process; our SIGCHLD handler has nothing to wake here.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         // Hold nothing of ours open: not the listening socket, not a connection.
         for fd in 0..read {
             libc::close(fd);
@@ -683,5 +810,39 @@ impl Conn {
             ip.to_ipv4_mapped()
                 .map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines() {
+        let (ppid, c) = parse_stat(42, "42 (sh) S 7 42 42 0 -1 4194560 ...").unwrap();
+        assert_eq!(ppid, 7);
+        assert_eq!((c.pid, c.pgid, c.session, c.zombie), (42, 42, 42, false));
+        assert_eq!(c.name, "sh");
+        // A name with spaces and parentheses; a zombie.
+        let (ppid, c) = parse_stat(9, "9 (a) b (c) Z 1 5 6 0").unwrap();
+        assert_eq!((ppid, c.pgid, c.session, c.zombie), (1, 5, 6, true));
+        assert_eq!(c.name, "a) b (c");
+        assert!(parse_stat(9, "9 (x").is_none());
+        assert!(parse_stat(9, "9 (x) S").is_none());
+    }
+
+    #[test]
+    fn children_lists_a_child_with_its_group() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let found = children().into_iter().find(|c| c.pid == pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        let c = found.expect("the child is listed");
+        assert_eq!((c.pgid, c.zombie, c.name.as_str()), (pid, false, "sleep"));
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Owns: choosing the program (a fixed `command`, or SCRIPT_FILENAME confined
 //! to `root`), its meta-variables, feeding it the body while streaming its
-//! output back, parsing its response head, the per-request timeout (504) and
-//! the death-before-headers case (502).
+//! output back, parsing its response head, the per-request timeout (504),
+//! the death-before-headers case (502), and ending what the program left
+//! behind (its group, and orphans outside it) before the request counts as done.
 //! Must not: spawn or stop processes itself (that is `supervise`), or know the
 //! front's protocol.
 
@@ -103,8 +104,10 @@ fn valid_env_name(name: &[u8]) -> bool {
 }
 
 /// SCRIPT_FILENAME, checked: absolute, no `..`, inside `root` once symlinks
-/// are resolved, a regular executable file. fcgiwrap's directory traversal is
-/// the mistake not to repeat.
+/// are resolved, a regular executable file, neither setuid nor setgid.
+/// fcgiwrap's directory traversal is the mistake not to repeat. `root`
+/// confines paths, not inodes: a hard link inside it is a file inside it
+/// (only someone who may write there can make one; see README, cgi).
 fn confine_script(root: &Path, script: Option<&str>) -> Result<PathBuf, Refusal> {
     let Some(script) = script else {
         return Err(Refusal(
@@ -145,6 +148,20 @@ fn confine_script(root: &Path, script: Option<&str>) -> Result<PathBuf, Refusal>
         ));
     }
     match std::fs::metadata(&real) {
+        // A setuid or setgid program would run with rights the visitor's
+        // request should never get; the shim runs programs as its own user.
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o6000 != 0 => Err(Refusal(
+            403,
+            format!(
+                "refusing SCRIPT_FILENAME {script}: a set{}id program (mode {:o})",
+                if m.permissions().mode() & 0o4000 != 0 {
+                    "u"
+                } else {
+                    "g"
+                },
+                m.permissions().mode() & 0o7777
+            ),
+        )),
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(real),
         Ok(_) => Err(Refusal(
             403,
@@ -205,6 +222,7 @@ impl Back for CgiBack {
             log::warn!("cgi: {name}: cannot make stdin non-blocking: {e}");
         }
         let stderr_lines = StderrLines::new(format!("cgi: {name}"), STDERR_TAIL_LINES);
+        let group = process.pid();
         let run = Run {
             name,
             process,
@@ -216,11 +234,17 @@ impl Back for CgiBack {
             deadline: Instant::now() + self.config.timeout,
             timeout: self.config.timeout,
         };
-        run.drive(exchange, ctx)
+        let outcome = run.drive(exchange, ctx);
+        // Its group is ended; what left the group (setsid) and outlived its
+        // parent is ours now (child subreaper): end that too.
+        supervise::end_orphans(&[group]);
+        outcome
     }
 
     fn shutdown(&mut self) {
-        // Programs live only for the length of a request; nothing persists.
+        // Programs live only for the length of a request; only orphans a
+        // request's end did not catch may be left.
+        supervise::end_orphans(&[]);
     }
 }
 
@@ -510,6 +534,16 @@ mod tests {
             Some(403)
         );
         assert_eq!(status(confine_script(&root, Some(&s(&plain)))), Some(403));
+        for mode in [0o4755, 0o2755] {
+            let suid = root.join("suid.cgi");
+            std::fs::write(&suid, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                status(confine_script(&root, Some(&s(&suid)))),
+                Some(403),
+                "{mode:o}"
+            );
+        }
         assert_eq!(
             status(confine_script(&root, Some(&s(&root.join("missing.cgi"))))),
             Some(404)

@@ -45,6 +45,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
 const FRAME_HEADER: usize = 5;
+/// Longest wait between two checks of the worker's pid during a request.
+const DEATH_CHECK: Duration = Duration::from_millis(250);
 
 pub struct WsgiBack {
     config: WsgiConfig,
@@ -306,6 +308,26 @@ impl WsgiBack {
         }
     }
 
+    /// Has the worker process exited (reaped now if so)?
+    fn worker_exited(&mut self) -> bool {
+        self.sup
+            .worker()
+            .is_some_and(|w| w.process.try_wait().is_some())
+    }
+
+    /// After the worker exited: read what it left in its stdout pipe, up to
+    /// where the pipe is empty (a process it forked may keep it open).
+    fn drain_stdout(&mut self) {
+        loop {
+            let before = self.from_worker.len();
+            match self.read_stdout() {
+                // Ok(true) is also "would block": stop when nothing came.
+                Ok(true) if self.from_worker.len() > before => {}
+                _ => return,
+            }
+        }
+    }
+
     /// The next complete frame in `from_worker` and its total length.
     fn next_frame(&self) -> Result<Option<(Frame<'_>, usize)>, String> {
         let buf = &self.from_worker;
@@ -478,7 +500,8 @@ impl WsgiBack {
                 self.sup.failed();
                 return Err(self.unavailable(ex));
             }
-            let ready = match self.poll_round(Some(ex), ctx, true, limit - now) {
+            let wait = (limit - now).min(DEATH_CHECK);
+            let ready = match self.poll_round(Some(ex), ctx, true, wait) {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("wsgi: {}: poll failed: {e}", self.label);
@@ -487,6 +510,18 @@ impl WsgiBack {
                 }
             };
             self.on_events(&ready, ctx);
+            // By its pid: what the application's import started may hold
+            // the worker's output open.
+            if self.worker_exited() {
+                self.drain_stdout();
+                match self.start_frame() {
+                    // Ready, then gone: `run` finds it gone and says so.
+                    Started::Ready => return Ok(()),
+                    Started::Failed => {}
+                    Started::Pending => self.worker_ended("during start-up", " (503)"),
+                }
+                return Err(self.unavailable(ex));
+            }
             if let Err(i) = on_front(&ready, ex) {
                 return Err(self.interrupted_before_request(i));
             }
@@ -657,6 +692,9 @@ impl WsgiBack {
         }
 
         let mut gone: Option<(Interrupt, Instant)> = None;
+        // The worker's pid was reaped (SIGCHLD woke us): what it wrote before
+        // dying has been read; once its frames are handled, the request failed.
+        let mut exited = false;
         loop {
             // Move body bytes into frames and on to the worker while the
             // pipe takes them.
@@ -756,6 +794,10 @@ impl WsgiBack {
                 }
             }
 
+            if exited {
+                return Some(self.died(ex, gone.is_some()));
+            }
+
             let now = Instant::now();
             let stopping = ctx.stop_deadline.is_some_and(|s| s <= deadline);
             let mut limit = ctx.stop_deadline.map_or(deadline, |s| s.min(deadline));
@@ -767,7 +809,10 @@ impl WsgiBack {
             }
             let want_stdout = gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER;
             let front = if gone.is_some() { None } else { Some(&*ex) };
-            let ready = match self.poll_round(front, ctx, want_stdout, limit - now) {
+            // SIGCHLD wakes the poll; the cap covers a wake-up another
+            // thread's poll took (threaded servers share the signal pipe).
+            let wait = (limit - now).min(DEATH_CHECK);
+            let ready = match self.poll_round(front, ctx, want_stdout, wait) {
                 Ok(r) => r,
                 Err(e) => {
                     log::error!("wsgi: {}: poll failed: {e}", self.label);
@@ -777,6 +822,13 @@ impl WsgiBack {
                 }
             };
             self.on_events(&ready, ctx);
+            // By its pid, not by the end of its output: a process the
+            // application forked may hold the worker's pipes open.
+            if self.worker_exited() {
+                exited = true;
+                self.drain_stdout();
+                continue;
+            }
             let front = if gone.is_some() {
                 Ok(())
             } else {
