@@ -537,6 +537,7 @@ printf 'finished\n'"#,
         "END_REQUEST came {elapsed:?} after ABORT_REQUEST"
     );
     assert_eq!(response.protocol_status, REQUEST_COMPLETE);
+    assert_eq!(response.app_status, 1, "appStatus of an aborted request");
     assert!(
         !String::from_utf8_lossy(&response.stdout).contains("finished"),
         "the program ran to completion"

@@ -140,6 +140,16 @@ enum Interrupt {
     FrontGone,
 }
 
+impl Interrupt {
+    /// How the request ended for the front.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Interrupt::Aborted => Outcome::Aborted,
+            Interrupt::FrontGone => Outcome::FrontGone,
+        }
+    }
+}
+
 impl WsgiBack {
     /// Builds the back and starts the worker at once, so that the first
     /// request does not pay for the application's imports.
@@ -559,10 +569,7 @@ impl WsgiBack {
     }
 
     fn interrupted_before_request(&mut self, i: Interrupt) -> Outcome {
-        match i {
-            Interrupt::Aborted => Outcome::Aborted,
-            Interrupt::FrontGone => Outcome::FrontGone,
-        }
+        i.outcome()
     }
 
     fn backoff_seconds(&self) -> f64 {
@@ -751,7 +758,8 @@ impl WsgiBack {
                 limit = limit.min(*since + DRAIN_LIMIT);
             }
             if now >= limit {
-                return Some(self.give_up(ex, stopping, gone.is_some(), started));
+                let abandoned = gone.as_ref().map(|(i, _)| i.outcome());
+                return Some(self.give_up(ex, stopping, abandoned, started));
             }
             let want_stdout = gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER;
             let front = if gone.is_some() { None } else { Some(&*ex) };
@@ -789,7 +797,10 @@ impl WsgiBack {
             if ready.stdout {
                 match self.read_stdout() {
                     Ok(true) => {}
-                    Ok(false) | Err(_) => return Some(self.died(ex, gone.is_some())),
+                    Ok(false) | Err(_) => {
+                        let abandoned = gone.as_ref().map(|(i, _)| i.outcome());
+                        return Some(self.died(ex, abandoned));
+                    }
                 }
             }
         }
@@ -808,7 +819,7 @@ impl WsgiBack {
     }
 
     /// The worker closed its output in the middle of a request.
-    fn died(&mut self, ex: &mut dyn Exchange, gone: bool) -> Outcome {
+    fn died(&mut self, ex: &mut dyn Exchange, abandoned: Option<Outcome>) -> Outcome {
         let status = if ex.head_sent() {
             "response cut short"
         } else {
@@ -816,8 +827,8 @@ impl WsgiBack {
         };
         let during = format!("during {}", ex.request().summary());
         self.worker_ended(&during, &format!(" ({status}); restarting it"));
-        if gone {
-            return Outcome::FrontGone;
+        if let Some(outcome) = abandoned {
+            return outcome;
         }
         finish_with_error(ex, 502, "")
     }
@@ -828,7 +839,7 @@ impl WsgiBack {
         &mut self,
         ex: &mut dyn Exchange,
         stopping: bool,
-        gone: bool,
+        abandoned: Option<Outcome>,
         started: Instant,
     ) -> Outcome {
         if stopping {
@@ -841,12 +852,16 @@ impl WsgiBack {
         }
         self.sup.replace();
         self.greet();
-        if gone {
+        if let Some(outcome) = abandoned {
             log::warn!(
-                "wsgi: {}: the application did not finish an abandoned request; worker replaced",
-                self.label
+                "wsgi: {}: the application did not finish an abandoned request within {:.1}s; \
+                 worker replaced",
+                self.label,
+                DRAIN_LIMIT.as_secs_f64()
             );
-            return Outcome::FrontGone;
+            // Aborted: the front answered the abort already; its
+            // connection goes on. Gone: nothing more can be sent.
+            return outcome;
         }
         log::error!(
             "wsgi: {}: {} timed out after {:.1}s (request_timeout); worker replaced (504)",

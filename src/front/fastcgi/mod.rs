@@ -43,6 +43,11 @@ const MAX_UNREAD_INPUT: usize = 4 * 1024 * 1024;
 /// back's next poll round or the end of the request.
 const EAGER_FLUSH: usize = 16 * 1024;
 
+/// appStatus of the END_REQUEST that answers FCGI_ABORT_REQUEST: the
+/// application did not finish the request (spec 5.4: the answer comes "as
+/// soon as possible", and the application's status says how it ended).
+pub const ABORTED_APP_STATUS: u32 = 1;
+
 /// What we tell GET_VALUES in the one-request-at-a-time mode.
 pub const SINGLE_VALUES: ServerValues = ServerValues {
     max_conns: 1,
@@ -389,6 +394,19 @@ impl Connection {
         codec::encode_end_request(self.out.tail(), id, 0, status);
         self.try_flush()
     }
+
+    /// Answer FCGI_ABORT_REQUEST for `id` at once: the end of its STDOUT
+    /// stream and END_REQUEST with [`ABORTED_APP_STATUS`].
+    fn end_aborted(&mut self, id: u16) -> io::Result<()> {
+        codec::encode_record(self.out.tail(), RecordType::Stdout, id, &[]);
+        codec::encode_end_request(
+            self.out.tail(),
+            id,
+            ABORTED_APP_STATUS,
+            ProtocolStatus::RequestComplete,
+        );
+        self.try_flush()
+    }
 }
 
 /// Serve one accepted connection until it is finished. `listener` lets an
@@ -547,7 +565,7 @@ fn serve_request(
                 params.extend_from_slice(&frame.content);
             }
             (RecordType::AbortRequest, fid) if fid == id => {
-                c.end_request(id, ProtocolStatus::RequestComplete)?;
+                c.end_aborted(id)?;
                 return Ok(true);
             }
             (RecordType::BeginRequest, _) => reject_second_request(c, &frame)?,
@@ -580,10 +598,14 @@ fn serve_request(
         body_eof: false,
         head_sent: false,
         head: Vec::new(),
+        aborted: false,
         failure: None,
     };
     let outcome = back.serve(&mut exchange, ctx);
-    exchange.encode_head();
+    let aborted = exchange.aborted;
+    if !aborted {
+        exchange.encode_head();
+    }
     let failure = exchange.failure.take();
     let body_eof = exchange.body_eof;
     if let Some(e) = failure {
@@ -592,9 +614,11 @@ fn serve_request(
     if outcome == Outcome::FrontGone {
         return Ok(false);
     }
-    codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
-    codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
-    c.settle(ctx, Some(id), !begin.keep_conn && !body_eof)?;
+    if !aborted {
+        codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
+        codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
+    }
+    c.settle(ctx, Some(id), !aborted && !begin.keep_conn && !body_eof)?;
     Ok(true)
 }
 
@@ -631,6 +655,9 @@ struct FcgiExchange<'c> {
     /// The response head as CGI text, until it is encoded (with the first
     /// body bytes when they fit in the same record).
     head: Vec<u8>,
+    /// FCGI_ABORT_REQUEST came and was answered at once (END_REQUEST is
+    /// queued): what the back still sends is dropped.
+    aborted: bool,
     /// A protocol error found while the back was running; logged by the caller.
     failure: Option<ConnError>,
 }
@@ -662,6 +689,13 @@ impl FcgiExchange<'_> {
                     }
                 }
                 (RecordType::AbortRequest, id) if id == self.id => {
+                    // Answered now, whatever the back needs to finish (a
+                    // WSGI worker may take DRAIN_LIMIT to end its response).
+                    if !self.aborted {
+                        self.aborted = true;
+                        self.head.clear();
+                        self.c.end_aborted(id)?;
+                    }
                     return Ok(Some(InputEvent::Aborted));
                 }
                 (RecordType::BeginRequest, _) => reject_second_request(self.c, &frame)?,
@@ -747,6 +781,9 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_head(&mut self, head: &ResponseHead) -> io::Result<()> {
+        if self.aborted {
+            return Ok(());
+        }
         // Kept for the body's first bytes if they come before the back waits
         // again (then a short response is one FCGI_STDOUT record, written
         // with its END_REQUEST at once); else the next poll round sends it.
@@ -756,6 +793,9 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.aborted {
+            return Ok(());
+        }
         if self.head.is_empty() {
             codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
         } else if self.head.len() + data.len() <= codec::MAX_CONTENT_LEN {
