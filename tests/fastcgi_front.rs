@@ -885,3 +885,77 @@ printf 'Content-Type: text/plain\r\n\r\ndone'"#,
         "program processes left after the shim exited: {left:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Issue 13 item 5: a silent or half-sent connection does not hold the only
+// worker for long (nginx, lighttpd and `serve` on TCP can do this; mod_fcgid
+// never does).
+// ---------------------------------------------------------------------------
+
+/// The shim on a TCP listener on fd 0 with `request_read_timeout = "1s"`.
+fn read_timeout_app() -> (Shim, TempDir) {
+    let dir = TempDir::new("readtimeout");
+    let script = dir.script("app.sh", HELLO_SCRIPT);
+    let settings = settings_with_timeout(&script, 5)
+        .replace("[limits]\n", "[limits]\nrequest_read_timeout = \"1s\"\n");
+    (Shim::start_tcp(&settings), dir)
+}
+
+#[test]
+fn a_silent_connection_gives_way_after_request_read_timeout() {
+    let (shim, _dir) = read_timeout_app();
+    let mut silent = shim.connect();
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_hello(&mut shim.connect(), false);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "the next visitor waited {waited:?}"
+    );
+    assert!(
+        matches!(read_until_closed(&mut silent), Closed::Eof { ref bytes } if bytes.is_empty()),
+        "the silent connection was not closed quietly"
+    );
+    assert!(
+        shim.wait_for_log(
+            "fastcgi: closing connection: no complete request within 1s (request_read_timeout)",
+            LOG_WAIT
+        ),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn half_a_request_gives_way_after_request_read_timeout_even_when_it_trickles() {
+    let (shim, _dir) = read_timeout_app();
+    let whole = encode_request(1, &cgi_params("GET", "q=1", 0), b"", false);
+    let mut half = shim.connect();
+    // BEGIN_REQUEST and part of PARAMS, then a byte every 300 ms: an idle
+    // timeout alone would never fire.
+    send(&mut half, &whole[..30]);
+    let trickle = thread::spawn(move || {
+        for b in &whole[30..whole.len() / 2] {
+            thread::sleep(Duration::from_millis(300));
+            if half.write_all(&[*b]).is_err() {
+                break;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_hello(&mut shim.connect(), false);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "the next visitor waited {waited:?}"
+    );
+    assert!(
+        shim.log()
+            .contains("closing connection: no complete request within 1s (request_read_timeout)"),
+        "{}",
+        shim.log()
+    );
+    trickle.join().unwrap();
+}

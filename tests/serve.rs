@@ -926,3 +926,80 @@ fn sighup_reloads_in_place_and_refuses_a_broken_version() {
         );
     }
 }
+
+/// Issue 13 item 5: in every method and both protocols, a connection that
+/// sends nothing, or half a request head, is closed after
+/// `request_read_timeout` with a log line, and the next visitor is served
+/// (one worker, so the silent one holds it until then).
+#[test]
+fn silent_and_half_sent_connections_give_way_after_request_read_timeout_in_every_method() {
+    let half_fcgi =
+        common::encode_request(1, &cgi_params("GET", "x=1", 0), b"", false)[..30].to_vec();
+    let half_scgi = b"70:CONTENT_LENGTH\x000\x00SC".to_vec();
+    for (protocol, method) in [
+        ("fcgi", "single"),
+        ("fcgi", "prefork"),
+        ("fcgi", "threaded"),
+        ("scgi", "single"),
+        ("scgi", "prefork"),
+        ("scgi", "threaded"),
+    ] {
+        let site = Site::new();
+        let mut settings = std::fs::read_to_string(&site.settings).unwrap();
+        settings.push_str("[limits]\nrequest_read_timeout = \"1s\"\n");
+        std::fs::write(&site.settings, settings).unwrap();
+        let port = free_loopback_port();
+        let shim = site.serve(
+            &[
+                format!("protocol={protocol}"),
+                format!("method={method}"),
+                format!("port={port}"),
+                "minspare=1".into(),
+                "maxspare=1".into(),
+                "maxchildren=1".into(),
+            ],
+            Endpoint::Tcp(port),
+        );
+        let what = format!("{protocol} {method}");
+        for half in [
+            &b""[..],
+            if protocol == "fcgi" {
+                &half_fcgi
+            } else {
+                &half_scgi
+            },
+        ] {
+            let mut idle = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+            idle.write_all(half).unwrap();
+            thread::sleep(Duration::from_millis(100));
+            let started = Instant::now();
+            if protocol == "fcgi" {
+                fcgi_get(&Endpoint::Tcp(port), "x=2");
+            } else {
+                let out = scgi_request(port, "/next", b"");
+                assert!(
+                    out.starts_with(b"Status: 200 OK\r\n"),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_millis(600) && waited < Duration::from_secs(4),
+                "{what}, {} bytes sent: the next visitor waited {waited:?}\n{}",
+                half.len(),
+                shim.log_text()
+            );
+            let mut rest = Vec::new();
+            idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = idle.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "{what}: {rest:?}");
+        }
+        let log = shim.log_text();
+        let line = format!(
+            "{protocol}: closing connection: no complete request within 1s (request_read_timeout)"
+        )
+        .replace("fcgi:", "fastcgi:");
+        assert_eq!(log.matches(&line).count(), 2, "{what}: {log}");
+    }
+}

@@ -24,8 +24,8 @@ use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
 
-/// How long a peer may stay silent while sending the head, or while not
-/// taking our response.
+/// How long a peer may stay silent while not taking our response. The head
+/// has `Limits::request_read_timeout` from the accept.
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the response, how long we keep reading a body nobody wanted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -221,7 +221,7 @@ fn read_head(
     limits: Limits,
 ) -> Result<Option<ScgiExchange>, String> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let deadline = Instant::now() + IO_TIMEOUT;
+    let deadline = Instant::now() + limits.request_read_timeout;
     loop {
         match decode_head(&buf, limits.max_params_bytes, limits.max_params) {
             Err(e) => return Err(e.to_string()),
@@ -249,8 +249,8 @@ fn read_head(
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!(
-                "no complete request head within {}s",
-                IO_TIMEOUT.as_secs()
+                "no complete request within {}s (request_read_timeout)",
+                limits.request_read_timeout.as_secs_f64()
             ));
         }
         if !wait(conn.as_fd(), PollFlags::POLLIN, ctx, left).map_err(|e| e.to_string())? {

@@ -27,8 +27,9 @@ use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
 
-/// How long a peer may stay silent in the middle of a record or before its
-/// first request (mod_fcgid's own I/O timeout is 40 s).
+/// How long a peer may stay silent while not taking our response, and how
+/// long a kept-alive connection may idle between requests (mod_fcgid's own
+/// I/O timeout is 40 s). A request head has `Limits::request_read_timeout`.
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the response, how long we keep reading a request body nobody wanted
 /// before closing (closing with unread data can reset the connection).
@@ -67,6 +68,8 @@ pub enum ConnError {
     Truncated(usize),
     /// Nothing arrived for too long.
     Timeout,
+    /// The request head did not arrive in time (`request_read_timeout`).
+    HeadTimeout(Duration),
     Io(io::Error),
 }
 
@@ -81,6 +84,11 @@ impl fmt::Display for ConnError {
                 "peer closed the connection in the middle of a record ({n} bytes pending)"
             ),
             ConnError::Timeout => write!(f, "no data from the peer for {}s", IO_TIMEOUT.as_secs()),
+            ConnError::HeadTimeout(t) => write!(
+                f,
+                "no complete request within {}s (request_read_timeout)",
+                t.as_secs_f64()
+            ),
             ConnError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -347,16 +355,20 @@ impl Connection {
     }
 
     /// The next record, reading as needed, for the parts of the conversation
-    /// where nothing else runs (before the body). `Ok(None)`: the peer closed cleanly.
-    fn next_frame(&mut self, ctx: &Context<'_>) -> Result<Option<Frame>, ConnError> {
-        let deadline = Instant::now() + IO_TIMEOUT;
+    /// where nothing else runs (before the body), by the head's `deadline`.
+    /// `Ok(None)`: the peer closed cleanly.
+    fn next_frame(
+        &mut self,
+        ctx: &Context<'_>,
+        deadline: Instant,
+    ) -> Result<Option<Frame>, ConnError> {
         loop {
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ConnError::Timeout);
+                return Err(ConnError::HeadTimeout(self.limits.request_read_timeout));
             }
             match self.wait(ctx, None, left)? {
                 Wait::Readable => {
@@ -366,7 +378,7 @@ impl Connection {
                 }
                 // A request has begun: a stop signal lets it finish (the back enforces the grace period).
                 Wait::Stop | Wait::OtherConnection | Wait::Interrupted => {}
-                Wait::Timeout => return Err(ConnError::Timeout),
+                Wait::Timeout => {}
             }
         }
     }
@@ -433,6 +445,7 @@ pub fn serve_connection(
             {
                 log::warn!("fastcgi: closing connection: the web server went away ({io})");
             }
+            ConnError::HeadTimeout(_) => log::warn!("fastcgi: closing connection: {e}"),
             other => log::error!("fastcgi: closing connection: {other}"),
         }
     }
@@ -446,7 +459,12 @@ fn serve(
     yield_between_requests: &mut dyn FnMut() -> bool,
 ) -> Result<(), ConnError> {
     let mut served_one = false;
-    let mut deadline = Instant::now() + IO_TIMEOUT;
+    // The head of the next request must be complete by `head_deadline`:
+    // from the accept on a new connection, from its first byte on a kept
+    // one (which meanwhile may idle for IO_TIMEOUT).
+    let read_timeout = c.limits.request_read_timeout;
+    let mut head_deadline = Some(Instant::now() + read_timeout);
+    let mut idle_deadline = Instant::now() + IO_TIMEOUT;
     // The web server writes its request right after connecting: read before
     // polling, which saves a poll(2) per connection when it is already here.
     if let Filled::Eof = c.fill()? {
@@ -464,21 +482,22 @@ fn serve(
         // least every IDLE_TICK to ask again whether to yield.
         if !c.has_buffered_frame() {
             let idle_listener = if idle { listener } else { None };
+            let deadline = head_deadline.unwrap_or(idle_deadline);
             let left = deadline.saturating_duration_since(Instant::now());
             match c.wait(ctx, idle_listener, left.min(IDLE_TICK))? {
                 Wait::Readable => {
                     if let Filled::Eof = c.fill()? {
                         return Ok(());
                     }
-                    deadline = Instant::now() + IO_TIMEOUT;
+                    head_deadline.get_or_insert_with(|| Instant::now() + read_timeout);
                     continue;
                 }
                 Wait::OtherConnection => return Ok(()),
                 Wait::Stop if !c.has_partial_input() => return Ok(()),
                 Wait::Stop | Wait::Interrupted => continue,
                 Wait::Timeout if Instant::now() < deadline => continue,
-                Wait::Timeout if idle => return Ok(()),
-                Wait::Timeout => return Err(ConnError::Timeout),
+                Wait::Timeout if head_deadline.is_none() => return Ok(()),
+                Wait::Timeout => return Err(ConnError::HeadTimeout(read_timeout)),
             }
         }
         let Some(frame) = c.buffered_frame()? else {
@@ -498,11 +517,15 @@ fn serve(
                         begin.role
                     );
                     c.end_request(frame.id, ProtocolStatus::UnknownRole)?;
-                } else if !serve_request(c, back, ctx, frame.id, begin)? {
-                    return Ok(());
+                } else {
+                    let deadline = head_deadline.unwrap_or_else(|| Instant::now() + read_timeout);
+                    if !serve_request(c, back, ctx, frame.id, begin, deadline)? {
+                        return Ok(());
+                    }
                 }
                 served_one = true;
-                deadline = Instant::now() + IO_TIMEOUT;
+                head_deadline = None;
+                idle_deadline = Instant::now() + IO_TIMEOUT;
                 if !begin.keep_conn {
                     return Ok(());
                 }
@@ -534,11 +557,12 @@ fn serve_request(
     ctx: &mut Context<'_>,
     id: u16,
     begin: BeginRequest,
+    head_deadline: Instant,
 ) -> Result<bool, ConnError> {
     let mut params = Vec::new();
     let mut records = 0usize;
     loop {
-        let Some(frame) = c.next_frame(ctx)? else {
+        let Some(frame) = c.next_frame(ctx, head_deadline)? else {
             return Err(ConnError::Protocol(format!(
                 "connection closed while reading the parameters of request {id}"
             )));
