@@ -959,3 +959,102 @@ fn half_a_request_gives_way_after_request_read_timeout_even_when_it_trickles() {
     );
     trickle.join().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Issue 13 item 6: out of resources is answered, not met with silence.
+// ---------------------------------------------------------------------------
+
+/// A 5 MiB upload while the program has not read it yet: past 1 MiB the
+/// body goes to a temporary file in `$TMPDIR`.
+fn upload_5_mib(shim: &Shim) -> CgiResponse {
+    let body = prng_bytes(5 * 1024 * 1024, 13);
+    let mut conn = shim.connect();
+    let (response, _write_error) = exchange(
+        &mut conn,
+        encode_request(1, &cgi_params("POST", "up=1", body.len()), &body, false),
+        1,
+    );
+    let response = response.expect("a response to the upload");
+    assert_eq!(response.protocol_status, REQUEST_COMPLETE);
+    response.complete_cgi()
+}
+
+/// `prelude` (shell lines) runs before the shim is exec'd: a wrapper that
+/// sets the limits under test, as the user's `ulimit` would.
+fn shim_under_limits(dir: TempDir, prelude: &str, env: Vec<(String, String)>) -> Shim {
+    let script = dir.script(
+        "app.sh",
+        &format!("sleep 1\ncat > /dev/null\n{HELLO_SCRIPT}"),
+    );
+    let wrapper = dir.script(
+        "limited-shim",
+        &format!("{prelude}\nexec '{}' \"$@\"", shim_bin().display()),
+    );
+    let settings = settings_with_timeout(&script, 10);
+    Shim::launch(
+        dir,
+        Launch {
+            settings: Some(settings),
+            program: Some(wrapper),
+            env,
+            ..Launch::default()
+        },
+    )
+}
+
+fn assert_503_and_one_log_line(shim: &Shim, want_in_line: &str) {
+    for round in 0..2 {
+        let r = upload_5_mib(shim);
+        assert_eq!(r.status, 503, "round {round}: {r:?}\n{}", shim.log());
+        assert!(
+            r.body_text().contains("cannot take the request body"),
+            "{}",
+            r.body_text()
+        );
+    }
+    let log = shim.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot hold the request body"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line a minute:\n{log}");
+    let complaints = log
+        .lines()
+        .filter(|l| l.contains("] warn: ") || l.contains("] error: "))
+        .count();
+    assert_eq!(
+        complaints, 1,
+        "no other warning for the two uploads:\n{log}"
+    );
+    assert!(
+        lines[0].contains("fastcgi: POST ") && lines[0].contains(want_in_line),
+        "{log}"
+    );
+    assert!(lines[0].ends_with("answering 503"), "{log}");
+    // Small requests (no temporary file) are still served.
+    assert_hello(&mut shim.connect(), false);
+}
+
+#[test]
+fn an_upload_that_cannot_be_spooled_because_the_disk_is_full_gets_a_503_and_one_log_line() {
+    // A file size limit makes writes fail as a full disk does (EFBIG for
+    // ENOSPC), without root or a loop device. SIGXFSZ ignored, as a shell's
+    // `trap '' XFSZ` passes it on.
+    let dir = TempDir::new("fullspool");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let env = vec![("TMPDIR".to_string(), tmp.display().to_string())];
+    let shim = shim_under_limits(dir, "ulimit -f 2048\ntrap '' XFSZ", env);
+    assert_503_and_one_log_line(&shim, "cannot write to the temporary file in ");
+}
+
+#[test]
+fn an_upload_without_a_usable_temporary_directory_gets_a_503_and_one_log_line() {
+    let dir = TempDir::new("nospool");
+    let env = vec![(
+        "TMPDIR".to_string(),
+        dir.join("missing").display().to_string(),
+    )];
+    let shim = shim_under_limits(dir, ":", env);
+    assert_503_and_one_log_line(&shim, "cannot create a temporary file in ");
+}

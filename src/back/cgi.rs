@@ -279,6 +279,11 @@ impl Run {
                         self.process.kill();
                         return Outcome::Aborted;
                     }
+                    // The front says why (a body it could not hold).
+                    Err(e) if crate::front::stopped_by_front(&e) => {
+                        self.process.kill();
+                        return Outcome::FrontGone;
+                    }
                     Ok(InputEvent::Closed) | Err(_) => {
                         log::warn!(
                             "cgi: {}: the web server closed the connection; program stopped",

@@ -138,6 +138,9 @@ enum Started {
 enum Interrupt {
     Aborted,
     FrontGone,
+    /// The front stopped the request and logs why (a body it could not
+    /// hold): the worker is replaced at once.
+    StoppedByFront,
 }
 
 impl Interrupt {
@@ -145,7 +148,7 @@ impl Interrupt {
     fn outcome(&self) -> Outcome {
         match self {
             Interrupt::Aborted => Outcome::Aborted,
-            Interrupt::FrontGone => Outcome::FrontGone,
+            Interrupt::FrontGone | Interrupt::StoppedByFront => Outcome::FrontGone,
         }
     }
 }
@@ -724,11 +727,7 @@ impl WsgiBack {
                         }
                         self.sup.request_done();
                         self.greet();
-                        return Some(match gone {
-                            Some((Interrupt::Aborted, _)) => Outcome::Aborted,
-                            Some((Interrupt::FrontGone, _)) => Outcome::FrontGone,
-                            None => Outcome::Done,
-                        });
+                        return Some(gone.map_or(Outcome::Done, |(i, _)| i.outcome()));
                     }
                     Step::FrontGone => {
                         log::warn!(
@@ -779,15 +778,26 @@ impl WsgiBack {
                 on_front(&ready, ex)
             };
             if let Err(i) = front {
-                log::info!(
-                    "wsgi: {}: {}: {}; letting the application finish",
-                    self.label,
-                    ex.request().summary(),
-                    match i {
-                        Interrupt::Aborted => "request aborted by the web server",
-                        Interrupt::FrontGone => "the web server closed the connection",
-                    }
-                );
+                let why = match i {
+                    Interrupt::Aborted => Some("request aborted by the web server"),
+                    Interrupt::FrontGone => Some("the web server closed the connection"),
+                    Interrupt::StoppedByFront => None,
+                };
+                if let Some(why) = why {
+                    log::info!(
+                        "wsgi: {}: {}: {why}; letting the application finish",
+                        self.label,
+                        ex.request().summary(),
+                    );
+                }
+                if matches!(i, Interrupt::StoppedByFront) {
+                    // The application never gets the end of the body (a
+                    // truncated upload is not to be taken for a whole one):
+                    // a fresh worker rather than one still reading it.
+                    self.sup.replace();
+                    self.greet();
+                    return Some(Outcome::FrontGone);
+                }
                 gone = Some((i, Instant::now()));
                 if !body_done {
                     push_frame(&mut self.to_worker, b'E', &[]);
@@ -881,6 +891,7 @@ fn on_front(ready: &Ready, ex: &mut dyn Exchange) -> Result<(), Interrupt> {
     match ex.on_ready() {
         Ok(InputEvent::Progress) => Ok(()),
         Ok(InputEvent::Aborted) => Err(Interrupt::Aborted),
+        Err(e) if crate::front::stopped_by_front(&e) => Err(Interrupt::StoppedByFront),
         Ok(InputEvent::Closed) | Err(_) => Err(Interrupt::FrontGone),
     }
 }

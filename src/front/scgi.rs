@@ -184,7 +184,10 @@ pub fn serve_connection(conn: Conn, back: &mut dyn Back, ctx: &mut Context<'_>, 
         }
     };
     let outcome = back.serve(&mut exchange, ctx);
-    if outcome == Outcome::FrontGone {
+    // A body we could not hold stopped the back: answer 503 all the same.
+    if let Some(e) = exchange.spool_failed.take() {
+        crate::front::answer_spool_failure("scgi", &mut exchange, &e);
+    } else if outcome == Outcome::FrontGone {
         return;
     }
     if let Err(e) = exchange.settle(ctx) {
@@ -239,6 +242,7 @@ fn read_head(
                     remaining,
                     out: OutQueue::new(),
                     head_sent: false,
+                    spool_failed: None,
                 }));
             }
             Ok(Decoded::Partial) => {}
@@ -292,6 +296,9 @@ struct ScgiExchange {
     remaining: u64,
     out: OutQueue,
     head_sent: bool,
+    /// The body could not be held (a full temporary directory): the back
+    /// was told the connection failed; the rest of the body is dropped.
+    spool_failed: Option<io::Error>,
 }
 
 impl ScgiExchange {
@@ -305,8 +312,14 @@ impl ScgiExchange {
         match self.conn.read(&mut chunk) {
             Ok(0) => Ok(false),
             Ok(n) => {
-                self.body.push(&chunk[..n])?;
                 self.remaining -= n as u64;
+                if self.spool_failed.is_none()
+                    && let Err(e) = self.body.push(&chunk[..n])
+                {
+                    let err = crate::front::StoppedByFront::error(&e);
+                    self.spool_failed = Some(e);
+                    return Err(err);
+                }
                 Ok(true)
             }
             Err(e)

@@ -68,6 +68,8 @@ pub enum ConnError {
     Truncated(usize),
     /// Nothing arrived for too long.
     Timeout,
+    /// The request body could not be held (a full temporary directory).
+    Spool(io::Error),
     /// The request head did not arrive in time (`request_read_timeout`).
     HeadTimeout(Duration),
     Io(io::Error),
@@ -83,6 +85,7 @@ impl fmt::Display for ConnError {
                 f,
                 "peer closed the connection in the middle of a record ({n} bytes pending)"
             ),
+            ConnError::Spool(e) => write!(f, "cannot hold the request body: {e}"),
             ConnError::Timeout => write!(f, "no data from the peer for {}s", IO_TIMEOUT.as_secs()),
             ConnError::HeadTimeout(t) => write!(
                 f,
@@ -627,6 +630,20 @@ fn serve_request(
     };
     let outcome = back.serve(&mut exchange, ctx);
     let aborted = exchange.aborted;
+    // A body we could not hold stopped the back: the web server still
+    // gets an answer (503), then the connection is closed.
+    let spool_failed = match exchange.failure.take() {
+        Some(ConnError::Spool(e)) => {
+            if !aborted {
+                crate::front::answer_spool_failure("fastcgi", &mut exchange, &e);
+            }
+            true
+        }
+        other => {
+            exchange.failure = other;
+            false
+        }
+    };
     if !aborted {
         exchange.encode_head();
     }
@@ -634,6 +651,14 @@ fn serve_request(
     let body_eof = exchange.body_eof;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if spool_failed {
+        if !aborted {
+            codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
+            codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
+        }
+        c.settle(ctx, Some(id), true)?;
+        return Ok(false);
     }
     if outcome == Outcome::FrontGone {
         return Ok(false);
@@ -664,6 +689,14 @@ fn reject_second_request(c: &mut Connection, frame: &Frame) -> Result<(), ConnEr
     );
     c.end_request(frame.id, ProtocolStatus::CantMpxConn)?;
     Ok(())
+}
+
+/// What `on_ready` tells the back about a failure of the connection.
+fn failure_error(e: &ConnError) -> io::Error {
+    match e {
+        ConnError::Spool(_) => crate::front::StoppedByFront::error(e),
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
 }
 
 /// One request as the back sees it.
@@ -709,7 +742,7 @@ impl FcgiExchange<'_> {
                     if frame.content.is_empty() {
                         self.body_eof = true;
                     } else {
-                        self.body.push(&frame.content)?;
+                        self.body.push(&frame.content).map_err(ConnError::Spool)?;
                     }
                 }
                 (RecordType::AbortRequest, id) if id == self.id => {
@@ -738,7 +771,7 @@ impl FcgiExchange<'_> {
     }
 
     fn fail(&mut self, e: ConnError) -> io::Error {
-        let err = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let err = failure_error(&e);
         self.failure = Some(e);
         err
     }
@@ -769,7 +802,7 @@ impl Exchange for FcgiExchange<'_> {
 
     fn on_ready(&mut self) -> io::Result<InputEvent> {
         if let Some(e) = &self.failure {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            return Err(failure_error(e));
         }
         self.encode_head();
         if let Err(e) = self.c.try_flush() {
