@@ -986,10 +986,7 @@ fn shim_under_limits(dir: TempDir, prelude: &str, env: Vec<(String, String)>) ->
         "app.sh",
         &format!("sleep 1\ncat > /dev/null\n{HELLO_SCRIPT}"),
     );
-    let wrapper = dir.script(
-        "limited-shim",
-        &format!("{prelude}\nexec '{}' \"$@\"", shim_bin().display()),
-    );
+    let wrapper = shim_after(&dir, prelude);
     let settings = settings_with_timeout(&script, 10);
     Shim::launch(
         dir,
@@ -1057,4 +1054,61 @@ fn an_upload_without_a_usable_temporary_directory_gets_a_503_and_one_log_line() 
     )];
     let shim = shim_under_limits(dir, ":", env);
     assert_503_and_one_log_line(&shim, "cannot create a temporary file in ");
+}
+
+/// `ulimit -n` so low that accept(2) fails (EMFILE), or the program cannot
+/// be started: every request is answered 503 (or served), and each cause is
+/// logged once, not ten times a second.
+#[test]
+fn out_of_file_descriptors_every_request_gets_a_503_and_each_cause_one_log_line() {
+    let mut causes_seen = Vec::new();
+    for nofile in 7..=9 {
+        let dir = TempDir::new("nofile");
+        let script = dir.script("app.sh", HELLO_SCRIPT);
+        let wrapper = shim_after(&dir, &format!("ulimit -n {nofile}"));
+        let shim = Shim::launch(
+            dir,
+            Launch {
+                settings: Some(settings_with_timeout(&script, 5)),
+                program: Some(wrapper),
+                ..Launch::default()
+            },
+        );
+        for _ in 0..5 {
+            let mut conn = shim.connect();
+            let r = request(&mut conn, &cgi_params("GET", "q=1", 0), b"", false).complete_cgi();
+            assert!(
+                r.status == 503 || r.body_text() == "hello GET q=1",
+                "ulimit -n {nofile}: {r:?}\n{}",
+                shim.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(300));
+        let log = shim.log();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("] error: ")).collect();
+        let mut unique = errors.clone();
+        unique.dedup();
+        assert_eq!(
+            errors, unique,
+            "ulimit -n {nofile}: a cause logged twice:\n{log}"
+        );
+        assert!(errors.len() <= 1, "ulimit -n {nofile}:\n{log}");
+        causes_seen.extend(
+            errors
+                .iter()
+                .map(|l| l.split("] error: ").nth(1).unwrap_or("").to_string()),
+        );
+    }
+    let seen = causes_seen.join("\n");
+    assert!(
+        seen.contains(
+            "accept failed: Too many open files (os error 24): answering 503 with the file \
+             descriptor kept in reserve"
+        ),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("Too many open files (os error 24) (503)"),
+        "{seen}"
+    );
 }

@@ -686,3 +686,32 @@ fn a_fixed_script_name_replaces_the_web_servers() {
     assert!(env.contains("\"SCRIPT_NAME\": \"/shop\""), "{env}");
     assert!(env.contains("\"PATH_INFO\": \"/environ\""), "{env}");
 }
+
+/// Issue 13 item 6: at `ulimit -n 8` the worker cannot be started (it was:
+/// nothing answered and `accept failed` ten times a second): every request
+/// gets a 503, and the log says why once.
+#[test]
+fn at_ulimit_n_8_every_request_gets_a_503_and_the_log_says_it_once() {
+    let dir = TempDir::new("wsgi-nofile");
+    let program = shim_after(&dir, "ulimit -n 8");
+    let shim = Shim::launch(
+        dir,
+        Launch {
+            settings: Some(wsgi_settings("probe", &probe_dir(), "")),
+            program: Some(program),
+            ..Launch::default()
+        },
+    );
+    for _ in 0..4 {
+        let r = get(&shim, "/hello", "");
+        assert_eq!(r.status, 503, "{r:?}\n{}", shim.log());
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let log = shim.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("] error: ")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("Too many open files (os error 24)"),
+        "{log}"
+    );
+}

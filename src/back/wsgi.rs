@@ -208,14 +208,21 @@ impl WsgiBack {
 
     fn log_start_error(&self, e: &StartError) {
         match e {
-            StartError::Spawn(e) => log::error!(
-                "wsgi: {}: cannot start {}: {e}{}",
-                self.label,
-                self.sup.name(),
-                self.deployment_problems()
-                    .map(|why| format!("; {why}"))
-                    .unwrap_or_default()
-            ),
+            // Once a minute per cause: out of file descriptors, every
+            // request and idle tick would say it again.
+            StartError::Spawn(e) => {
+                if let Some(n) = crate::log::once_a_minute(&format!("wsgi: spawn: {e}")) {
+                    log::error!(
+                        "wsgi: {}: cannot start {}: {e}{}{}",
+                        self.label,
+                        self.sup.name(),
+                        self.deployment_problems()
+                            .map(|why| format!("; {why}"))
+                            .unwrap_or_default(),
+                        crate::log::left_out(n)
+                    );
+                }
+            }
             StartError::Backoff(_) => {}
         }
     }

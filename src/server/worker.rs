@@ -68,6 +68,7 @@ pub struct Worker<'a> {
 
 /// Serve connections until a stop signal, retirement or `maxrequests`.
 pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
+    super::keep_fd_in_reserve();
     let mut served = 0usize;
     loop {
         if sys::stop_requested() {
@@ -101,22 +102,12 @@ pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
             back.idle();
             continue;
         }
-        let conn = match sys::accept(w.listener.fd.as_fd()) {
-            Ok(conn) => conn,
-            // Another worker took it, or the peer gave up.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED)
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                log::error!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
+        let protocol = w.listener.protocol;
+        let refused = |conn| super::refuse(conn, protocol, w.limits, w.signals);
+        // None: another worker took it, the peer gave up, or out of file
+        // descriptors (then it was answered 503).
+        let Some(conn) = super::accept(w.listener.fd.as_fd(), refused) else {
+            continue;
         };
         if !w.listener.allowed.is_empty() {
             match conn.peer_ip() {
