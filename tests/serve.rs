@@ -1003,3 +1003,59 @@ fn silent_and_half_sent_connections_give_way_after_request_read_timeout_in_every
         assert_eq!(log.matches(&line).count(), 2, "{what}: {log}");
     }
 }
+
+/// Issue 13 item 6 for `serve`: out of file descriptors (`ulimit -n`), in
+/// the threaded pool and under the prefork manager (which then cannot start
+/// a worker), every visitor gets a 503 and each cause is logged once.
+#[test]
+fn out_of_file_descriptors_threaded_and_prefork_answer_503_and_log_each_cause_once() {
+    for method in ["threaded", "prefork"] {
+        for nofile in [7, 9] {
+            let dir = common::TempDir::new("serve-nofile");
+            let program = common::shim_after(&dir, &format!("ulimit -n {nofile}"));
+            let settings = dir.join(&format!("{}.toml", common::SITE));
+            let script = dir.script("app.sh", common::HELLO_SCRIPT);
+            let shim = common::Shim::launch(
+                dir,
+                common::Launch {
+                    settings: Some(common::settings_with_timeout(&script, 5)),
+                    program: Some(program),
+                    args: Some(vec![
+                        "serve".into(),
+                        settings.into(),
+                        format!("method={method}").into(),
+                        "daemonize=false".into(),
+                        "minspare=1".into(),
+                        "maxspare=1".into(),
+                        "maxchildren=2".into(),
+                    ]),
+                    ..common::Launch::default()
+                },
+            );
+            let what = format!("{method}, ulimit -n {nofile}");
+            for _ in 0..4 {
+                let mut conn = shim.connect();
+                let r = request(&mut conn, &cgi_params("GET", "q=1", 0), b"", false).complete_cgi();
+                assert!(
+                    r.status == 503 || r.body_text() == "hello GET q=1",
+                    "{what}: {r:?}\n{}",
+                    shim.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(1200));
+            let log = shim.log();
+            let mut errors: Vec<&str> = log
+                .lines()
+                .filter_map(|l| l.split("] error: ").nth(1))
+                .collect();
+            let all = errors.len();
+            errors.sort();
+            errors.dedup();
+            assert_eq!(all, errors.len(), "{what}: a cause logged twice:\n{log}");
+            assert!(
+                !errors.is_empty(),
+                "{what}: the log does not say why:\n{log}"
+            );
+        }
+    }
+}
