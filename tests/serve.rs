@@ -1059,3 +1059,79 @@ fn out_of_file_descriptors_threaded_and_prefork_answer_503_and_log_each_cause_on
         }
     }
 }
+
+/// Issue 13 item 6 for SCGI: a 5 MiB upload that cannot be spooled (no
+/// usable `$TMPDIR`) is answered 503, and the log says so once.
+#[test]
+fn scgi_upload_that_cannot_be_spooled_gets_a_503_and_one_log_line() {
+    let dir = common::TempDir::new("scgi-nospool");
+    let settings = dir.join(&format!("{}.toml", common::SITE));
+    let script = dir.script(
+        "app.sh",
+        &format!("sleep 1\ncat > /dev/null\n{}", common::HELLO_SCRIPT),
+    );
+    let missing = dir.join("missing");
+    let shim = common::Shim::launch(
+        dir,
+        common::Launch {
+            settings: Some(common::settings_with_timeout(&script, 10)),
+            args: Some(vec![
+                "serve".into(),
+                settings.into(),
+                "protocol=scgi".into(),
+                "method=single".into(),
+                "daemonize=false".into(),
+            ]),
+            env: vec![("TMPDIR".into(), missing.display().to_string())],
+            ..common::Launch::default()
+        },
+    );
+    let body = common::prng_bytes(5 * 1024 * 1024, 5);
+    for _ in 0..2 {
+        let mut netstring = Vec::new();
+        for (n, v) in [
+            ("CONTENT_LENGTH", body.len().to_string()),
+            ("SCGI", "1".into()),
+            ("REQUEST_METHOD", "POST".into()),
+            ("REQUEST_URI", "/up".into()),
+        ] {
+            netstring.extend_from_slice(n.as_bytes());
+            netstring.push(0);
+            netstring.extend_from_slice(v.as_bytes());
+            netstring.push(0);
+        }
+        let mut message = format!("{}:", netstring.len()).into_bytes();
+        message.extend_from_slice(&netstring);
+        message.push(b',');
+        message.extend_from_slice(&body);
+        let mut conn = shim.connect();
+        let mut writer = conn.try_clone();
+        let out = thread::scope(|s| {
+            s.spawn(move || {
+                let _ = writer.write_all(&message);
+            });
+            let mut out = Vec::new();
+            let _ = conn.read_to_end(&mut out);
+            out
+        });
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("Status: 503 Service Unavailable\r\n")
+                && text.contains("cannot take the request body"),
+            "{text}\n{}",
+            shim.log()
+        );
+    }
+    let log = shim.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("] error: ") || l.contains("] warn: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains(
+            "scgi: POST /up: cannot hold the request body: cannot create a temporary file in "
+        ) && lines[0].ends_with("answering 503"),
+        "{log}"
+    );
+}
