@@ -715,3 +715,45 @@ fn at_ulimit_n_8_every_request_gets_a_503_and_the_log_says_it_once() {
         "{log}"
     );
 }
+
+/// Issue 13 item 6: an upload that cannot be spooled (no usable `$TMPDIR`)
+/// gets a 503 and one log line; the application never takes the cut-short
+/// body for a whole one (its worker is replaced), and the next request is
+/// served.
+#[test]
+fn an_upload_that_cannot_be_spooled_gets_a_503_and_a_fresh_worker() {
+    let dir = TempDir::new("wsgi-nospool");
+    let missing = dir.join("missing").display().to_string();
+    let shim = Shim::launch(
+        dir,
+        Launch {
+            settings: Some(wsgi_settings("probe", &probe_dir(), "")),
+            env: vec![("TMPDIR".into(), missing)],
+            ..Launch::default()
+        },
+    );
+    let before = worker_pid(&shim);
+    let body = prng_bytes(5 * 1024 * 1024, 3);
+    let mut conn = shim.connect();
+    let (response, _) = exchange(
+        &mut conn,
+        encode_request(1, &params("POST", "/sleep", "1", body.len()), &body, false),
+        1,
+    );
+    let r = response.expect("a response").complete_cgi();
+    assert_eq!(r.status, 503, "{r:?}\n{}", shim.log());
+    let log = shim.log();
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("] error: ") || l.contains("] warn: "))
+        .collect();
+    assert_eq!(complaints.len(), 1, "{log}");
+    assert!(
+        complaints[0].contains("fastcgi: POST ")
+            && complaints[0]
+                .contains("cannot hold the request body: cannot create a temporary file in "),
+        "{log}"
+    );
+    let after = worker_pid(&shim);
+    assert_ne!(after, before, "{}", shim.log());
+}
