@@ -245,6 +245,18 @@ pub fn refuse(conn: Conn, protocol: FrontProtocol, limits: Limits, signals: &Sig
     }
 }
 
+/// [`refuse`] a connection of a `serve` listener, if its peer is allowed at all.
+pub fn refuse_allowed(
+    conn: Conn,
+    listener: &worker::Listener,
+    limits: Limits,
+    signals: &SignalPipe,
+) {
+    if listener.allows(&conn) {
+        refuse(conn, listener.protocol, limits, signals);
+    }
+}
+
 /// The back of a connection accepted with the reserve file descriptor.
 struct OutOfFds;
 

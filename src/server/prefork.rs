@@ -100,9 +100,9 @@ pub fn run(
         // the visitors 503 itself rather than leave them waiting.
         let unserved = children.iter().all(|c| c.retiring);
         if wait_for_reports(&mut children, signals, unserved.then_some(listener), TICK) {
-            let refused = |conn| super::refuse(conn, listener.protocol, config.limits, signals);
+            let refused = |conn| super::refuse_allowed(conn, listener, config.limits, signals);
             if let Some(conn) = super::accept(listener.fd.as_fd(), refused) {
-                super::refuse(conn, listener.protocol, config.limits, signals);
+                super::refuse_allowed(conn, listener, config.limits, signals);
             }
         }
         let before = children.len();
