@@ -1112,3 +1112,29 @@ fn out_of_file_descriptors_every_request_gets_a_503_and_each_cause_one_log_line(
         "{seen}"
     );
 }
+
+/// An abort before the parameters are complete is answered at once too,
+/// with the same appStatus, and the kept connection goes on.
+#[test]
+fn abort_during_the_parameters_is_answered_and_the_connection_goes_on() {
+    let app = App::build(5, touching_hello);
+    let mut conn = app.shim.connect();
+    let mut bytes = begin(1, RESPONDER, KEEP_CONN);
+    let mut pairs = Vec::new();
+    for (name, value) in cgi_params("GET", "q=1", 0) {
+        encode_name_value(&mut pairs, name.as_bytes(), value.as_bytes());
+    }
+    // Not ended (no empty PARAMS record): the request has not begun.
+    encode_record(&mut bytes, PARAMS, 1, &pairs);
+    encode_record(&mut bytes, ABORT_REQUEST, 1, &[]);
+    send(&mut conn, &bytes);
+    let response = read_response(&mut conn, 1).expect("END_REQUEST after ABORT_REQUEST");
+    assert_eq!(
+        (response.protocol_status, response.app_status),
+        (REQUEST_COMPLETE, 1)
+    );
+    assert!(response.stdout.is_empty());
+    assert!(!app.dir.join("ran").exists());
+    let response = request_with_id(&mut conn, 2, &cgi_params("GET", "q=1", 0), b"", false);
+    assert_eq!(response.complete_cgi().body_text(), "hello GET q=1");
+}
