@@ -81,6 +81,7 @@ struct RawLimits {
     max_param_records: Option<Spanned<i64>>,
     max_management_records: Option<Spanned<i64>>,
     max_response_head_bytes: Option<Spanned<i64>>,
+    request_read_timeout: Option<Spanned<Seconds>>,
 }
 
 /// A duration written as seconds (`30`, `0.5`) or with a unit (`"500ms"`, `"30s"`, `"2m"`).
@@ -199,6 +200,9 @@ pub struct Limits {
     pub max_management_records: usize,
     /// Bytes of an application's response header block.
     pub max_response_head_bytes: usize,
+    /// How long a new connection (or a kept one's next request, from its
+    /// first byte) may take to send a whole request head.
+    pub request_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -209,9 +213,15 @@ impl Default for Limits {
             max_param_records: 1024,
             max_management_records: 64,
             max_response_head_bytes: 65_536,
+            request_read_timeout: DEFAULT_REQUEST_READ_TIMEOUT,
         }
     }
 }
+
+/// Default time a connection may take to send its request head: web
+/// servers send it at once; a peer that connects and stays silent (or sends
+/// half a head) holds a one-at-a-time worker for this long at most.
+pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default per-request timeout of a CGI program.
 pub const DEFAULT_CGI_TIMEOUT: Duration = Duration::from_secs(30);
@@ -848,6 +858,12 @@ fn validate_limits(src: &Source<'_>, raw: Option<RawLimits>) -> Result<Limits, C
                 .filter(|n| *n > 0)
                 .ok_or_else(|| src.at(v.span(), "must be a whole number above 0"))?;
         }
+    }
+    if let Some(t) = raw.request_read_timeout {
+        if t.get_ref().0.is_zero() {
+            return Err(src.at(t.span(), "must be more than 0"));
+        }
+        limits.request_read_timeout = t.get_ref().0;
     }
     Ok(limits)
 }
@@ -1887,6 +1903,19 @@ mod tests {
         let e = err("[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n[limits]\nmax_params = 0\n");
         assert_eq!(e.position, Some((5, 14)));
         assert!(e.message.contains("key `max_params`"), "{e}");
+    }
+
+    #[test]
+    fn request_read_timeout() {
+        let base = "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n[limits]\n";
+        let c = parse(
+            Path::new("/x/mysite.fcgi"),
+            &format!("{base}request_read_timeout = \"5s\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.request_read_timeout, Duration::from_secs(5));
+        let e = err(&format!("{base}request_read_timeout = 0\n"));
+        assert!(e.message.contains("key `request_read_timeout`"), "{e}");
     }
 
     #[test]

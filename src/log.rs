@@ -123,3 +123,61 @@ impl Log for ShimLogger {
 pub fn parse_facility(name: &str) -> Option<syslog::Facility> {
     name.parse().ok()
 }
+
+/// How often [`once_a_minute`] lets a line about the same cause through.
+pub const RATE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Causes logged lately: (cause, when, occurrences left out since).
+static RATE_LIMITED: Mutex<Vec<(String, std::time::Instant, u64)>> = Mutex::new(Vec::new());
+
+/// For a line that could repeat many times a second (accept failing for
+/// want of file descriptors, a full temporary directory): `Some(n)` if a line
+/// about `cause` may be logged now, `n` being how many occurrences were left
+/// out since the last one; `None` within [`RATE_LIMIT`] of it. Per process
+/// (each prefork worker has its own minute).
+pub fn once_a_minute(cause: &str) -> Option<u64> {
+    let now = std::time::Instant::now();
+    let mut seen = RATE_LIMITED.lock().unwrap_or_else(|e| e.into_inner());
+    match seen.iter_mut().find(|(c, _, _)| c == cause) {
+        Some((_, at, left_out)) if now.duration_since(*at) < RATE_LIMIT => {
+            *left_out += 1;
+            None
+        }
+        Some((_, at, left_out)) => {
+            *at = now;
+            Some(std::mem::take(left_out))
+        }
+        None => {
+            seen.push((cause.to_string(), now, 0));
+            Some(0)
+        }
+    }
+}
+
+/// " (12 more since the last line)" for a count from [`once_a_minute`].
+pub fn left_out(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more since the last line about it)")
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn once_a_minute_per_cause() {
+        assert_eq!(once_a_minute("test: a"), Some(0));
+        assert_eq!(once_a_minute("test: a"), None);
+        assert_eq!(once_a_minute("test: a"), None);
+        assert_eq!(once_a_minute("test: b"), Some(0));
+        let mut seen = RATE_LIMITED.lock().unwrap();
+        let a = seen.iter_mut().find(|(c, _, _)| c == "test: a").unwrap();
+        a.1 -= RATE_LIMIT;
+        drop(seen);
+        assert_eq!(once_a_minute("test: a"), Some(2));
+        assert_eq!(left_out(2), " (2 more since the last line about it)");
+    }
+}

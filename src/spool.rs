@@ -52,9 +52,10 @@ impl Spool {
         self.total
     }
 
-    /// Append bytes at the back.
+    /// Append bytes at the back. Err: the temporary file could not be
+    /// created or written (a full disk, no file descriptor left); the
+    /// message says which and where. The bytes were not taken.
     pub fn push(&mut self, data: &[u8]) -> io::Result<()> {
-        self.total += data.len() as u64;
         let spilling = self.write_at > self.read_at;
         if !spilling && self.mem.len() - self.mem_start + data.len() <= MEMORY_LIMIT {
             if self.mem_start > 0 && self.mem_start * 2 >= self.mem.len() {
@@ -62,14 +63,32 @@ impl Spool {
                 self.mem_start = 0;
             }
             self.mem.extend_from_slice(data);
+            self.total += data.len() as u64;
             return Ok(());
         }
         let file = match &mut self.file {
             Some(f) => f,
-            None => self.file.insert(temp_file()?),
+            None => self.file.insert(temp_file().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create a temporary file in {}: {e}",
+                        std::env::temp_dir().display()
+                    ),
+                )
+            })?),
         };
-        file.write_all_at(data, self.write_at)?;
+        file.write_all_at(data, self.write_at).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot write to the temporary file in {}: {e}",
+                    std::env::temp_dir().display()
+                ),
+            )
+        })?;
         self.write_at += data.len() as u64;
+        self.total += data.len() as u64;
         Ok(())
     }
 

@@ -537,6 +537,7 @@ printf 'finished\n'"#,
         "END_REQUEST came {elapsed:?} after ABORT_REQUEST"
     );
     assert_eq!(response.protocol_status, REQUEST_COMPLETE);
+    assert_eq!(response.app_status, 1, "appStatus of an aborted request");
     assert!(
         !String::from_utf8_lossy(&response.stdout).contains("finished"),
         "the program ran to completion"
@@ -883,4 +884,257 @@ printf 'Content-Type: text/plain\r\n\r\ndone'"#,
         left.is_empty(),
         "program processes left after the shim exited: {left:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13 item 5: a silent or half-sent connection does not hold the only
+// worker for long (nginx, lighttpd and `serve` on TCP can do this; mod_fcgid
+// never does).
+// ---------------------------------------------------------------------------
+
+/// The shim on a TCP listener on fd 0 with `request_read_timeout = "1s"`.
+fn read_timeout_app() -> (Shim, TempDir) {
+    let dir = TempDir::new("readtimeout");
+    let script = dir.script("app.sh", HELLO_SCRIPT);
+    let settings = settings_with_timeout(&script, 5)
+        .replace("[limits]\n", "[limits]\nrequest_read_timeout = \"1s\"\n");
+    (Shim::start_tcp(&settings), dir)
+}
+
+#[test]
+fn a_silent_connection_gives_way_after_request_read_timeout() {
+    let (shim, _dir) = read_timeout_app();
+    let mut silent = shim.connect();
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_hello(&mut shim.connect(), false);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "the next visitor waited {waited:?}"
+    );
+    assert!(
+        matches!(read_until_closed(&mut silent), Closed::Eof { ref bytes } if bytes.is_empty()),
+        "the silent connection was not closed quietly"
+    );
+    assert!(
+        shim.wait_for_log(
+            "fastcgi: closing connection: no complete request within 1s (request_read_timeout)",
+            LOG_WAIT
+        ),
+        "{}",
+        shim.log()
+    );
+}
+
+#[test]
+fn half_a_request_gives_way_after_request_read_timeout_even_when_it_trickles() {
+    let (shim, _dir) = read_timeout_app();
+    let whole = encode_request(1, &cgi_params("GET", "q=1", 0), b"", false);
+    let mut half = shim.connect();
+    // BEGIN_REQUEST and part of PARAMS, then a byte every 300 ms: an idle
+    // timeout alone would never fire.
+    send(&mut half, &whole[..30]);
+    let trickle = thread::spawn(move || {
+        for b in &whole[30..whole.len() / 2] {
+            thread::sleep(Duration::from_millis(300));
+            if half.write_all(&[*b]).is_err() {
+                break;
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_hello(&mut shim.connect(), false);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(4),
+        "the next visitor waited {waited:?}"
+    );
+    assert!(
+        shim.log()
+            .contains("closing connection: no complete request within 1s (request_read_timeout)"),
+        "{}",
+        shim.log()
+    );
+    trickle.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13 item 6: out of resources is answered, not met with silence.
+// ---------------------------------------------------------------------------
+
+/// A 5 MiB upload while the program has not read it yet: past 1 MiB the
+/// body goes to a temporary file in `$TMPDIR`.
+fn upload_5_mib(shim: &Shim) -> CgiResponse {
+    let body = prng_bytes(5 * 1024 * 1024, 13);
+    let mut conn = shim.connect();
+    let (response, _write_error) = exchange(
+        &mut conn,
+        encode_request(1, &cgi_params("POST", "up=1", body.len()), &body, false),
+        1,
+    );
+    let response = response.expect("a response to the upload");
+    assert_eq!(response.protocol_status, REQUEST_COMPLETE);
+    response.complete_cgi()
+}
+
+/// `prelude` (shell lines) runs before the shim is exec'd: a wrapper that
+/// sets the limits under test, as the user's `ulimit` would.
+fn shim_under_limits(dir: TempDir, prelude: &str, env: Vec<(String, String)>) -> Shim {
+    let script = dir.script(
+        "app.sh",
+        &format!("sleep 1\ncat > /dev/null\n{HELLO_SCRIPT}"),
+    );
+    let wrapper = shim_after(&dir, prelude);
+    let settings = settings_with_timeout(&script, 10);
+    Shim::launch(
+        dir,
+        Launch {
+            settings: Some(settings),
+            program: Some(wrapper),
+            env,
+            ..Launch::default()
+        },
+    )
+}
+
+fn assert_503_and_one_log_line(shim: &Shim, want_in_line: &str) {
+    for round in 0..2 {
+        let r = upload_5_mib(shim);
+        assert_eq!(r.status, 503, "round {round}: {r:?}\n{}", shim.log());
+        assert!(
+            r.body_text().contains("cannot take the request body"),
+            "{}",
+            r.body_text()
+        );
+    }
+    let log = shim.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot hold the request body"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line a minute:\n{log}");
+    let complaints = log
+        .lines()
+        .filter(|l| l.contains("] warn: ") || l.contains("] error: "))
+        .count();
+    assert_eq!(
+        complaints, 1,
+        "no other warning for the two uploads:\n{log}"
+    );
+    assert!(
+        lines[0].contains("fastcgi: POST ") && lines[0].contains(want_in_line),
+        "{log}"
+    );
+    assert!(lines[0].ends_with("answering 503"), "{log}");
+    // Small requests (no temporary file) are still served.
+    assert_hello(&mut shim.connect(), false);
+}
+
+#[test]
+fn an_upload_that_cannot_be_spooled_because_the_disk_is_full_gets_a_503_and_one_log_line() {
+    // A file size limit makes writes fail as a full disk does (EFBIG for
+    // ENOSPC), without root or a loop device. SIGXFSZ ignored, as a shell's
+    // `trap '' XFSZ` passes it on.
+    let dir = TempDir::new("fullspool");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let env = vec![("TMPDIR".to_string(), tmp.display().to_string())];
+    let shim = shim_under_limits(dir, "ulimit -f 2048\ntrap '' XFSZ", env);
+    assert_503_and_one_log_line(&shim, "cannot write to the temporary file in ");
+}
+
+#[test]
+fn an_upload_without_a_usable_temporary_directory_gets_a_503_and_one_log_line() {
+    let dir = TempDir::new("nospool");
+    let env = vec![(
+        "TMPDIR".to_string(),
+        dir.join("missing").display().to_string(),
+    )];
+    let shim = shim_under_limits(dir, ":", env);
+    assert_503_and_one_log_line(&shim, "cannot create a temporary file in ");
+}
+
+/// `ulimit -n` so low that accept(2) fails (EMFILE), or the program cannot
+/// be started: every request is answered 503 (or served), and each cause is
+/// logged once, not ten times a second.
+#[test]
+fn out_of_file_descriptors_every_request_gets_a_503_and_each_cause_one_log_line() {
+    let mut causes_seen = Vec::new();
+    for nofile in 7..=9 {
+        let dir = TempDir::new("nofile");
+        let script = dir.script("app.sh", HELLO_SCRIPT);
+        let wrapper = shim_after(&dir, &format!("ulimit -n {nofile}"));
+        let shim = Shim::launch(
+            dir,
+            Launch {
+                settings: Some(settings_with_timeout(&script, 5)),
+                program: Some(wrapper),
+                ..Launch::default()
+            },
+        );
+        for _ in 0..5 {
+            let mut conn = shim.connect();
+            let r = request(&mut conn, &cgi_params("GET", "q=1", 0), b"", false).complete_cgi();
+            assert!(
+                r.status == 503 || r.body_text() == "hello GET q=1",
+                "ulimit -n {nofile}: {r:?}\n{}",
+                shim.log()
+            );
+        }
+        thread::sleep(Duration::from_millis(300));
+        let log = shim.log();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("] error: ")).collect();
+        let mut unique = errors.clone();
+        unique.dedup();
+        assert_eq!(
+            errors, unique,
+            "ulimit -n {nofile}: a cause logged twice:\n{log}"
+        );
+        assert!(errors.len() <= 1, "ulimit -n {nofile}:\n{log}");
+        causes_seen.extend(
+            errors
+                .iter()
+                .map(|l| l.split("] error: ").nth(1).unwrap_or("").to_string()),
+        );
+    }
+    let seen = causes_seen.join("\n");
+    assert!(
+        seen.contains(
+            "accept failed: Too many open files (os error 24): answering 503 with the file \
+             descriptor kept in reserve"
+        ),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("Too many open files (os error 24) (503)"),
+        "{seen}"
+    );
+}
+
+/// An abort before the parameters are complete is answered at once too,
+/// with the same appStatus, and the kept connection goes on.
+#[test]
+fn abort_during_the_parameters_is_answered_and_the_connection_goes_on() {
+    let app = App::build(5, touching_hello);
+    let mut conn = app.shim.connect();
+    let mut bytes = begin(1, RESPONDER, KEEP_CONN);
+    let mut pairs = Vec::new();
+    for (name, value) in cgi_params("GET", "q=1", 0) {
+        encode_name_value(&mut pairs, name.as_bytes(), value.as_bytes());
+    }
+    // Not ended (no empty PARAMS record): the request has not begun.
+    encode_record(&mut bytes, PARAMS, 1, &pairs);
+    encode_record(&mut bytes, ABORT_REQUEST, 1, &[]);
+    send(&mut conn, &bytes);
+    let response = read_response(&mut conn, 1).expect("END_REQUEST after ABORT_REQUEST");
+    assert_eq!(
+        (response.protocol_status, response.app_status),
+        (REQUEST_COMPLETE, 1)
+    );
+    assert!(response.stdout.is_empty());
+    assert!(!app.dir.join("ran").exists());
+    let response = request_with_id(&mut conn, 2, &cgi_params("GET", "q=1", 0), b"", false);
+    assert_eq!(response.complete_cgi().body_text(), "hello GET q=1");
 }

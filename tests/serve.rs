@@ -926,3 +926,212 @@ fn sighup_reloads_in_place_and_refuses_a_broken_version() {
         );
     }
 }
+
+/// Issue 13 item 5: in every method and both protocols, a connection that
+/// sends nothing, or half a request head, is closed after
+/// `request_read_timeout` with a log line, and the next visitor is served
+/// (one worker, so the silent one holds it until then).
+#[test]
+fn silent_and_half_sent_connections_give_way_after_request_read_timeout_in_every_method() {
+    let half_fcgi =
+        common::encode_request(1, &cgi_params("GET", "x=1", 0), b"", false)[..30].to_vec();
+    let half_scgi = b"70:CONTENT_LENGTH\x000\x00SC".to_vec();
+    for (protocol, method) in [
+        ("fcgi", "single"),
+        ("fcgi", "prefork"),
+        ("fcgi", "threaded"),
+        ("scgi", "single"),
+        ("scgi", "prefork"),
+        ("scgi", "threaded"),
+    ] {
+        let site = Site::new();
+        let mut settings = std::fs::read_to_string(&site.settings).unwrap();
+        settings.push_str("[limits]\nrequest_read_timeout = \"1s\"\n");
+        std::fs::write(&site.settings, settings).unwrap();
+        let port = free_loopback_port();
+        let shim = site.serve(
+            &[
+                format!("protocol={protocol}"),
+                format!("method={method}"),
+                format!("port={port}"),
+                "minspare=1".into(),
+                "maxspare=1".into(),
+                "maxchildren=1".into(),
+            ],
+            Endpoint::Tcp(port),
+        );
+        let what = format!("{protocol} {method}");
+        for half in [
+            &b""[..],
+            if protocol == "fcgi" {
+                &half_fcgi
+            } else {
+                &half_scgi
+            },
+        ] {
+            let mut idle = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+            idle.write_all(half).unwrap();
+            thread::sleep(Duration::from_millis(100));
+            let started = Instant::now();
+            if protocol == "fcgi" {
+                fcgi_get(&Endpoint::Tcp(port), "x=2");
+            } else {
+                let out = scgi_request(port, "/next", b"");
+                assert!(
+                    out.starts_with(b"Status: 200 OK\r\n"),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_millis(600) && waited < Duration::from_secs(4),
+                "{what}, {} bytes sent: the next visitor waited {waited:?}\n{}",
+                half.len(),
+                shim.log_text()
+            );
+            let mut rest = Vec::new();
+            idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = idle.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "{what}: {rest:?}");
+        }
+        let log = shim.log_text();
+        let line = format!(
+            "{protocol}: closing connection: no complete request within 1s (request_read_timeout)"
+        )
+        .replace("fcgi:", "fastcgi:");
+        assert_eq!(log.matches(&line).count(), 2, "{what}: {log}");
+    }
+}
+
+/// Issue 13 item 6 for `serve`: out of file descriptors (`ulimit -n`), in
+/// the threaded pool and under the prefork manager (which then cannot start
+/// a worker), every visitor gets a 503 and each cause is logged once.
+#[test]
+fn out_of_file_descriptors_threaded_and_prefork_answer_503_and_log_each_cause_once() {
+    for method in ["threaded", "prefork"] {
+        for nofile in [7, 9] {
+            let dir = common::TempDir::new("serve-nofile");
+            let program = common::shim_after(&dir, &format!("ulimit -n {nofile}"));
+            let settings = dir.join(&format!("{}.toml", common::SITE));
+            let script = dir.script("app.sh", common::HELLO_SCRIPT);
+            let shim = common::Shim::launch(
+                dir,
+                common::Launch {
+                    settings: Some(common::settings_with_timeout(&script, 5)),
+                    program: Some(program),
+                    args: Some(vec![
+                        "serve".into(),
+                        settings.into(),
+                        format!("method={method}").into(),
+                        "daemonize=false".into(),
+                        "minspare=1".into(),
+                        "maxspare=1".into(),
+                        "maxchildren=2".into(),
+                    ]),
+                    ..common::Launch::default()
+                },
+            );
+            let what = format!("{method}, ulimit -n {nofile}");
+            for _ in 0..4 {
+                let mut conn = shim.connect();
+                let r = request(&mut conn, &cgi_params("GET", "q=1", 0), b"", false).complete_cgi();
+                assert!(
+                    r.status == 503 || r.body_text() == "hello GET q=1",
+                    "{what}: {r:?}\n{}",
+                    shim.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(1200));
+            let log = shim.log();
+            let mut errors: Vec<&str> = log
+                .lines()
+                .filter_map(|l| l.split("] error: ").nth(1))
+                .collect();
+            let all = errors.len();
+            errors.sort();
+            errors.dedup();
+            assert_eq!(all, errors.len(), "{what}: a cause logged twice:\n{log}");
+            assert!(
+                !errors.is_empty(),
+                "{what}: the log does not say why:\n{log}"
+            );
+        }
+    }
+}
+
+/// Issue 13 item 6 for SCGI: a 5 MiB upload that cannot be spooled (no
+/// usable `$TMPDIR`) is answered 503, and the log says so once.
+#[test]
+fn scgi_upload_that_cannot_be_spooled_gets_a_503_and_one_log_line() {
+    let dir = common::TempDir::new("scgi-nospool");
+    let settings = dir.join(&format!("{}.toml", common::SITE));
+    let script = dir.script(
+        "app.sh",
+        &format!("sleep 1\ncat > /dev/null\n{}", common::HELLO_SCRIPT),
+    );
+    let missing = dir.join("missing");
+    let shim = common::Shim::launch(
+        dir,
+        common::Launch {
+            settings: Some(common::settings_with_timeout(&script, 10)),
+            args: Some(vec![
+                "serve".into(),
+                settings.into(),
+                "protocol=scgi".into(),
+                "method=single".into(),
+                "daemonize=false".into(),
+            ]),
+            env: vec![("TMPDIR".into(), missing.display().to_string())],
+            ..common::Launch::default()
+        },
+    );
+    let body = common::prng_bytes(5 * 1024 * 1024, 5);
+    for _ in 0..2 {
+        let mut netstring = Vec::new();
+        for (n, v) in [
+            ("CONTENT_LENGTH", body.len().to_string()),
+            ("SCGI", "1".into()),
+            ("REQUEST_METHOD", "POST".into()),
+            ("REQUEST_URI", "/up".into()),
+        ] {
+            netstring.extend_from_slice(n.as_bytes());
+            netstring.push(0);
+            netstring.extend_from_slice(v.as_bytes());
+            netstring.push(0);
+        }
+        let mut message = format!("{}:", netstring.len()).into_bytes();
+        message.extend_from_slice(&netstring);
+        message.push(b',');
+        message.extend_from_slice(&body);
+        let mut conn = shim.connect();
+        let mut writer = conn.try_clone();
+        let out = thread::scope(|s| {
+            s.spawn(move || {
+                let _ = writer.write_all(&message);
+            });
+            let mut out = Vec::new();
+            let _ = conn.read_to_end(&mut out);
+            out
+        });
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("Status: 503 Service Unavailable\r\n")
+                && text.contains("cannot take the request body"),
+            "{text}\n{}",
+            shim.log()
+        );
+    }
+    let log = shim.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("] error: ") || l.contains("] warn: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains(
+            "scgi: POST /up: cannot hold the request body: cannot create a temporary file in "
+        ) && lines[0].ends_with("answering 503"),
+        "{log}"
+    );
+}

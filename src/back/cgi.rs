@@ -206,6 +206,23 @@ impl Back for CgiBack {
         let name = Path::new(program).display().to_string();
         let (process, pipes) = match Process::spawn(&spec) {
             Ok(p) => p,
+            // Out of file descriptors or processes: the server's state, not
+            // the program's fault: 503, and one line a minute.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+                ) =>
+            {
+                let cause = format!("cgi: spawn: {}", e.raw_os_error().unwrap_or(0));
+                if let Some(n) = crate::log::once_a_minute(&cause) {
+                    log::error!(
+                        "cgi: cannot start {name}: {e} (503){}",
+                        crate::log::left_out(n)
+                    );
+                }
+                return finish_with_error(exchange, 503, "");
+            }
             Err(e) => {
                 // Why exec failed, when the file says why (mode, #! line, ...).
                 let why = crate::deploy::explain_program_failure(
@@ -302,6 +319,11 @@ impl Run {
                         );
                         self.process.kill();
                         return Outcome::Aborted;
+                    }
+                    // The front says why (a body it could not hold).
+                    Err(e) if crate::front::stopped_by_front(&e) => {
+                        self.process.kill();
+                        return Outcome::FrontGone;
                     }
                     Ok(InputEvent::Closed) | Err(_) => {
                         log::warn!(

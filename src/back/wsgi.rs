@@ -140,6 +140,19 @@ enum Started {
 enum Interrupt {
     Aborted,
     FrontGone,
+    /// The front stopped the request and logs why (a body it could not
+    /// hold): the worker is replaced at once.
+    StoppedByFront,
+}
+
+impl Interrupt {
+    /// How the request ended for the front.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Interrupt::Aborted => Outcome::Aborted,
+            Interrupt::FrontGone | Interrupt::StoppedByFront => Outcome::FrontGone,
+        }
+    }
 }
 
 impl WsgiBack {
@@ -197,14 +210,21 @@ impl WsgiBack {
 
     fn log_start_error(&self, e: &StartError) {
         match e {
-            StartError::Spawn(e) => log::error!(
-                "wsgi: {}: cannot start {}: {e}{}",
-                self.label,
-                self.sup.name(),
-                self.deployment_problems()
-                    .map(|why| format!("; {why}"))
-                    .unwrap_or_default()
-            ),
+            // Once a minute per cause: out of file descriptors, every
+            // request and idle tick would say it again.
+            StartError::Spawn(e) => {
+                if let Some(n) = crate::log::once_a_minute(&format!("wsgi: spawn: {e}")) {
+                    log::error!(
+                        "wsgi: {}: cannot start {}: {e}{}{}",
+                        self.label,
+                        self.sup.name(),
+                        self.deployment_problems()
+                            .map(|why| format!("; {why}"))
+                            .unwrap_or_default(),
+                        crate::log::left_out(n)
+                    );
+                }
+            }
             StartError::Backoff(_) => {}
         }
     }
@@ -594,10 +614,7 @@ impl WsgiBack {
     }
 
     fn interrupted_before_request(&mut self, i: Interrupt) -> Outcome {
-        match i {
-            Interrupt::Aborted => Outcome::Aborted,
-            Interrupt::FrontGone => Outcome::FrontGone,
-        }
+        i.outcome()
     }
 
     fn backoff_seconds(&self) -> f64 {
@@ -754,11 +771,7 @@ impl WsgiBack {
                         }
                         self.sup.request_done();
                         self.greet();
-                        return Some(match gone {
-                            Some((Interrupt::Aborted, _)) => Outcome::Aborted,
-                            Some((Interrupt::FrontGone, _)) => Outcome::FrontGone,
-                            None => Outcome::Done,
-                        });
+                        return Some(gone.map_or(Outcome::Done, |(i, _)| i.outcome()));
                     }
                     Step::FrontGone => {
                         log::warn!(
@@ -805,7 +818,8 @@ impl WsgiBack {
                 limit = limit.min(*since + DRAIN_LIMIT);
             }
             if now >= limit {
-                return Some(self.give_up(ex, stopping, gone.is_some(), started));
+                let abandoned = gone.as_ref().map(|(i, _)| i.outcome());
+                return Some(self.give_up(ex, stopping, abandoned, started));
             }
             let want_stdout = gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER;
             let front = if gone.is_some() { None } else { Some(&*ex) };
@@ -835,15 +849,26 @@ impl WsgiBack {
                 on_front(&ready, ex)
             };
             if let Err(i) = front {
-                log::info!(
-                    "wsgi: {}: {}: {}; letting the application finish",
-                    self.label,
-                    ex.request().summary(),
-                    match i {
-                        Interrupt::Aborted => "request aborted by the web server",
-                        Interrupt::FrontGone => "the web server closed the connection",
-                    }
-                );
+                let why = match i {
+                    Interrupt::Aborted => Some("request aborted by the web server"),
+                    Interrupt::FrontGone => Some("the web server closed the connection"),
+                    Interrupt::StoppedByFront => None,
+                };
+                if let Some(why) = why {
+                    log::info!(
+                        "wsgi: {}: {}: {why}; letting the application finish",
+                        self.label,
+                        ex.request().summary(),
+                    );
+                }
+                if matches!(i, Interrupt::StoppedByFront) {
+                    // The application never gets the end of the body (a
+                    // truncated upload is not to be taken for a whole one):
+                    // a fresh worker rather than one still reading it.
+                    self.sup.replace();
+                    self.greet();
+                    return Some(Outcome::FrontGone);
+                }
                 gone = Some((i, Instant::now()));
                 if !body_done {
                     push_frame(&mut self.to_worker, b'E', &[]);
@@ -853,7 +878,10 @@ impl WsgiBack {
             if ready.stdout {
                 match self.read_stdout() {
                     Ok(true) => {}
-                    Ok(false) | Err(_) => return Some(self.died(ex, gone.is_some())),
+                    Ok(false) | Err(_) => {
+                        let abandoned = gone.as_ref().map(|(i, _)| i.outcome());
+                        return Some(self.died(ex, abandoned));
+                    }
                 }
             }
         }
@@ -872,7 +900,7 @@ impl WsgiBack {
     }
 
     /// The worker closed its output in the middle of a request.
-    fn died(&mut self, ex: &mut dyn Exchange, gone: bool) -> Outcome {
+    fn died(&mut self, ex: &mut dyn Exchange, abandoned: Option<Outcome>) -> Outcome {
         let status = if ex.head_sent() {
             "response cut short"
         } else {
@@ -880,8 +908,8 @@ impl WsgiBack {
         };
         let during = format!("during {}", ex.request().summary());
         self.worker_ended(&during, &format!(" ({status}); restarting it"));
-        if gone {
-            return Outcome::FrontGone;
+        if let Some(outcome) = abandoned {
+            return outcome;
         }
         finish_with_error(ex, 502, "")
     }
@@ -892,7 +920,7 @@ impl WsgiBack {
         &mut self,
         ex: &mut dyn Exchange,
         stopping: bool,
-        gone: bool,
+        abandoned: Option<Outcome>,
         started: Instant,
     ) -> Outcome {
         if stopping {
@@ -905,12 +933,16 @@ impl WsgiBack {
         }
         self.sup.replace();
         self.greet();
-        if gone {
+        if let Some(outcome) = abandoned {
             log::warn!(
-                "wsgi: {}: the application did not finish an abandoned request; worker replaced",
-                self.label
+                "wsgi: {}: the application did not finish an abandoned request within {:.1}s; \
+                 worker replaced",
+                self.label,
+                DRAIN_LIMIT.as_secs_f64()
             );
-            return Outcome::FrontGone;
+            // Aborted: the front answered the abort already; its
+            // connection goes on. Gone: nothing more can be sent.
+            return outcome;
         }
         log::error!(
             "wsgi: {}: {} timed out after {:.1}s (request_timeout); worker replaced (504)",
@@ -930,6 +962,7 @@ fn on_front(ready: &Ready, ex: &mut dyn Exchange) -> Result<(), Interrupt> {
     match ex.on_ready() {
         Ok(InputEvent::Progress) => Ok(()),
         Ok(InputEvent::Aborted) => Err(Interrupt::Aborted),
+        Err(e) if crate::front::stopped_by_front(&e) => Err(Interrupt::StoppedByFront),
         Ok(InputEvent::Closed) | Err(_) => Err(Interrupt::FrontGone),
     }
 }

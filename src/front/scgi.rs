@@ -24,8 +24,8 @@ use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
 
-/// How long a peer may stay silent while sending the head, or while not
-/// taking our response.
+/// How long a peer may stay silent while not taking our response. The head
+/// has `Limits::request_read_timeout` from the accept.
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the response, how long we keep reading a body nobody wanted.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -184,7 +184,10 @@ pub fn serve_connection(conn: Conn, back: &mut dyn Back, ctx: &mut Context<'_>, 
         }
     };
     let outcome = back.serve(&mut exchange, ctx);
-    if outcome == Outcome::FrontGone {
+    // A body we could not hold stopped the back: answer 503 all the same.
+    if let Some(e) = exchange.spool_failed.take() {
+        crate::front::answer_spool_failure("scgi", &mut exchange, &e);
+    } else if outcome == Outcome::FrontGone {
         return;
     }
     if let Err(e) = exchange.settle(ctx) {
@@ -221,7 +224,7 @@ fn read_head(
     limits: Limits,
 ) -> Result<Option<ScgiExchange>, String> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let deadline = Instant::now() + IO_TIMEOUT;
+    let deadline = Instant::now() + limits.request_read_timeout;
     loop {
         match decode_head(&buf, limits.max_params_bytes, limits.max_params) {
             Err(e) => return Err(e.to_string()),
@@ -239,6 +242,7 @@ fn read_head(
                     remaining,
                     out: OutQueue::new(),
                     head_sent: false,
+                    spool_failed: None,
                 }));
             }
             Ok(Decoded::Partial) => {}
@@ -249,8 +253,8 @@ fn read_head(
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!(
-                "no complete request head within {}s",
-                IO_TIMEOUT.as_secs()
+                "no complete request within {}s (request_read_timeout)",
+                limits.request_read_timeout.as_secs_f64()
             ));
         }
         if !wait(conn.as_fd(), PollFlags::POLLIN, ctx, left).map_err(|e| e.to_string())? {
@@ -292,6 +296,9 @@ struct ScgiExchange {
     remaining: u64,
     out: OutQueue,
     head_sent: bool,
+    /// The body could not be held (a full temporary directory): the back
+    /// was told the connection failed; the rest of the body is dropped.
+    spool_failed: Option<io::Error>,
 }
 
 impl ScgiExchange {
@@ -305,8 +312,14 @@ impl ScgiExchange {
         match self.conn.read(&mut chunk) {
             Ok(0) => Ok(false),
             Ok(n) => {
-                self.body.push(&chunk[..n])?;
                 self.remaining -= n as u64;
+                if self.spool_failed.is_none()
+                    && let Err(e) = self.body.push(&chunk[..n])
+                {
+                    let err = crate::front::StoppedByFront::error(&e);
+                    self.spool_failed = Some(e);
+                    return Err(err);
+                }
                 Ok(true)
             }
             Err(e)

@@ -15,18 +15,21 @@ pub mod prefork;
 pub mod threaded;
 pub mod worker;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 
-use crate::back::{Back, Context};
-use crate::config::Limits;
-use crate::front::fastcgi;
+use crate::back::{Back, Context, Outcome, finish_with_error};
+use crate::config::{FrontProtocol, Limits};
+use crate::front::{fastcgi, scgi};
 use crate::launch::{self, ListenerSource};
 use crate::reload::{self, Reloader, Verdict};
-use crate::sys::{self, SignalPipe};
+use crate::request::Exchange;
+use crate::sys::{self, Conn, SignalPipe};
 
 /// How often the idle loop wakes up even when nothing happens.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -49,6 +52,7 @@ pub fn run_single(
     signals: &SignalPipe,
     mut reloader: Option<&mut Reloader>,
 ) {
+    keep_fd_in_reserve();
     let mut last_request = Instant::now();
     while !sys::stop_requested() {
         let (incoming, signalled, woke) = {
@@ -97,43 +101,35 @@ pub fn run_single(
             back.idle();
             continue;
         }
-        match sys::accept(listener.as_fd()) {
-            Ok(conn) => {
-                let mut ctx = Context {
-                    signals,
-                    stop_deadline: None,
-                };
-                let mut reload_due = false;
-                // The front's poll does not include the inotify fd: `check`
-                // reads it (one read that finds nothing, usually).
-                let mut between_requests = || {
-                    if let Some(r) = reloader.as_deref_mut() {
-                        reload_due = reload_due || r.check() == Verdict::Reload;
-                    }
-                    reload_due
-                };
-                fastcgi::serve_connection(
-                    conn,
-                    back,
-                    &mut ctx,
-                    limits,
-                    Some(listener.as_fd()),
-                    &mut between_requests,
-                );
-                last_request = Instant::now();
-                if reload_due && let Some(r) = reloader.as_deref_mut() {
-                    restart(r, &listener, source, back);
-                }
+        let refused = |conn| refuse(conn, FrontProtocol::FastCgi, limits, signals);
+        // None: nothing to serve, or out of file descriptors (answered 503).
+        let Some(conn) = accept(listener.as_fd(), refused) else {
+            continue;
+        };
+        let mut ctx = Context {
+            signals,
+            stop_deadline: None,
+        };
+        let mut reload_due = false;
+        // The front's poll does not include the inotify fd: `check`
+        // reads it (one read that finds nothing, usually).
+        let mut between_requests = || {
+            if let Some(r) = reloader.as_deref_mut() {
+                reload_due = reload_due || r.check() == Verdict::Reload;
             }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED)
-                ) => {}
-            Err(e) => {
-                log::error!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            reload_due
+        };
+        fastcgi::serve_connection(
+            conn,
+            back,
+            &mut ctx,
+            limits,
+            Some(listener.as_fd()),
+            &mut between_requests,
+        );
+        last_request = Instant::now();
+        if reload_due && let Some(r) = reloader.as_deref_mut() {
+            restart(r, &listener, source, back);
         }
     }
     let signal = sys::last_signal();
@@ -167,4 +163,111 @@ fn restart(
     let err = reloader.exec(&env);
     log::error!("reload: exec failed ({err}); still serving the previous version");
     reloader.exec_failed(err.to_string());
+}
+
+// ---------------------------------------------------------------------------
+// Out of file descriptors: answered, not met with silence.
+
+/// One file descriptor (on /dev/null) held so that a connection can still
+/// be accepted and answered 503 when the process has no other left: on
+/// EMFILE it is closed, the connection accepted and answered, then it is
+/// opened again. One per process (the threads of the threaded pool share it;
+/// each prefork worker has its own).
+static RESERVE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Open the reserve file descriptor if it is not held.
+pub fn keep_fd_in_reserve() {
+    let mut reserve = RESERVE.lock().unwrap_or_else(|e| e.into_inner());
+    if reserve.is_none() {
+        *reserve = File::open("/dev/null").ok();
+    }
+}
+
+/// Accept one connection from the non-blocking `listener`. `None`: nothing
+/// to serve (another worker took it, the peer gave up, a signal, or accept
+/// failed: logged once a minute per cause, after a pause so that a failing
+/// accept does not spin). Out of file descriptors, the connection is
+/// accepted with the reserve and handed to `refuse`, which answers it 503.
+pub fn accept(listener: BorrowedFd<'_>, refuse: impl FnOnce(Conn)) -> Option<Conn> {
+    let e = match sys::accept(listener) {
+        Ok(conn) => return Some(conn),
+        Err(e) => e,
+    };
+    let errno = e.raw_os_error().unwrap_or(0);
+    if matches!(errno, libc::EINTR | libc::EAGAIN | libc::ECONNABORTED) {
+        return None;
+    }
+    if matches!(errno, libc::EMFILE | libc::ENFILE) {
+        // Held by another thread of the pool, or not reopened: wait.
+        if let Ok(mut reserve) = RESERVE.try_lock()
+            && reserve.take().is_some()
+        {
+            let answered = match sys::accept(listener) {
+                Ok(conn) => {
+                    if let Some(n) = crate::log::once_a_minute("accept: out of fds") {
+                        log::error!(
+                            "accept failed: {e}: answering 503 with the file descriptor kept \
+                             in reserve (raise `ulimit -n`){}",
+                            crate::log::left_out(n)
+                        );
+                    }
+                    refuse(conn);
+                    true
+                }
+                Err(_) => false,
+            };
+            *reserve = File::open("/dev/null").ok();
+            if answered {
+                return None;
+            }
+        }
+    }
+    if let Some(n) = crate::log::once_a_minute(&format!("accept: {errno}")) {
+        log::error!("accept failed: {e}{}", crate::log::left_out(n));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    None
+}
+
+/// Answer every request of `conn` with 503: accepted with the reserve file
+/// descriptor, there is none for the application.
+pub fn refuse(conn: Conn, protocol: FrontProtocol, limits: Limits, signals: &SignalPipe) {
+    let mut ctx = Context {
+        signals,
+        stop_deadline: None,
+    };
+    let back = &mut OutOfFds;
+    match protocol {
+        FrontProtocol::FastCgi => {
+            fastcgi::serve_connection(conn, back, &mut ctx, limits, None, &mut || false);
+        }
+        FrontProtocol::Scgi => scgi::serve_connection(conn, back, &mut ctx, limits),
+    }
+}
+
+/// [`refuse`] a connection of a `serve` listener, if its peer is allowed at all.
+pub fn refuse_allowed(
+    conn: Conn,
+    listener: &worker::Listener,
+    limits: Limits,
+    signals: &SignalPipe,
+) {
+    if listener.allows(&conn) {
+        refuse(conn, listener.protocol, limits, signals);
+    }
+}
+
+/// The back of a connection accepted with the reserve file descriptor.
+struct OutOfFds;
+
+impl Back for OutOfFds {
+    fn serve(&mut self, exchange: &mut dyn Exchange, _ctx: &mut Context<'_>) -> Outcome {
+        finish_with_error(
+            exchange,
+            503,
+            "The server has no file descriptor left for the application; try again shortly.",
+        )
+    }
+
+    fn shutdown(&mut self) {}
 }

@@ -56,6 +56,8 @@ pub fn run(
 ) {
     let mut children: Vec<Child> = Vec::new();
     let mut paused_until: Option<Instant> = None;
+    // Inherited by every worker (each then has its own).
+    super::keep_fd_in_reserve();
     bounds.log_start("prefork");
     while !sys::stop_requested() {
         on_tick();
@@ -71,7 +73,14 @@ pub fn run(
                 match spawn(listener, config, bounds, &mut children) {
                     Ok(child) => children.push(child),
                     Err(e) => {
-                        log::error!("prefork: cannot start a worker: {e}");
+                        let cause = format!("prefork: spawn: {}", e.raw_os_error().unwrap_or(0));
+                        if let Some(n) = crate::log::once_a_minute(&cause) {
+                            log::error!(
+                                "prefork: cannot start a worker: {e} (while none runs, visitors \
+                                 get a 503){}",
+                                crate::log::left_out(n)
+                            );
+                        }
                         paused_until = Some(Instant::now() + RESPAWN_PAUSE);
                         break;
                     }
@@ -87,7 +96,15 @@ pub fn run(
             child.retiring = true;
             child.control = None;
         }
-        wait_for_reports(&mut children, signals, TICK);
+        // No worker to accept (none could be started): the manager answers
+        // the visitors 503 itself rather than leave them waiting.
+        let unserved = children.iter().all(|c| c.retiring);
+        if wait_for_reports(&mut children, signals, unserved.then_some(listener), TICK) {
+            let refused = |conn| super::refuse_allowed(conn, listener, config.limits, signals);
+            if let Some(conn) = super::accept(listener.fd.as_fd(), refused) {
+                super::refuse_allowed(conn, listener, config.limits, signals);
+            }
+        }
         let before = children.len();
         children.retain_mut(|c| {
             if read_reports(c) {
@@ -118,16 +135,30 @@ pub fn run(
 }
 
 /// Poll the signal pipe and every status pipe.
-fn wait_for_reports(children: &mut [Child], signals: &SignalPipe, timeout: Duration) {
-    let mut fds = Vec::with_capacity(children.len() + 1);
+fn wait_for_reports(
+    children: &mut [Child],
+    signals: &SignalPipe,
+    listener: Option<&Listener>,
+    timeout: Duration,
+) -> bool {
+    let mut fds = Vec::with_capacity(children.len() + 2);
     fds.push(PollFd::new(signals.fd(), PollFlags::POLLIN));
+    // The listener, when given, goes last: ready means a visitor waits.
     for c in children.iter() {
         fds.push(PollFd::new(c.status.as_fd(), PollFlags::POLLIN));
+    }
+    if let Some(l) = listener {
+        fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
     }
     let _ = poll(&mut fds, sys::poll_timeout(timeout));
     if fds[0].revents().is_some_and(|r| !r.is_empty()) {
         signals.drain();
     }
+    listener.is_some()
+        && fds
+            .last()
+            .and_then(PollFd::revents)
+            .is_some_and(|r| !r.is_empty())
 }
 
 /// Read a worker's reports; `false` when it is gone (end of file).
@@ -247,7 +278,7 @@ fn stop_all(children: &mut Vec<Child>, signals: &SignalPipe) {
     let deadline = Instant::now() + STOP_GRACE + Duration::from_secs(1);
     while !children.is_empty() && Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        wait_for_reports(children, signals, left.min(TICK));
+        wait_for_reports(children, signals, None, left.min(TICK));
         children.retain_mut(|c| read_reports(c) || !sys::reap(c.pid, true));
     }
     for c in children.drain(..) {

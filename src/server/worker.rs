@@ -31,6 +31,25 @@ pub struct Listener {
     pub allowed: Vec<IpAddr>,
 }
 
+impl Listener {
+    /// Is the peer of `conn` allowed (`allowed_addrs`)? If not, say so.
+    pub fn allows(&self, conn: &sys::Conn) -> bool {
+        if self.allowed.is_empty() {
+            return true;
+        }
+        match conn.peer_ip() {
+            Some(ip) if self.allowed.contains(&ip) => true,
+            peer => {
+                let who = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+                log::warn!(
+                    "refused a connection from {who}: not in allowed_addrs / FCGI_WEB_SERVER_ADDRS"
+                );
+                false
+            }
+        }
+    }
+}
+
 /// What a worker tells its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -68,6 +87,7 @@ pub struct Worker<'a> {
 
 /// Serve connections until a stop signal, retirement or `maxrequests`.
 pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
+    super::keep_fd_in_reserve();
     let mut served = 0usize;
     loop {
         if sys::stop_requested() {
@@ -101,34 +121,14 @@ pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
             back.idle();
             continue;
         }
-        let conn = match sys::accept(w.listener.fd.as_fd()) {
-            Ok(conn) => conn,
-            // Another worker took it, or the peer gave up.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED)
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => {
-                log::error!("accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
+        let refused = |conn| super::refuse_allowed(conn, w.listener, w.limits, w.signals);
+        // None: another worker took it, the peer gave up, or out of file
+        // descriptors (then it was answered 503).
+        let Some(conn) = super::accept(w.listener.fd.as_fd(), refused) else {
+            continue;
         };
-        if !w.listener.allowed.is_empty() {
-            match conn.peer_ip() {
-                Some(ip) if w.listener.allowed.contains(&ip) => {}
-                peer => {
-                    let who = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-                    log::warn!(
-                        "refused a connection from {who}: not in allowed_addrs / FCGI_WEB_SERVER_ADDRS"
-                    );
-                    continue;
-                }
-            }
+        if !w.listener.allows(&conn) {
+            continue;
         }
         (w.report)(Status::Busy);
         let mut ctx = Context {

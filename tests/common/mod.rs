@@ -291,6 +291,16 @@ enum Address {
     Tcp(SocketAddr),
 }
 
+/// A program for [`Launch::program`]: runs the shell lines `prelude` (a
+/// `ulimit`, a `trap`), then execs the shim with its arguments, as a user's
+/// shell would start it.
+pub fn shim_after(dir: &TempDir, prelude: &str) -> PathBuf {
+    dir.script(
+        "limited-shim",
+        &format!("{prelude}\nexec '{}' \"$@\"", shim_bin().display()),
+    )
+}
+
 /// A running `fcgi-shim` with its listener, log and stdout captured.
 pub struct Shim {
     child: Child,

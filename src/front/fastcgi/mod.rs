@@ -27,8 +27,9 @@ use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
 
-/// How long a peer may stay silent in the middle of a record or before its
-/// first request (mod_fcgid's own I/O timeout is 40 s).
+/// How long a peer may stay silent while not taking our response, and how
+/// long a kept-alive connection may idle between requests (mod_fcgid's own
+/// I/O timeout is 40 s). A request head has `Limits::request_read_timeout`.
 const IO_TIMEOUT: Duration = Duration::from_secs(40);
 /// After the response, how long we keep reading a request body nobody wanted
 /// before closing (closing with unread data can reset the connection).
@@ -42,6 +43,11 @@ const MAX_UNREAD_INPUT: usize = 4 * 1024 * 1024;
 /// Queued response bytes written at once by `send_body`; less waits for the
 /// back's next poll round or the end of the request.
 const EAGER_FLUSH: usize = 16 * 1024;
+
+/// appStatus of the END_REQUEST that answers FCGI_ABORT_REQUEST: the
+/// application did not finish the request (spec 5.4: the answer comes "as
+/// soon as possible", and the application's status says how it ended).
+pub const ABORTED_APP_STATUS: u32 = 1;
 
 /// What we tell GET_VALUES in the one-request-at-a-time mode.
 pub const SINGLE_VALUES: ServerValues = ServerValues {
@@ -62,6 +68,10 @@ pub enum ConnError {
     Truncated(usize),
     /// Nothing arrived for too long.
     Timeout,
+    /// The request body could not be held (a full temporary directory).
+    Spool(io::Error),
+    /// The request head did not arrive in time (`request_read_timeout`).
+    HeadTimeout(Duration),
     Io(io::Error),
 }
 
@@ -75,7 +85,13 @@ impl fmt::Display for ConnError {
                 f,
                 "peer closed the connection in the middle of a record ({n} bytes pending)"
             ),
+            ConnError::Spool(e) => write!(f, "cannot hold the request body: {e}"),
             ConnError::Timeout => write!(f, "no data from the peer for {}s", IO_TIMEOUT.as_secs()),
+            ConnError::HeadTimeout(t) => write!(
+                f,
+                "no complete request within {}s (request_read_timeout)",
+                t.as_secs_f64()
+            ),
             ConnError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -342,16 +358,20 @@ impl Connection {
     }
 
     /// The next record, reading as needed, for the parts of the conversation
-    /// where nothing else runs (before the body). `Ok(None)`: the peer closed cleanly.
-    fn next_frame(&mut self, ctx: &Context<'_>) -> Result<Option<Frame>, ConnError> {
-        let deadline = Instant::now() + IO_TIMEOUT;
+    /// where nothing else runs (before the body), by the head's `deadline`.
+    /// `Ok(None)`: the peer closed cleanly.
+    fn next_frame(
+        &mut self,
+        ctx: &Context<'_>,
+        deadline: Instant,
+    ) -> Result<Option<Frame>, ConnError> {
         loop {
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ConnError::Timeout);
+                return Err(ConnError::HeadTimeout(self.limits.request_read_timeout));
             }
             match self.wait(ctx, None, left)? {
                 Wait::Readable => {
@@ -361,7 +381,7 @@ impl Connection {
                 }
                 // A request has begun: a stop signal lets it finish (the back enforces the grace period).
                 Wait::Stop | Wait::OtherConnection | Wait::Interrupted => {}
-                Wait::Timeout => return Err(ConnError::Timeout),
+                Wait::Timeout => {}
             }
         }
     }
@@ -387,6 +407,19 @@ impl Connection {
 
     fn end_request(&mut self, id: u16, status: ProtocolStatus) -> io::Result<()> {
         codec::encode_end_request(self.out.tail(), id, 0, status);
+        self.try_flush()
+    }
+
+    /// Answer FCGI_ABORT_REQUEST for `id` at once: the end of its STDOUT
+    /// stream and END_REQUEST with [`ABORTED_APP_STATUS`].
+    fn end_aborted(&mut self, id: u16) -> io::Result<()> {
+        codec::encode_record(self.out.tail(), RecordType::Stdout, id, &[]);
+        codec::encode_end_request(
+            self.out.tail(),
+            id,
+            ABORTED_APP_STATUS,
+            ProtocolStatus::RequestComplete,
+        );
         self.try_flush()
     }
 }
@@ -415,6 +448,7 @@ pub fn serve_connection(
             {
                 log::warn!("fastcgi: closing connection: the web server went away ({io})");
             }
+            ConnError::HeadTimeout(_) => log::warn!("fastcgi: closing connection: {e}"),
             other => log::error!("fastcgi: closing connection: {other}"),
         }
     }
@@ -428,7 +462,12 @@ fn serve(
     yield_between_requests: &mut dyn FnMut() -> bool,
 ) -> Result<(), ConnError> {
     let mut served_one = false;
-    let mut deadline = Instant::now() + IO_TIMEOUT;
+    // The head of the next request must be complete by `head_deadline`:
+    // from the accept on a new connection, from its first byte on a kept
+    // one (which meanwhile may idle for IO_TIMEOUT).
+    let read_timeout = c.limits.request_read_timeout;
+    let mut head_deadline = Some(Instant::now() + read_timeout);
+    let mut idle_deadline = Instant::now() + IO_TIMEOUT;
     // The web server writes its request right after connecting: read before
     // polling, which saves a poll(2) per connection when it is already here.
     if let Filled::Eof = c.fill()? {
@@ -446,21 +485,22 @@ fn serve(
         // least every IDLE_TICK to ask again whether to yield.
         if !c.has_buffered_frame() {
             let idle_listener = if idle { listener } else { None };
+            let deadline = head_deadline.unwrap_or(idle_deadline);
             let left = deadline.saturating_duration_since(Instant::now());
             match c.wait(ctx, idle_listener, left.min(IDLE_TICK))? {
                 Wait::Readable => {
                     if let Filled::Eof = c.fill()? {
                         return Ok(());
                     }
-                    deadline = Instant::now() + IO_TIMEOUT;
+                    head_deadline.get_or_insert_with(|| Instant::now() + read_timeout);
                     continue;
                 }
                 Wait::OtherConnection => return Ok(()),
                 Wait::Stop if !c.has_partial_input() => return Ok(()),
                 Wait::Stop | Wait::Interrupted => continue,
                 Wait::Timeout if Instant::now() < deadline => continue,
-                Wait::Timeout if idle => return Ok(()),
-                Wait::Timeout => return Err(ConnError::Timeout),
+                Wait::Timeout if head_deadline.is_none() => return Ok(()),
+                Wait::Timeout => return Err(ConnError::HeadTimeout(read_timeout)),
             }
         }
         let Some(frame) = c.buffered_frame()? else {
@@ -480,11 +520,15 @@ fn serve(
                         begin.role
                     );
                     c.end_request(frame.id, ProtocolStatus::UnknownRole)?;
-                } else if !serve_request(c, back, ctx, frame.id, begin)? {
-                    return Ok(());
+                } else {
+                    let deadline = head_deadline.unwrap_or_else(|| Instant::now() + read_timeout);
+                    if !serve_request(c, back, ctx, frame.id, begin, deadline)? {
+                        return Ok(());
+                    }
                 }
                 served_one = true;
-                deadline = Instant::now() + IO_TIMEOUT;
+                head_deadline = None;
+                idle_deadline = Instant::now() + IO_TIMEOUT;
                 if !begin.keep_conn {
                     return Ok(());
                 }
@@ -516,11 +560,12 @@ fn serve_request(
     ctx: &mut Context<'_>,
     id: u16,
     begin: BeginRequest,
+    head_deadline: Instant,
 ) -> Result<bool, ConnError> {
     let mut params = Vec::new();
     let mut records = 0usize;
     loop {
-        let Some(frame) = c.next_frame(ctx)? else {
+        let Some(frame) = c.next_frame(ctx, head_deadline)? else {
             return Err(ConnError::Protocol(format!(
                 "connection closed while reading the parameters of request {id}"
             )));
@@ -547,7 +592,7 @@ fn serve_request(
                 params.extend_from_slice(&frame.content);
             }
             (RecordType::AbortRequest, fid) if fid == id => {
-                c.end_request(id, ProtocolStatus::RequestComplete)?;
+                c.end_aborted(id)?;
                 return Ok(true);
             }
             (RecordType::BeginRequest, _) => reject_second_request(c, &frame)?,
@@ -580,21 +625,49 @@ fn serve_request(
         body_eof: false,
         head_sent: false,
         head: Vec::new(),
+        aborted: false,
         failure: None,
     };
     let outcome = back.serve(&mut exchange, ctx);
-    exchange.encode_head();
+    let aborted = exchange.aborted;
+    // A body we could not hold stopped the back: the web server still
+    // gets an answer (503), then the connection is closed.
+    let spool_failed = match exchange.failure.take() {
+        Some(ConnError::Spool(e)) => {
+            if !aborted {
+                crate::front::answer_spool_failure("fastcgi", &mut exchange, &e);
+            }
+            true
+        }
+        other => {
+            exchange.failure = other;
+            false
+        }
+    };
+    if !aborted {
+        exchange.encode_head();
+    }
     let failure = exchange.failure.take();
     let body_eof = exchange.body_eof;
     if let Some(e) = failure {
         return Err(e);
     }
+    if spool_failed {
+        if !aborted {
+            codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
+            codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
+        }
+        c.settle(ctx, Some(id), true)?;
+        return Ok(false);
+    }
     if outcome == Outcome::FrontGone {
         return Ok(false);
     }
-    codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
-    codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
-    c.settle(ctx, Some(id), !begin.keep_conn && !body_eof)?;
+    if !aborted {
+        codec::encode_record(c.out.tail(), RecordType::Stdout, id, &[]);
+        codec::encode_end_request(c.out.tail(), id, 0, ProtocolStatus::RequestComplete);
+    }
+    c.settle(ctx, Some(id), !aborted && !begin.keep_conn && !body_eof)?;
     Ok(true)
 }
 
@@ -618,6 +691,14 @@ fn reject_second_request(c: &mut Connection, frame: &Frame) -> Result<(), ConnEr
     Ok(())
 }
 
+/// What `on_ready` tells the back about a failure of the connection.
+fn failure_error(e: &ConnError) -> io::Error {
+    match e {
+        ConnError::Spool(_) => crate::front::StoppedByFront::error(e),
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
 /// One request as the back sees it.
 struct FcgiExchange<'c> {
     c: &'c mut Connection,
@@ -631,6 +712,9 @@ struct FcgiExchange<'c> {
     /// The response head as CGI text, until it is encoded (with the first
     /// body bytes when they fit in the same record).
     head: Vec<u8>,
+    /// FCGI_ABORT_REQUEST came and was answered at once (END_REQUEST is
+    /// queued): what the back still sends is dropped.
+    aborted: bool,
     /// A protocol error found while the back was running; logged by the caller.
     failure: Option<ConnError>,
 }
@@ -658,10 +742,17 @@ impl FcgiExchange<'_> {
                     if frame.content.is_empty() {
                         self.body_eof = true;
                     } else {
-                        self.body.push(&frame.content)?;
+                        self.body.push(&frame.content).map_err(ConnError::Spool)?;
                     }
                 }
                 (RecordType::AbortRequest, id) if id == self.id => {
+                    // Answered now, whatever the back needs to finish (a
+                    // WSGI worker may take DRAIN_LIMIT to end its response).
+                    if !self.aborted {
+                        self.aborted = true;
+                        self.head.clear();
+                        self.c.end_aborted(id)?;
+                    }
                     return Ok(Some(InputEvent::Aborted));
                 }
                 (RecordType::BeginRequest, _) => reject_second_request(self.c, &frame)?,
@@ -680,7 +771,7 @@ impl FcgiExchange<'_> {
     }
 
     fn fail(&mut self, e: ConnError) -> io::Error {
-        let err = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let err = failure_error(&e);
         self.failure = Some(e);
         err
     }
@@ -711,7 +802,7 @@ impl Exchange for FcgiExchange<'_> {
 
     fn on_ready(&mut self) -> io::Result<InputEvent> {
         if let Some(e) = &self.failure {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            return Err(failure_error(e));
         }
         self.encode_head();
         if let Err(e) = self.c.try_flush() {
@@ -747,6 +838,9 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_head(&mut self, head: &ResponseHead) -> io::Result<()> {
+        if self.aborted {
+            return Ok(());
+        }
         // Kept for the body's first bytes if they come before the back waits
         // again (then a short response is one FCGI_STDOUT record, written
         // with its END_REQUEST at once); else the next poll round sends it.
@@ -756,6 +850,9 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.aborted {
+            return Ok(());
+        }
         if self.head.is_empty() {
             codec::encode_stream(self.c.out.tail(), RecordType::Stdout, self.id, data);
         } else if self.head.len() + data.len() <= codec::MAX_CONTENT_LEN {
