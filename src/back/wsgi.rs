@@ -808,7 +808,7 @@ impl WsgiBack {
             }
 
             if exited {
-                return Some(self.died(ex, gone.is_some()));
+                return Some(self.died(ex, gone.as_ref().map(|(i, _)| i.outcome())));
             }
 
             let now = Instant::now();
