@@ -424,34 +424,90 @@ fn unknown_management_type_gets_unknown_type_reply() {
 }
 
 #[test]
-fn authorizer_and_filter_roles_are_rejected_with_unknown_role() {
+fn filter_role_is_rejected_with_unknown_role() {
     let app = App::build(5, touching_hello);
-    for role in [AUTHORIZER, FILTER] {
-        let mut conn = app.shim.connect();
-        let mut out = begin(1, role, 0);
-        encode_params(&mut out, 1, &cgi_params("GET", "", 0), MAX_CONTENT);
-        encode_stream(&mut out, STDIN, 1, b"", MAX_CONTENT);
-        if role == FILTER {
-            encode_stream(&mut out, DATA, 1, b"data", MAX_CONTENT);
-        }
-        send(&mut conn, &out);
-        let record = expect_record(&mut conn, "END_REQUEST(UNKNOWN_ROLE)");
-        assert_eq!(
-            (record.rtype, record.id),
-            (END_REQUEST, 1),
-            "role {role}: {record:?}"
-        );
-        assert_eq!(record.content.len(), 8, "role {role}: {record:?}");
-        assert_eq!(
-            record.content[4], UNKNOWN_ROLE,
-            "role {role}: protocolStatus"
-        );
-    }
+    let mut conn = app.shim.connect();
+    let mut out = begin(1, FILTER, 0);
+    encode_params(&mut out, 1, &cgi_params("GET", "", 0), MAX_CONTENT);
+    encode_stream(&mut out, STDIN, 1, b"", MAX_CONTENT);
+    encode_stream(&mut out, DATA, 1, b"data", MAX_CONTENT);
+    send(&mut conn, &out);
+    let record = expect_record(&mut conn, "END_REQUEST(UNKNOWN_ROLE)");
+    assert_eq!((record.rtype, record.id), (END_REQUEST, 1), "{record:?}");
+    assert_eq!(record.content.len(), 8, "{record:?}");
+    assert_eq!(record.content[4], UNKNOWN_ROLE, "protocolStatus");
     assert!(
         !app.dir.join("ran").exists(),
         "the program ran for a rejected role"
     );
+    assert!(
+        app.shim.wait_for_log("FCGI_UNKNOWN_ROLE", LOG_WAIT),
+        "log:\n{}",
+        app.shim.log()
+    );
     assert_hello(&mut app.shim.connect(), false);
+}
+
+/// A CGI authenticator in the shape mod_fcgid runs one: it answers from
+/// FCGI_ROLE, FCGI_APACHE_ROLE, REMOTE_USER and REMOTE_PASSWD.
+const AUTHENTICATOR_SCRIPT: &str = r#"
+if [ "$FCGI_ROLE/$FCGI_APACHE_ROLE/$REMOTE_USER/$REMOTE_PASSWD" = "AUTHORIZER/AUTHENTICATOR/bob/s3cret" ]; then
+  printf 'Status: 200 OK\r\nVariable-AUTH_METHOD: database lookup\r\nVariable-X_Group: staff\r\n\r\n'
+else
+  printf 'Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm="test"\r\nContent-Type: text/plain\r\n\r\nno, %s/%s' "$FCGI_ROLE" "$REMOTE_USER"
+fi
+"#;
+
+/// An AUTHORIZER request as mod_fcgid sends it: no FCGI_STDIN at all.
+fn authorizer_request(conn: &mut Conn, keep_conn: bool, user: &str, password: &str) -> Response {
+    let mut params = cgi_params("GET", "", 0);
+    params.push(("FCGI_APACHE_ROLE".into(), "AUTHENTICATOR".into()));
+    params.push(("REMOTE_USER".into(), user.into()));
+    params.push(("REMOTE_PASSWD".into(), password.into()));
+    let mut out = begin(1, AUTHORIZER, u8::from(keep_conn));
+    encode_params(&mut out, 1, &params, MAX_CONTENT);
+    send(conn, &out);
+    read_response(conn, 1).expect("a response to the AUTHORIZER request")
+}
+
+#[test]
+fn authorizer_role_is_served_without_a_body_and_variable_headers_pass_through() {
+    let app = App::start(AUTHENTICATOR_SCRIPT);
+    let mut conn = app.shim.connect();
+    let allowed = authorizer_request(&mut conn, true, "bob", "s3cret").complete_cgi();
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(
+        allowed.header("Variable-AUTH_METHOD"),
+        Some("database lookup")
+    );
+    assert_eq!(allowed.header("Variable-X_Group"), Some("staff"));
+    assert!(
+        allowed.headers.iter().any(|(n, _)| n == "Variable-X_Group"),
+        "the name's case is kept: {allowed:?}"
+    );
+    // The same connection (KEEP_CONN) serves the next one: a refusal with
+    // the complete response the web server passes to the client.
+    let refused = authorizer_request(&mut conn, false, "bob", "wrong").complete_cgi();
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(
+        refused.header("WWW-Authenticate"),
+        Some("Basic realm=\"test\"")
+    );
+    assert_eq!(refused.body_text(), "no, AUTHORIZER/bob");
+    // An empty FCGI_STDIN (some servers send one) is ignored.
+    let mut conn = app.shim.connect();
+    let mut params = cgi_params("GET", "", 0);
+    params.push(("FCGI_APACHE_ROLE".into(), "AUTHENTICATOR".into()));
+    params.push(("REMOTE_USER".into(), "bob".into()));
+    params.push(("REMOTE_PASSWD".into(), "s3cret".into()));
+    let mut out = begin(1, AUTHORIZER, 0);
+    encode_params(&mut out, 1, &params, MAX_CONTENT);
+    encode_stream(&mut out, STDIN, 1, b"", MAX_CONTENT);
+    send(&mut conn, &out);
+    let cgi = read_response(&mut conn, 1)
+        .expect("response")
+        .complete_cgi();
+    assert_eq!(cgi.status, 200, "{cgi:?}");
 }
 
 #[test]

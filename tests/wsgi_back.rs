@@ -757,3 +757,68 @@ fn an_upload_that_cannot_be_spooled_gets_a_503_and_a_fresh_worker() {
     let after = worker_pid(&shim);
     assert_ne!(after, before, "{}", shim.log());
 }
+
+/// A WSGI authenticator: the role and credentials from environ decide.
+const AUTH_APP: &str = r#"
+import sys
+
+def application(environ, start_response):
+    seen = "%s/%s/%s/%r" % (
+        environ.get("FCGI_ROLE"),
+        environ.get("FCGI_APACHE_ROLE"),
+        environ.get("REMOTE_USER"),
+        environ["wsgi.input"].read(),
+    )
+    if environ.get("FCGI_APACHE_ROLE") == "AUTHENTICATOR" and environ.get("REMOTE_PASSWD") == "pw":
+        print("allowed " + environ["REMOTE_USER"], file=sys.stderr, flush=True)
+        start_response("200 OK", [("Variable-AUTH_METHOD", "wsgi check"), ("Variable-x_Seen", seen)])
+        return [b""]
+    print("refused " + environ.get("REMOTE_USER", ""), file=sys.stderr, flush=True)
+    start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="w"'), ("Content-Type", "text/plain")])
+    return [seen.encode()]
+"#;
+
+/// An AUTHORIZER request as mod_fcgid sends it: PARAMS, no FCGI_STDIN.
+fn authorizer(shim: &Shim, user: &str, password: &str) -> CgiResponse {
+    let mut p = params("GET", "/private/report.txt", "", 0);
+    p.push(("FCGI_APACHE_ROLE".into(), "AUTHENTICATOR".into()));
+    p.push(("REMOTE_USER".into(), user.into()));
+    p.push(("REMOTE_PASSWD".into(), password.into()));
+    let mut out = Vec::new();
+    encode_record(&mut out, BEGIN_REQUEST, 1, &begin_body(AUTHORIZER, 0));
+    encode_params(&mut out, 1, &p, MAX_CONTENT);
+    let mut conn = shim.connect();
+    send(&mut conn, &out);
+    read_response(&mut conn, 1)
+        .expect("a response to the AUTHORIZER request")
+        .complete_cgi()
+}
+
+#[test]
+fn authorizer_role_environ_status_and_variable_headers() {
+    let (_dir, app) = app_dir("fcgi-shim-wsgi-auth", &[("authapp.py", AUTH_APP)]);
+    let shim = Shim::start(&wsgi_settings("authapp", &app, ""));
+    let r = authorizer(&shim, "bob", "pw");
+    assert_eq!(r.status, 200, "{r:?}\n{}", shim.log());
+    assert_eq!(r.header("Variable-AUTH_METHOD"), Some("wsgi check"));
+    assert!(
+        r.headers
+            .iter()
+            .any(|(n, v)| n == "Variable-x_Seen" && v == "AUTHORIZER/AUTHENTICATOR/bob/b''"),
+        "the name as written, the role in environ, no body: {r:?}"
+    );
+    assert!(
+        shim.wait_for_log("allowed bob", Duration::from_secs(5)),
+        "{}",
+        shim.log()
+    );
+    let r = authorizer(&shim, "bob", "nope");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("WWW-Authenticate"), Some("Basic realm=\"w\""));
+    assert_eq!(r.body_text(), "AUTHORIZER/AUTHENTICATOR/bob/b''");
+    assert!(
+        shim.wait_for_log("refused bob", Duration::from_secs(5)),
+        "{}",
+        shim.log()
+    );
+}

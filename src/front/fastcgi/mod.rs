@@ -513,18 +513,20 @@ fn serve(
         match frame.rtype {
             RecordType::BeginRequest => {
                 let begin = codec::decode_begin_request(&frame.content)?;
-                if begin.role != Role::Responder {
+                // FILTER (its FCGI_DATA stream of a file) is not served: no
+                // web server we know of sends it.
+                if let Role::Responder | Role::Authorizer = begin.role {
+                    let deadline = head_deadline.unwrap_or_else(|| Instant::now() + read_timeout);
+                    if !serve_request(c, back, ctx, frame.id, begin, deadline)? {
+                        return Ok(());
+                    }
+                } else {
                     log::warn!(
                         "fastcgi: request {} asks for role {:?}; answering FCGI_UNKNOWN_ROLE",
                         frame.id,
                         begin.role
                     );
                     c.end_request(frame.id, ProtocolStatus::UnknownRole)?;
-                } else {
-                    let deadline = head_deadline.unwrap_or_else(|| Instant::now() + read_timeout);
-                    if !serve_request(c, back, ctx, frame.id, begin, deadline)? {
-                        return Ok(());
-                    }
                 }
                 served_one = true;
                 head_deadline = None;
@@ -606,8 +608,15 @@ fn serve_request(
             }
         }
     }
+    // An authorizer's application learns its role from FCGI_ROLE, as
+    // libfcgi's FCGX_Accept tells it (mod_fcgid adds FCGI_APACHE_ROLE).
+    let mut max_params = c.limits.max_params;
+    if begin.role == Role::Authorizer {
+        codec::encode_name_value(&mut params, b"FCGI_ROLE", b"AUTHORIZER");
+        max_params += 1;
+    }
     // The names and values stay in the buffer they arrived in.
-    let pairs = codec::decode_name_values(&params, c.limits.max_params)?;
+    let pairs = codec::decode_name_values(&params, max_params)?;
     let request = match Request::spans_in(&params, &pairs) {
         Some(spans) => Request::from_spans(params, spans),
         None => Request::new(
@@ -621,8 +630,11 @@ fn serve_request(
         c,
         id,
         request,
+        role: begin.role,
         body: Spool::new(),
-        body_eof: false,
+        // An authorizer gets no body; mod_fcgid sends not even an empty
+        // FCGI_STDIN (other servers may: it is ignored).
+        body_eof: begin.role == Role::Authorizer,
         head_sent: false,
         head: Vec::new(),
         aborted: false,
@@ -704,6 +716,8 @@ struct FcgiExchange<'c> {
     c: &'c mut Connection,
     id: u16,
     request: Request,
+    /// Responder or Authorizer (which has no body).
+    role: Role,
     /// The body: read as fast as the web server sends it (mod_fcgid sends all
     /// of it before reading anything), held until the application takes it.
     body: Spool,
@@ -733,6 +747,9 @@ impl FcgiExchange<'_> {
         while let Some(frame) = self.c.buffered_frame()? {
             match (frame.rtype, frame.id) {
                 (_, 0) => self.c.management(&frame)?,
+                (RecordType::Stdin, id) if id == self.id && self.role == Role::Authorizer => {
+                    log::debug!("fastcgi: ignoring FCGI_STDIN for authorizer request {id}");
+                }
                 (RecordType::Stdin, id) if id == self.id => {
                     if self.body_eof {
                         return Err(ConnError::Protocol(format!(

@@ -78,8 +78,9 @@ WSGI_APPLICATION = 'djsite.wsgi.application'
 DATABASES = {
     'default': {
         'ENGINE': 'django.db.backends.sqlite3',
-        # fcgi-shim's tests use no tables; nothing is written to disk.
-        'NAME': ':memory:',
+        # fcgi-shim's tests: no tables, nothing written to disk, unless
+        # DJSITE_DB names a database file (the authenticator test's users).
+        'NAME': os.environ.get("DJSITE_DB", ':memory:'),
     }
 }
 
