@@ -189,3 +189,44 @@ fn another_settings_path_does_not_get_this_ones_copy() {
     let shim = shim_on(&other, state.path());
     assert_eq!(get(&shim).0, 503, "log:\n{}", shim.log());
 }
+
+/// WSGI: valid settings are not a good version until the application
+/// imports (a worker became ready).
+#[test]
+fn wsgi_settings_are_kept_only_once_the_application_imports() {
+    let site = TempDir::new("lg-wsgi");
+    let state = TempDir::new("lg-wstate");
+    let app = site.join("app");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("lgapp.py"), "def application(:\n").unwrap();
+    let python = std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let text = format!(
+        "[app]\nkind = \"wsgi\"\nmodule = \"lgapp\"\npython = \"{python}\"\npython_path = [\"{}\"]\n\
+         env = {{ PYTHONDONTWRITEBYTECODE = \"1\" }}\n\n[log]\nlevel = \"info\"\n",
+        app.display()
+    );
+    let path = site.write("testsite.toml", &text);
+    let shim = shim_on(&path, state.path());
+    assert_eq!(get(&shim).0, 503, "log:\n{}", shim.log());
+    thread::sleep(Duration::from_millis(300));
+    assert!(copies(state.path()).is_empty(), "log:\n{}", shim.log());
+    drop(shim);
+
+    fs::write(
+        app.join("lgapp.py"),
+        "def application(environ, start_response):\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'wsgi ok']\n",
+    )
+    .unwrap();
+    let shim = shim_on(&path, state.path());
+    let (status, body) = get(&shim);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "wsgi ok"),
+        "log:\n{}",
+        shim.log()
+    );
+    let kept = copies(state.path());
+    assert_eq!(kept.len(), 1, "log:\n{}", shim.log());
+    assert_eq!(fs::read_to_string(&kept[0]).unwrap(), text);
+}
