@@ -54,7 +54,10 @@ fn temp_dir() -> PathBuf {
 /// Our home directory as /etc/passwd says (the static build has no NSS).
 fn home_from_passwd() -> Option<PathBuf> {
     let db = fs::read_to_string("/etc/passwd").ok()?;
-    home_in(&db, nix::unistd::getuid().as_raw())
+    let uid = nix::unistd::getuid().as_raw();
+    // A service account's "home" (www-data: /var/www) is often a web root,
+    // and not its own: only a directory we own is a home to keep secrets in.
+    home_in(&db, uid).filter(|home| fs::metadata(home).is_ok_and(|m| m.uid() == uid))
 }
 
 /// The home directory (sixth field) of the entry whose uid is `uid`.
