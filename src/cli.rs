@@ -150,6 +150,53 @@ fn locate_settings(arg: Option<&Path>, exe: &Path) -> Result<PathBuf, String> {
     })
 }
 
+/// The settings to serve and their back. Valid settings: the back saves
+/// them as the last good version once the application has started. Invalid
+/// ones: the last good version of the same settings file, said once in the
+/// log (the reloader still watches the real files: the first valid edit
+/// takes over); without one, the 503 back.
+fn settings_and_back(arg: Option<&Path>, exe: &Path) -> (Result<Config, String>, Box<dyn Back>) {
+    let path = match locate_settings(arg, exe) {
+        Ok(path) => path,
+        Err(e) => {
+            log::error!("{e}");
+            return (Err(e.clone()), Box::new(back::Broken::new(e)));
+        }
+    };
+    let e = match config::load_with_text(&path) {
+        Ok((config, text)) => {
+            let back = back::from_config(&config);
+            let back = crate::last_good::SaveWhenStarted::new(back, config.path.clone(), text);
+            return (Ok(config), Box::new(back));
+        }
+        Err(e) => e.to_string(),
+    };
+    let saved = crate::last_good::load(&path);
+    match saved.map(|s| (config::parse(&path, &s.text), s)) {
+        Some((Ok(config), saved)) => {
+            log::error!(
+                "{e}; serving the last good version (saved {}, {}) until the settings are fixed",
+                crate::last_good::describe_time(saved.saved),
+                saved.path.display()
+            );
+            let back = back::from_config(&config);
+            (Ok(config), back)
+        }
+        Some((Err(old), saved)) => {
+            log::error!("{e}");
+            log::warn!(
+                "the last good version {} is not valid any more either: {old}",
+                saved.path.display()
+            );
+            (Err(e.clone()), Box::new(back::Broken::new(e)))
+        }
+        None => {
+            log::error!("{e}");
+            (Err(e.clone()), Box::new(back::Broken::new(e)))
+        }
+    }
+}
+
 fn find_settings(arg: Option<&Path>, exe: &Path) -> Result<Config, String> {
     config::load(&locate_settings(arg, exe)?).map_err(|e| e.to_string())
 }
@@ -176,10 +223,14 @@ fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = config::load(&path);
-    if let Err(e) = &config {
+    let loaded = config::load_with_text(&path);
+    if let Err(e) = &loaded {
         eprintln!("{e}");
     }
+    let (config, text) = match loaded {
+        Ok((config, text)) => (Ok(config), Some(text)),
+        Err(e) => (Err(e), None),
+    };
     // How the site is deployed: every problem, one line each. A reload's
     // check (no one reads its warnings) says only what stops the new version.
     let purpose = deploy::Purpose::from_env();
@@ -202,6 +253,13 @@ fn check(arg: Option<&Path>, exe: &Path, start_app: bool) -> ExitCode {
         if let Err(e) = back::preflight(&config) {
             eprintln!("{}: {e}", config.path.display());
             return ExitCode::from(1);
+        }
+        // This version started: it is the last good one (a reload asks
+        // this of the new version before it takes over).
+        if let Some(text) = &text
+            && let Err(e) = crate::last_good::save(&config.path, text)
+        {
+            eprintln!("warning: cannot keep a copy of the last good version: {e}");
         }
     }
     match problems.len() {
@@ -238,7 +296,7 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     }
-    let settings = find_settings(arg, exe);
+    let (settings, mut back) = settings_and_back(arg, exe);
     if let Ok(config) = &settings
         && let Err(e) = crate::log::configure(&config.site, &config.log.target, config.log.level)
     {
@@ -246,16 +304,7 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
     }
     let mut reloader = matches!(launch, Launch::Listener { .. })
         .then(|| reloader_for(args, exe, arg, settings.as_ref().ok()));
-    let (mut back, limits) = match &settings {
-        Ok(config) => (back::from_config(config), config.limits),
-        Err(e) => {
-            log::error!("{e}");
-            (
-                Box::new(back::Broken::new(e.clone())) as Box<dyn Back>,
-                config::Limits::default(),
-            )
-        }
-    };
+    let limits = settings.as_ref().map(|c| c.limits).unwrap_or_default();
     match launch {
         Launch::Listener { fd, source, family } => {
             let from = match source {

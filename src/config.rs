@@ -515,6 +515,11 @@ const MAX_SETTINGS_DEPTH: usize = 80;
 
 /// Read and validate the settings file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// [`load`], also giving the text that was validated (what `last_good` keeps).
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
     let failed = |message: String| ConfigError {
         path: path.to_path_buf(),
         position: None,
@@ -535,7 +540,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         return Err(failed(too_big()));
     }
     let text = decode_utf8(path, &bytes)?;
-    parse(path, text)
+    Ok((parse(path, text)?, text.to_string()))
 }
 
 /// At most one byte more than [`MAX_SETTINGS_BYTES`]: enough to tell that a

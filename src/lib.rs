@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod front;
+pub mod last_good;
 pub mod launch;
 pub mod log;
 pub mod reload;

@@ -92,6 +92,10 @@ impl Site {
     }
 
     fn start_kind(kind: Kind) -> Option<Site> {
+        Site::start_with(kind, "FcgidMaxProcessesPerClass 16")
+    }
+
+    fn start_with(kind: Kind, extra_conf: &str) -> Option<Site> {
         if !apache_available_or_fail() {
             return None;
         }
@@ -100,6 +104,11 @@ impl Site {
         let bin = dir.mkdir("bin");
         fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .expect("chmod bin");
+        // Where the shims keep the last good version (FcgidInitialEnv
+        // XDG_STATE_HOME @DIR@/state in the tests that look at it).
+        let state = dir.mkdir("state");
+        fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod state");
         copy_file(Path::new("/bin/sleep"), &bin.join("sleep"), 0o755);
         write_file(
             &bin.join("app.cgi"),
@@ -124,7 +133,10 @@ impl Site {
         write_file(&www.join("mysite.toml"), settings, 0o644);
         // Enough processes for wrk's 8 connections: with fewer, requests queue
         // in mod_fcgid, which retries once a second, whatever the shim does.
-        let apache = ApacheInstance::start(&www, "FcgidMaxProcessesPerClass 16");
+        let apache = ApacheInstance::start(
+            &www,
+            &extra_conf.replace("@DIR@", &dir.path().display().to_string()),
+        );
         Some(Site {
             dir,
             www,
@@ -645,6 +657,127 @@ fn wsgi_broken_code_keeps_the_old_version_serving_until_fixed() {
     // Fixed: the next touch reloads.
     site.change_greeting("fixed");
     site.touch_site();
+    assert_eq!(site.greeting(), "greeting=fixed");
+    site.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Last known good (issue 12): processes that start on a broken edit serve
+// the last version that validated.
+
+/// Few processes per class, so that load makes mod_fcgid start new ones;
+/// the last good copies in the site's temp dir.
+const LAST_GOOD_CONF: &str =
+    "FcgidMaxProcessesPerClass 8\nFcgidInitialEnv XDG_STATE_HOME @DIR@/state";
+
+fn broken_settings(site: &Site) -> String {
+    site.settings_text("two")
+        .replace("timeout = 5", "timeout = \"soon\"")
+}
+
+#[test]
+fn processes_started_on_broken_settings_serve_the_last_good_version() {
+    let Some(mut site) = Site::start_with(Kind::Cgi, LAST_GOOD_CONF) else {
+        return;
+    };
+    assert_eq!(site.greeting(), "greeting=one");
+    let one_process = site.shim_pids();
+    write_file(&site.settings_path(), broken_settings(&site), 0o644);
+    site.touch_site();
+    // 8 connections: mod_fcgid starts new processes, on the broken file.
+    let load = wrk_result(
+        spawn_wrk(&site.apache.url("/"), load_secs().min(5))
+            .wait_with_output()
+            .expect("wrk"),
+    );
+    let started = site.shim_pids();
+    eprintln!(
+        "broken + touch, wrk 8 connections: {} requests, {} non-2xx; shims {one_process:?} -> {started:?}",
+        load.requests, load.non_2xx
+    );
+    assert_clean_load(&load, &site);
+    assert!(
+        started.iter().any(|p| !one_process.contains(p)),
+        "mod_fcgid started no new process: {started:?}"
+    );
+    let log = site.apache.error_log();
+    assert!(
+        log.contains("serving the last good version"),
+        "{}",
+        site.apache.logs_for_humans()
+    );
+    assert_eq!(site.greeting(), "greeting=one");
+
+    // Every shim stopped: the first request starts a fresh one.
+    site.apache.stop();
+    let left = wait_no_processes_matching(&site.www.display().to_string(), Duration::from_secs(5));
+    assert!(left.is_empty(), "still running: {left:#?}");
+    site.apache = ApacheInstance::start(
+        &site.www,
+        &LAST_GOOD_CONF.replace("@DIR@", &site.dir.path().display().to_string()),
+    );
+    assert_eq!(site.greeting(), "greeting=one");
+    assert!(
+        site.apache
+            .error_log()
+            .contains("serving the last good version"),
+        "{}",
+        site.apache.logs_for_humans()
+    );
+
+    // The first valid edit takes over.
+    site.write_settings("fixed");
+    site.touch_site();
+    assert_eq!(site.greeting(), "greeting=fixed");
+    site.finish();
+}
+
+#[test]
+fn a_shebang_site_replaced_by_rename_with_a_broken_version_keeps_serving() {
+    let Some(site) = Site::start_with(Kind::Cgi, LAST_GOOD_CONF) else {
+        return;
+    };
+    // The shebang form: mysite.fcgi is the settings, run by the installed binary.
+    let _ = fs::remove_file(site.settings_path());
+    let shebang = |text: String| format!("#!{}\n{text}", shim_binary().display());
+    let started = site.www.join("mysite.fcgi");
+    let tmp = site.www.join("mysite.fcgi.new");
+    write_file(&tmp, shebang(site.settings_text("one")), 0o755);
+    fs::rename(&tmp, &started).expect("rename");
+    assert_eq!(site.greeting(), "greeting=one");
+    let port = site.apache.port();
+    let clients: Vec<_> = (0..8)
+        .map(|_| thread::spawn(move || exact_load(port, Duration::from_secs(6))))
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    write_file(&tmp, shebang(broken_settings(&site)), 0o755);
+    fs::rename(&tmp, &started).expect("rename");
+    let (mut answered, mut failures) = (0u64, Vec::new());
+    for c in clients {
+        let (ok, failed, _) = c.join().expect("load client");
+        answered += ok;
+        failures.extend(failed);
+    }
+    eprintln!(
+        "broken shebang file renamed in under load: {answered} answered 200, {} failed",
+        failures.len()
+    );
+    assert!(answered > 0);
+    assert!(
+        failures.is_empty(),
+        "failed requests: {failures:#?}\n{}",
+        site.apache.logs_for_humans()
+    );
+    assert_eq!(site.greeting(), "greeting=one");
+    assert!(
+        site.apache
+            .error_log()
+            .contains("serving the last good version"),
+        "{}",
+        site.apache.logs_for_humans()
+    );
+    write_file(&tmp, shebang(site.settings_text("fixed")), 0o755);
+    fs::rename(&tmp, &started).expect("rename");
     assert_eq!(site.greeting(), "greeting=fixed");
     site.finish();
 }

@@ -63,6 +63,12 @@ pub trait Back {
     /// may still be called afterwards (a reload whose exec failed): it must
     /// then start what it needs again.
     fn shutdown(&mut self);
+
+    /// Has the application started (for `wsgi`: a worker became ready)?
+    /// The shim keeps the settings as the last good version once it has.
+    fn app_started(&mut self) -> bool {
+        true
+    }
 }
 
 /// Build the back the settings ask for.

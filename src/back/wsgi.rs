@@ -1048,6 +1048,10 @@ fn escape_html(text: &str) -> String {
 }
 
 impl Back for WsgiBack {
+    fn app_started(&mut self) -> bool {
+        self.sup.worker().is_some_and(|w| w.ready)
+    }
+
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
         // Twice at most: the first worker may turn out to have exited.
         for _ in 0..2 {

@@ -380,6 +380,9 @@ impl Shim {
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
             )
+            // The last good copies stay in the test's directory (a test may
+            // name another state directory in `env`).
+            .env("XDG_STATE_HOME", dir.join("state"))
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .current_dir(launch.cwd.as_deref().unwrap_or(Path::new("/")))
             .stdin(Stdio::from(listener))
