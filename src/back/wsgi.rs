@@ -1450,6 +1450,47 @@ mod tests {
     }
 
     #[test]
+    fn warmup_requests_look_like_a_visitor_at_localhost() {
+        let req = warmup_request("/a%20b?x=1", &ScriptName::Fixed("/blog".into()));
+        let mut out = Vec::new();
+        assert!(push_request_frame(
+            &mut out,
+            &req,
+            &ScriptName::Fixed("/blog".into())
+        ));
+        let text = String::from_utf8_lossy(&out[FRAME_HEADER..]).replace('\0', "|");
+        for pair in [
+            "REQUEST_METHOD|GET|",
+            "REQUEST_URI|/blog/a%20b?x=1|",
+            "SCRIPT_NAME|/blog|",
+            "PATH_INFO|/a b|",
+            "QUERY_STRING|x=1|",
+            "HTTP_HOST|localhost|",
+            "REMOTE_ADDR|127.0.0.1|",
+            "HTTP_X_FCGI_SHIM_WARMUP|1|",
+        ] {
+            assert!(text.contains(pair), "{pair} not in {text}");
+        }
+        let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!((out[0], len), (b'R', out.len() - FRAME_HEADER));
+    }
+
+    #[test]
+    fn failed_warmup_answers_are_quoted_briefly() {
+        assert_eq!(
+            quote_lines(b"\n  Server Error (500)\n\nline 2\n"),
+            "Server Error (500) | line 2"
+        );
+        let django = b"<!DOCTYPE html>\n<html>\n<head>\n<meta a>\n<meta b>\n<title>SyntaxError at /</title>\n";
+        assert!(
+            quote_lines(django).starts_with("<title>SyntaxError at /</title> | <!DOCTYPE html>")
+        );
+        let long = "\u{e9}".repeat(1000);
+        let quoted = quote_lines(long.as_bytes());
+        assert!(quoted.len() <= 404 && quoted.ends_with(" ..."), "{quoted}");
+    }
+
+    #[test]
     fn debug_page_escapes() {
         let page = debug_page("a:b", "E: <x>", "Traceback & <y>");
         assert!(page.contains("E: &lt;x&gt;") && page.contains("Traceback &amp; &lt;y&gt;"));
