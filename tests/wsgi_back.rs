@@ -885,3 +885,31 @@ fn issue12_a_missing_interpreter_is_retried_until_it_appears() {
         thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn issue12_a_warmup_without_an_answer_within_start_timeout_is_a_failed_start() {
+    let slow = "import time\n\
+        def application(environ, start_response):\n    \
+        if environ.get('HTTP_X_FCGI_SHIM_WARMUP'):\n        \
+        time.sleep(30)\n    \
+        start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+        return [b'ok']\n";
+    let (_dir, app_dir) = app_dir("wsgiwarm3", &[("slowwarm.py", slow)]);
+    let shim = Shim::start(&wsgi_settings(
+        "slowwarm",
+        &app_dir,
+        "warmup = \"/slow\"\nstart_timeout = 1\n",
+    ));
+    let started = Instant::now();
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503, "{}", shim.log());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        shim.wait_for_log(
+            "did not start within 1.0s (start_timeout) (during warm-up GET /slow); killed",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+}
