@@ -4,7 +4,9 @@
 //!
 //! Owns: the shim ↔ worker protocol (frames on the worker's stdin and stdout:
 //! a type byte, a 4-byte big-endian length, the payload), the start-up
-//! handshake (ready, or the import error: 503), streaming the body to the
+//! handshake (ready, or the import error: 503; then the `warmup` GETs the
+//! shim makes up itself, a 5xx failing the start), retrying a worker that
+//! could not be spawned (a missing interpreter) while idle, streaming the body to the
 //! worker and the response back chunk by chunk without blocking the front, the
 //! per-request timeout (504, fresh worker), a worker dying mid-request (502),
 //! and logging the worker's stderr (wsgi.errors) line by line. Every request
