@@ -28,6 +28,14 @@ env = { DJANGO_SETTINGS_MODULE = "myproject.settings" }
 # FORCE_SCRIPT_NAME), "" for a site at the root:
 # script_name = "auto"
 
+# Requested (GET) from every new worker before it serves, also when a touch
+# is validated: Django imports views on the first request, so this is what
+# catches a SyntaxError in views.py (the old version keeps serving) and makes
+# the first visitor meet a warm worker. A 5xx fails the start. Or a health
+# URL; the Host is "localhost" (put it in ALLOWED_HOSTS), and the request
+# carries the header X-Fcgi-Shim-Warmup: 1.
+warmup = "/"
+
 # Replace the worker after this many requests (0 = never):
 max_requests = 0
 # Time for Django to start (imports, settings), then 503:

@@ -58,6 +58,8 @@ struct RawApp {
     request_timeout: Option<Spanned<Seconds>>,
     script_name: Option<Spanned<String>>,
     debug: Option<Spanned<bool>>,
+    /// GET requests a new worker must answer (not 5xx) before it serves.
+    warmup: Option<Spanned<OneOrMany>>,
     /// Accepted and ignored (direct mode is gone): a warning, not an error,
     /// so that settings written for an older version keep working.
     direct: Option<Spanned<bool>>,
@@ -82,6 +84,14 @@ struct RawLimits {
     max_management_records: Option<Spanned<i64>>,
     max_response_head_bytes: Option<Spanned<i64>>,
     request_read_timeout: Option<Spanned<Seconds>>,
+}
+
+/// A string or a list of strings (`warmup = "/"`, `warmup = ["/", "/health"]`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A duration written as seconds (`30`, `0.5`) or with a unit (`"500ms"`, `"30s"`, `"2m"`).
@@ -912,6 +922,10 @@ pub struct WsgiConfig {
     pub script_name: crate::request::ScriptName,
     /// Show Python tracebacks on the 503 page when the application cannot start.
     pub debug: bool,
+    /// Paths (with an optional `?query`) a new worker is sent as GETs before
+    /// it serves, at start and in a reload's `check --start-app`; a 5xx or no
+    /// answer within `start_timeout` is a failed start.
+    pub warmup: Vec<String>,
 }
 
 /// The keys only `kind = "wsgi"` takes, with their spans, for the error when
@@ -937,6 +951,7 @@ fn wsgi_keys(raw: &RawApp) -> Vec<(&'static str, Range<usize>)> {
     );
     add("script_name", raw.script_name.as_ref().map(Spanned::span));
     add("debug", raw.debug.as_ref().map(Spanned::span));
+    add("warmup", raw.warmup.as_ref().map(Spanned::span));
     add("direct", raw.direct.as_ref().map(Spanned::span));
     keys
 }
@@ -996,10 +1011,12 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
         Some(p) if p.get_ref().is_empty() => {
             return Err(src.at(p.span(), "must name a Python interpreter"));
         }
+        // Not checked here: an interpreter that is missing (a virtualenv
+        // not made yet) is a start failure, retried with backoff until it
+        // appears, not a settings error that needs a touch. `check` reports
+        // it (deploy::app_problems).
         Some(p) if p.get_ref().contains('/') => {
-            let path = resolve(base, p.get_ref());
-            check_executable(&path).map_err(|e| src.at(p.span(), e))?;
-            path.to_string_lossy().into_owned()
+            resolve(base, p.get_ref()).to_string_lossy().into_owned()
         }
         Some(p) => p.into_inner(),
     };
@@ -1048,6 +1065,20 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
             ));
         }
     };
+    let warmup = match raw.warmup {
+        None => Vec::new(),
+        Some(w) => {
+            let span = w.span();
+            let paths = match w.into_inner() {
+                OneOrMany::One(p) => vec![p],
+                OneOrMany::Many(list) => list,
+            };
+            for path in &paths {
+                check_warmup_path(path).map_err(|e| src.at(span.clone(), e))?;
+            }
+            paths
+        }
+    };
     Ok(AppConfig::Wsgi(WsgiConfig {
         module: module_name,
         attribute,
@@ -1060,7 +1091,24 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
         request_timeout,
         script_name,
         debug: raw.debug.is_some_and(|d| *d.get_ref()),
+        warmup,
     }))
+}
+
+/// A warm-up target: a path from the site's root (what PATH_INFO will be),
+/// optionally with a query; no spaces or control characters.
+fn check_warmup_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "\"{path}\" is not a path: a warm-up request is a path starting with /, e.g. warmup = \"/\""
+        ));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "\"{path}\" has a space or a control character (percent-encode it)"
+        ));
+    }
+    Ok(())
 }
 
 /// "pkg.mod:attr" → ("pkg.mod", "attr"); the attribute defaults to
@@ -1114,6 +1162,25 @@ mod wsgi_tests {
         assert_eq!(w.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT);
         assert_eq!(w.script_name, ScriptName::Auto);
         assert!(!w.debug);
+        assert!(w.warmup.is_empty());
+    }
+
+    #[test]
+    fn warmup_one_or_many() {
+        assert_eq!(wsgi("warmup = \"/\"\n").unwrap().warmup, ["/"]);
+        assert_eq!(
+            wsgi("warmup = [\"/\", \"/health?full=1\"]\n")
+                .unwrap()
+                .warmup,
+            ["/", "/health?full=1"]
+        );
+    }
+
+    #[test]
+    fn a_missing_interpreter_is_no_settings_error() {
+        // Retried at start until it appears (issue 12 item 5); `check` says it.
+        let w = wsgi("python = \"venv/bin/python\"\n").unwrap();
+        assert_eq!(w.python, "/tmp/venv/bin/python");
     }
 
     #[test]
@@ -1176,8 +1243,10 @@ mod wsgi_tests {
         assert!(e.message.contains("key `request_timeout`"), "{e}");
         let e = wsgi("max_requests = -1\n").unwrap_err();
         assert!(e.message.contains("key `max_requests`"), "{e}");
-        let e = wsgi("python = \"/no/such/python\"\n").unwrap_err();
-        assert!(e.message.contains("/no/such/python"), "{e}");
+        let e = wsgi("warmup = \"health\"\n").unwrap_err();
+        assert!(e.message.contains("key `warmup`"), "{e}");
+        let e = wsgi("warmup = [\"/\", \"/a b\"]\n").unwrap_err();
+        assert!(e.message.contains("\"/a b\""), "{e}");
         let e = parse(Path::new("/tmp/x.toml"), "[app]\nkind = \"wsgi\"\n").unwrap_err();
         assert!(e.message.contains("needs `module`"), "{e}");
         let e = parse(

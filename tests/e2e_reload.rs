@@ -781,3 +781,75 @@ fn a_shebang_site_replaced_by_rename_with_a_broken_version_keeps_serving() {
     assert_eq!(site.greeting(), "greeting=fixed");
     site.finish();
 }
+
+/// Issue 12 item 4: Django imports its views on the first request, so a
+/// SyntaxError there passes the import; `warmup = "/"` makes the new
+/// version's validation request "/" and refuses the touch.
+#[test]
+fn wsgi_warmup_refuses_a_touch_with_a_syntax_error_in_a_lazily_imported_module() {
+    let Some(site) = Site::start_kind(Kind::Wsgi) else {
+        return;
+    };
+    assert_eq!(site.greeting(), "greeting=one");
+    let views = |greeting: &str| {
+        format!(
+            "def page(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+             return [b'greeting={greeting}']\n"
+        )
+    };
+    write_file(
+        &site.bin.join("lazyapp.py"),
+        "def application(environ, start_response):\n    import views\n    \
+         return views.page(environ, start_response)\n",
+        0o644,
+    );
+    write_file(&site.bin.join("views.py"), views("lazy"), 0o644);
+    write_file(
+        &site.settings_path(),
+        format!(
+            "[app]\nkind = \"wsgi\"\nmodule = \"lazyapp\"\npython = \"{}\"\npython_path = [\"{}\"]\n\
+             warmup = \"/\"\nenv = {{ PYTHONDONTWRITEBYTECODE = \"1\" }}\n\n[log]\nlevel = \"info\"\n",
+            test_python(),
+            site.bin.display()
+        ),
+        0o644,
+    );
+    site.touch_site();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while site.greeting() != "greeting=lazy" {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            site.apache.logs_for_humans()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The running worker has the good views; the new version would not.
+    write_file(&site.bin.join("views.py"), "def page(:\n", 0o644);
+    site.touch_site();
+    for _ in 0..3 {
+        assert_eq!(site.greeting(), "greeting=lazy");
+    }
+    let log = site.apache.wait_for_error_log(Duration::from_secs(5), |l| {
+        l.contains("warm-up GET / answered 500") && l.contains("still serving the previous version")
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("warm-up GET / answered 500"))
+        .unwrap_or_else(|| panic!("no warm-up line in the error log:\n{log}"));
+    assert!(line.contains("SyntaxError"), "{line}");
+    // Fixed: the next touch reloads.
+    write_file(&site.bin.join("views.py"), views("fixed"), 0o644);
+    site.touch_site();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while site.greeting() != "greeting=fixed" {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            site.apache.logs_for_humans()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    site.finish();
+}

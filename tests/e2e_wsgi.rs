@@ -554,3 +554,101 @@ fn import_error_503_crash_502_and_recovery() {
     }
     site.finish();
 }
+
+/// Issue 12 item 4 through Apache: Django imports its views on the first
+/// request, so a SyntaxError in views.py passes the import; `warmup = "/"`
+/// catches it before a visitor does (503, the warm-up's status and first
+/// lines in the error log), and once fixed the next visitor meets a worker
+/// that has answered "/" already.
+#[test]
+fn issue12_django_warmup_catches_a_syntax_error_in_views() {
+    let Some((mut site, python)) = Site::new() else {
+        return;
+    };
+    let project = site.dir.path().join("djsite");
+    copy_tree(&repo_path("tests/wsgi_apps/djsite"), &project);
+    let views = project.join("probeapp/views.py");
+    let good = fs::read_to_string(&views).expect("views.py");
+    write_file(&views, format!("{good}\ndef broken(:\n"), 0o644);
+    site.install(
+        &site.www,
+        &format!("{}warmup = \"/\"\n", django_settings(&python, &project)),
+    );
+    site.start();
+
+    let r = site.get("/");
+    assert_status(&r, 503, "warm-up failed");
+    let log = site.wait_log("warm-up GET / answered 500");
+    let line = log
+        .lines()
+        .find(|l| l.contains("warm-up GET / answered 500"))
+        .unwrap_or_else(|| panic!("no warm-up line in:\n{log}"));
+    // DEBUG = True: Django's technical 500 page, its title quoted.
+    assert!(line.contains("SyntaxError"), "{line}");
+    assert!(line.contains("[fcgi-shim mysite "), "{line}");
+
+    write_file(&views, &good, 0o644);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = site.get("/");
+        if r.status == 200 {
+            break;
+        }
+        assert_status(&r, 503, "while the fix is picked up");
+        assert!(
+            Instant::now() < deadline,
+            "never came back:\n{}",
+            site.apache().error_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    site.finish();
+}
+
+/// Issue 12 item 5 through Apache: `python` names a virtualenv that does
+/// not exist yet: 503 and a log line; once it appears the site answers
+/// within 15 s, without a touch.
+#[test]
+fn issue12_a_virtualenv_made_after_the_start_is_picked_up_without_a_touch() {
+    let Some((mut site, python)) = Site::new() else {
+        return;
+    };
+    let app = site.dir.path().join("app");
+    mkdir_world_readable(&app);
+    write_file(&app.join("lifeapp.py"), LIFE_APP_FIXED, 0o644);
+    let venv = site.dir.path().join("venv");
+    let link = venv.join("bin/python");
+    site.install(
+        &site.www,
+        &format!(
+            "[app]\nkind = \"wsgi\"\nmodule = \"lifeapp\"\npython = \"{}\"\n\
+             python_path = [\"{}\"]\nenv = {{ PYTHONDONTWRITEBYTECODE = \"1\" }}\n",
+            link.display(),
+            app.display()
+        ),
+    );
+    site.start();
+    let r = site.get("/x");
+    assert_status(&r, 503, "no interpreter yet");
+    let log = site.wait_log("cannot start");
+    assert!(log.contains(&link.display().to_string()), "{log}");
+
+    mkdir_world_readable(&venv.join("bin"));
+    std::os::unix::fs::symlink(&python, &link).expect("symlink the interpreter");
+    let appeared = Instant::now();
+    loop {
+        let r = site.get("/x");
+        if r.status == 200 {
+            assert_eq!(r.text(), "alive");
+            break;
+        }
+        assert_status(&r, 503, "while the interpreter is picked up");
+        assert!(
+            appeared.elapsed() < Duration::from_secs(15),
+            "not picked up within 15 s:\n{}",
+            site.apache().error_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    site.finish();
+}

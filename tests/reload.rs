@@ -349,3 +349,65 @@ fn a_stop_during_a_request_ends_the_programs_whole_group() {
         shim.log()
     );
 }
+
+/// Issue 12 item 4: a touch after a SyntaxError in a module the application
+/// imports only on its first request (Django's views) is refused by the new
+/// version's warm-up; the old worker keeps serving; once fixed, a touch is
+/// accepted and the first visitor meets a warm worker.
+#[test]
+fn issue12_a_failing_warmup_refuses_the_reload_and_the_old_version_keeps_serving() {
+    let python = std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let app = TempDir::new("reload-warm");
+    app.write(
+        "lazyapp.py",
+        "def application(environ, start_response):\n    import views\n    \
+         return views.page(environ, start_response)\n",
+    );
+    let views = |version: &str| {
+        format!(
+            "def page(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+             return [b'{version}']\n"
+        )
+    };
+    app.write("views.py", &views("v1"));
+    let settings = |tag: &str| {
+        format!(
+            "[app]\nkind = \"wsgi\"\nmodule = \"lazyapp\"\npython = \"{python}\"\n\
+             python_path = [\"{}\"]\nwarmup = \"/\"\nenv = {{ PYTHONDONTWRITEBYTECODE = \"1\", TAG = \"{tag}\" }}\n\
+             [log]\nlevel = \"info\"\n",
+            app.path().display()
+        )
+    };
+    let shim = start(&settings("a"));
+    assert_eq!(get_body(&shim), "v1");
+    // Broken views; the running worker imported the good ones already.
+    app.write("views.py", "def page(:\n");
+    fs::write(settings_path(&shim), settings("b")).expect("rewrite");
+    touch_forward(&settings_path(&shim), 1);
+    for _ in 0..3 {
+        assert_eq!(get_body(&shim), "v1", "log:\n{}", shim.log());
+    }
+    assert!(
+        shim.wait_for_log("warm-up GET / answered 500", LOG_WAIT),
+        "log:\n{}",
+        shim.log()
+    );
+    let log = shim.log();
+    assert!(log.contains("SyntaxError"), "log:\n{log}");
+    assert!(
+        log.contains("still serving the previous version"),
+        "log:\n{log}"
+    );
+    // Fixed and touched: the new version passes its warm-up and serves.
+    app.write("views.py", &views("v2"));
+    touch_forward(&settings_path(&shim), 2);
+    let start = Instant::now();
+    loop {
+        if get_body(&shim) == "v2" {
+            break;
+        }
+        assert!(start.elapsed() < RELOAD_WAIT * 2, "log:\n{}", shim.log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}

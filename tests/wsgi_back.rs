@@ -822,3 +822,159 @@ fn authorizer_role_environ_status_and_variable_headers() {
         shim.log()
     );
 }
+
+/// An application that imports fine and imports its views on the first
+/// request (as Django does): `views.py` is what a warm-up must reach.
+const LAZY_APP: &str = "def application(environ, start_response):\n    \
+     import views\n    \
+     return views.page(environ, start_response)\n";
+const GOOD_VIEWS: &str = "def page(environ, start_response):\n    \
+     start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+     return [('warm=%s %s' % (environ.get('HTTP_X_FCGI_SHIM_WARMUP'), environ['PATH_INFO'])).encode()]\n";
+
+#[test]
+fn issue12_warmup_catches_a_syntax_error_in_a_lazily_imported_module() {
+    let (_dir, app_dir) = app_dir(
+        "wsgiwarm",
+        &[("lazyapp.py", LAZY_APP), ("views.py", "def page(:\n")],
+    );
+    let shim = Shim::start(&wsgi_settings(
+        "lazyapp",
+        &app_dir,
+        "warmup = [\"/\", \"/health?x=1\"]\n",
+    ));
+    // The import passes, the warm-up GET / gets the adapter's 500: no
+    // visitor meets the broken worker.
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503, "{}\n{}", r.body_text(), shim.log());
+    assert!(
+        shim.wait_for_log(
+            "lazyapp:application: warm-up GET / answered 500 Internal Server Error: \
+             <!DOCTYPE html> | <html><head><title>500 Internal Server Error</title>",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+    assert!(shim.log().contains("SyntaxError"), "{}", shim.log());
+    // Fixed: the next request after the backoff gets a worker that passed
+    // both warm-up requests (the application saw the marker header).
+    std::fs::write(app_dir.join("views.py"), GOOD_VIEWS).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(&shim, "/page", "");
+        if r.status == 200 {
+            assert_eq!(r.body_text(), "warm=None /page");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", shim.log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(shim.log().contains("ready in"), "{}", shim.log());
+}
+
+#[test]
+fn issue12_warmup_requests_are_marked_gets_of_the_configured_paths() {
+    // The application records what it was sent before any visitor came.
+    let recorder = "import json, os\nseen = []\n\
+        def application(environ, start_response):\n    \
+        if environ.get('HTTP_X_FCGI_SHIM_WARMUP'):\n        \
+        seen.append([environ[k] for k in ('REQUEST_METHOD', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'HTTP_HOST', 'REMOTE_ADDR')])\n    \
+        start_response('200 OK', [('Content-Type', 'application/json')])\n    \
+        return [json.dumps(seen).encode()]\n";
+    let (_dir, app_dir) = app_dir("wsgiwarm2", &[("recorder.py", recorder)]);
+    let shim = Shim::start(&wsgi_settings(
+        "recorder",
+        &app_dir,
+        "warmup = [\"/\", \"/a%20b?x=1\"]\nscript_name = \"/blog\"\n",
+    ));
+    let r = get(&shim, "/seen", "");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert_eq!(
+        r.body_text(),
+        "[[\"GET\", \"/blog\", \"/\", \"\", \"localhost\", \"127.0.0.1\"], \
+         [\"GET\", \"/blog\", \"/a b\", \"x=1\", \"localhost\", \"127.0.0.1\"]]"
+    );
+}
+
+#[test]
+fn issue12_a_missing_interpreter_is_retried_until_it_appears() {
+    let dir = TempDir::new("wsgipy");
+    let venv_bin = dir.join("venv/bin");
+    let python_link = venv_bin.join("python");
+    let settings = format!(
+        "[app]\nkind = \"wsgi\"\nmodule = \"probe\"\npython = \"{}\"\npython_path = [\"{}\"]\n\
+         [log]\nlevel = \"info\"\n",
+        python_link.display(),
+        probe_dir().display()
+    );
+    let shim = Shim::start(&settings);
+    let r = get(&shim, "/hello", "");
+    assert_eq!(r.status, 503, "{}", shim.log());
+    assert!(
+        shim.wait_for_log("cannot start", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    // The same cause is said once, not per attempt or request.
+    for _ in 0..3 {
+        assert_eq!(get(&shim, "/hello", "").status, 503);
+    }
+    assert_eq!(
+        shim.log().matches("cannot start").count(),
+        1,
+        "{}",
+        shim.log()
+    );
+    // The virtualenv appears: no touch, no new settings.
+    std::fs::create_dir_all(&venv_bin).unwrap();
+    let real = std::process::Command::new(python())
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8(real.stdout).unwrap();
+    std::os::unix::fs::symlink(real.trim(), &python_link).unwrap();
+    let appeared = Instant::now();
+    loop {
+        let r = get(&shim, "/hello", "");
+        if r.status == 200 {
+            assert_eq!(r.body_text(), "hello from wsgi");
+            break;
+        }
+        assert!(
+            appeared.elapsed() < Duration::from_secs(15),
+            "still {} after 15 s\n{}",
+            r.status,
+            shim.log()
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn issue12_a_warmup_without_an_answer_within_start_timeout_is_a_failed_start() {
+    let slow = "import time\n\
+        def application(environ, start_response):\n    \
+        if environ.get('HTTP_X_FCGI_SHIM_WARMUP'):\n        \
+        time.sleep(30)\n    \
+        start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+        return [b'ok']\n";
+    let (_dir, app_dir) = app_dir("wsgiwarm3", &[("slowwarm.py", slow)]);
+    let shim = Shim::start(&wsgi_settings(
+        "slowwarm",
+        &app_dir,
+        "warmup = \"/slow\"\nstart_timeout = 1\n",
+    ));
+    let started = Instant::now();
+    let r = get(&shim, "/", "");
+    assert_eq!(r.status, 503, "{}", shim.log());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        shim.wait_for_log(
+            "did not start within 1.0s (start_timeout) (during warm-up GET /slow); killed",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        shim.log()
+    );
+}

@@ -4,7 +4,9 @@
 //!
 //! Owns: the shim ↔ worker protocol (frames on the worker's stdin and stdout:
 //! a type byte, a 4-byte big-endian length, the payload), the start-up
-//! handshake (ready, or the import error: 503), streaming the body to the
+//! handshake (ready, or the import error: 503; then the `warmup` GETs the
+//! shim makes up itself, a 5xx failing the start), retrying a worker that
+//! could not be spawned (a missing interpreter) while idle, streaming the body to the
 //! worker and the response back chunk by chunk without blocking the front, the
 //! per-request timeout (504, fresh worker), a worker dying mid-request (502),
 //! and logging the worker's stderr (wsgi.errors) line by line. Every request
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::stderr_lines::StderrLines;
 use super::{Back, Context, Outcome, Ready, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
-use crate::request::{self, Exchange, HeadError, InputEvent, ResponseHead};
+use crate::request::{self, Exchange, HeadError, InputEvent, ResponseHead, ScriptName};
 use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
 
 /// The adapter, written to the worker's stdin at start.
@@ -64,9 +66,52 @@ pub struct WsgiBack {
     /// What one read of the worker's stdout goes into.
     scratch: Box<[u8]>,
     stderr_lines: StderrLines,
-    /// The last import failure: (log summary, Python traceback).
-    import_error: Option<(String, String)>,
+    /// Why the last worker could not start, until one is ready.
+    start_failure: Option<StartFailure>,
+    /// The new worker imported the application and is answering the
+    /// warm-up requests (`warmup`); it is not ready until they passed.
+    warming: Option<Warming>,
 }
+
+/// Why no worker is ready.
+enum StartFailure {
+    /// The interpreter could not be spawned (missing, not executable): tried
+    /// again between requests as the backoff allows, so that an interpreter
+    /// or virtualenv that appears is picked up without a touch; a request
+    /// meanwhile gets the 503 at once.
+    Spawn,
+    /// The import failed: (log summary, Python traceback).
+    Import(String, String),
+    /// A warm-up request got a 5xx, a broken answer or none: (log summary,
+    /// the first lines of the response).
+    Warmup(String, String),
+}
+
+impl StartFailure {
+    /// Is another worker started between requests? Not after the
+    /// application failed: no Python start every 10 s on an idle site (the
+    /// next request tries again once the backoff allows).
+    fn retried_while_idle(&self) -> bool {
+        matches!(self, StartFailure::Spawn)
+    }
+}
+
+/// A worker's warm-up in progress.
+struct Warming {
+    /// Index in `config.warmup` of the request being answered.
+    at: usize,
+    /// "Python 3.11.2", for the ready line.
+    version: String,
+    /// The answer's status line so far.
+    status: Option<(u16, String)>,
+    /// The answer's first bytes (quoted if it fails).
+    body: Vec<u8>,
+}
+
+/// Bytes of a failed warm-up answer kept for the log line.
+const WARMUP_QUOTE_BYTES: usize = 2048;
+/// The header that marks a warm-up request (`HTTP_X_FCGI_SHIM_WARMUP=1`).
+pub const WARMUP_HEADER: &str = "HTTP_X_FCGI_SHIM_WARMUP";
 
 /// What the worker sent.
 enum Frame<'a> {
@@ -84,8 +129,8 @@ pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
     let deadline = Instant::now() + config.start_timeout;
     let mut back = WsgiBack::new(config, limits);
     let result = loop {
-        if let Some((summary, _)) = &back.import_error {
-            break Err(format!("cannot import {}: {summary}", back.label));
+        if let Some(why) = back.failure_text() {
+            break Err(why);
         }
         let state = back.sup.worker().map(|w| (w.ready, w.process.try_wait()));
         match state {
@@ -93,8 +138,8 @@ pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
             Some((false, Some(status))) => {
                 // Its last words may be the import error.
                 back.idle_handshake();
-                if let Some((summary, _)) = &back.import_error {
-                    break Err(format!("cannot import {}: {summary}", back.label));
+                if let Some(why) = back.failure_text() {
+                    break Err(why);
                 }
                 let stderr = back.stderr_summary();
                 break Err(format!(
@@ -117,9 +162,10 @@ pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
         }
         if Instant::now() >= deadline {
             break Err(format!(
-                "{}: the worker did not start within {:.1}s (start_timeout)",
+                "{}: the worker did not start within {:.1}s (start_timeout){}",
                 back.label,
-                back.config.start_timeout.as_secs_f64()
+                back.config.start_timeout.as_secs_f64(),
+                back.warming_note()
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -199,13 +245,35 @@ impl WsgiBack {
             from_worker: Vec::new(),
             scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
             stderr_lines,
-            import_error: None,
+            start_failure: None,
+            warming: None,
         };
         match back.sup.start() {
             Ok(_) => back.greet(),
-            Err(e) => back.log_start_error(&e),
+            Err(e) => back.start_failed(&e),
         }
         back
+    }
+
+    /// A failed start, for `check --start-app`: the import error or the
+    /// failed warm-up in one line.
+    fn failure_text(&self) -> Option<String> {
+        match self.start_failure.as_ref()? {
+            StartFailure::Spawn => None,
+            StartFailure::Import(summary, _) => {
+                Some(format!("cannot import {}: {summary}", self.label))
+            }
+            StartFailure::Warmup(summary, _) => Some(format!("{}: {summary}", self.label)),
+        }
+    }
+
+    /// The worker could not be had: say why (rate-limited), and remember a
+    /// spawn failure (no request waits for its backoff).
+    fn start_failed(&mut self, e: &StartError) {
+        if let StartError::Spawn(_) = e {
+            self.start_failure = Some(StartFailure::Spawn);
+        }
+        self.log_start_error(e);
     }
 
     fn log_start_error(&self, e: &StartError) {
@@ -243,6 +311,10 @@ impl WsgiBack {
             return;
         }
         self.greeted = Some(pid);
+        self.warming = None;
+        if let Some(StartFailure::Spawn) = self.start_failure {
+            self.start_failure = None;
+        }
         self.to_worker.clear();
         self.to_worker.extend_from_slice(ADAPTER.as_bytes());
         self.from_worker.clear();
@@ -438,7 +510,7 @@ impl WsgiBack {
                     return self.handshake(ex, ctx, deadline);
                 }
                 Err(StartError::Backoff(at)) => {
-                    if self.import_error.is_some() || at > deadline {
+                    if self.start_failure.is_some() || at > deadline {
                         return Err(self.unavailable(ex));
                     }
                     std::thread::sleep((at - now).min(Duration::from_millis(50)));
@@ -447,7 +519,7 @@ impl WsgiBack {
                     }
                 }
                 Err(e) => {
-                    self.log_start_error(&e);
+                    self.start_failed(&e);
                     return Err(self.unavailable(ex));
                 }
             }
@@ -513,9 +585,10 @@ impl WsgiBack {
                 }
                 let stderr = self.stderr_summary();
                 log::error!(
-                    "wsgi: {}: the worker did not start within {:.1}s (start_timeout); killed; {stderr} (503)",
+                    "wsgi: {}: the worker did not start within {:.1}s (start_timeout){}; killed; {stderr} (503)",
                     self.label,
                     self.config.start_timeout.as_secs_f64(),
+                    self.warming_note(),
                 );
                 self.sup.failed();
                 return Err(self.unavailable(ex));
@@ -561,56 +634,205 @@ impl WsgiBack {
         }
     }
 
-    /// Handle the new worker's first frame if it has arrived: ready, or its
-    /// import error (logged, kept for the 503 page), or a protocol error.
+    /// Handle the new worker's start-up frames that have arrived: ready
+    /// (then its warm-up requests, if any, and their answers), or its import
+    /// error (logged, kept for the 503 page), or a protocol error.
     fn start_frame(&mut self) -> Started {
-        match self.next_frame() {
-            Ok(Some((Frame::Ready(payload), used))) => {
-                // "Python 3.11.2".
-                let version = String::from_utf8_lossy(payload).into_owned();
-                self.from_worker.drain(..used);
-                let Some(w) = self.sup.worker() else {
-                    return Started::Failed;
-                };
-                log::info!(
-                    "wsgi: {} ready in {:.2}s (pid {}, {version})",
-                    self.label,
-                    w.started.elapsed().as_secs_f64(),
-                    w.process.pid()
-                );
-                self.sup.mark_ready();
-                self.import_error = None;
-                Started::Ready
-            }
-            Ok(Some((Frame::ImportFailed(report), _))) => {
-                let report = String::from_utf8_lossy(report).into_owned();
-                let (summary, traceback) = report.split_once('\n').unwrap_or((&report, ""));
-                let mut summary = summary.to_string();
-                let traceback = traceback.to_string();
-                // An import that fails because a path cannot be read says so.
-                if let Some(why) = self.deployment_problems() {
-                    summary.push_str("; ");
-                    summary.push_str(&why);
+        loop {
+            let warming = self.warming.is_some();
+            let (frame, used) = match self.next_frame() {
+                Ok(None) => return Started::Pending,
+                Ok(Some(found)) => found,
+                Err(_) => return self.broken_start(),
+            };
+            match frame {
+                Frame::Ready(payload) if !warming => {
+                    // "Python 3.11.2".
+                    let version = String::from_utf8_lossy(payload).into_owned();
+                    self.from_worker.drain(..used);
+                    if self.config.warmup.is_empty() {
+                        return self.worker_ready(&version);
+                    }
+                    self.warming = Some(Warming {
+                        at: 0,
+                        version,
+                        status: None,
+                        body: Vec::new(),
+                    });
+                    self.send_warmup();
                 }
-                self.sup.failed();
-                log::error!(
-                    "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
-                    self.label,
-                    self.backoff_seconds()
-                );
-                self.import_error = Some((summary, traceback));
-                Started::Failed
+                Frame::ImportFailed(report) if !warming => {
+                    let report = String::from_utf8_lossy(report).into_owned();
+                    return self.import_failed(&report);
+                }
+                Frame::Head(raw) if warming => {
+                    let head = parse_head(raw, self.limits.max_response_head_bytes);
+                    self.from_worker.drain(..used);
+                    let Ok(head) = head else {
+                        return self.warmup_failed("got an invalid response head".into());
+                    };
+                    let reason = String::from_utf8_lossy(head.reason()).into_owned();
+                    if let Some(w) = &mut self.warming {
+                        w.status = Some((head.status(), reason));
+                    }
+                }
+                Frame::Body(data) if warming => {
+                    let kept = self.warming.as_ref().map_or(0, |w| w.body.len());
+                    let room = WARMUP_QUOTE_BYTES.saturating_sub(kept);
+                    let quote = data[..data.len().min(room)].to_vec();
+                    self.from_worker.drain(..used);
+                    if let Some(w) = &mut self.warming {
+                        w.body.extend_from_slice(&quote);
+                    }
+                }
+                Frame::Done if warming => {
+                    self.from_worker.drain(..used);
+                    if let Some(done) = self.warmup_answered() {
+                        return done;
+                    }
+                }
+                _ => return self.broken_start(),
             }
-            Ok(Some(_)) | Err(_) => {
-                log::error!(
-                    "wsgi: {}: the worker broke the protocol during start-up (503)",
-                    self.label
-                );
-                self.sup.failed();
-                Started::Failed
-            }
-            Ok(None) => Started::Pending,
         }
+    }
+
+    fn broken_start(&mut self) -> Started {
+        log::error!(
+            "wsgi: {}: the worker broke the protocol during start-up{} (503)",
+            self.label,
+            self.warming_note()
+        );
+        self.warming = None;
+        self.sup.failed();
+        Started::Failed
+    }
+
+    /// The import error the worker reported ("summary\n" + traceback).
+    fn import_failed(&mut self, report: &str) -> Started {
+        let (summary, traceback) = report.split_once('\n').unwrap_or((report, ""));
+        let mut summary = summary.to_string();
+        let traceback = traceback.to_string();
+        // An import that fails because a path cannot be read says so.
+        if let Some(why) = self.deployment_problems() {
+            summary.push_str("; ");
+            summary.push_str(&why);
+        }
+        self.sup.failed();
+        log::error!(
+            "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
+            self.label,
+            self.backoff_seconds()
+        );
+        self.start_failure = Some(StartFailure::Import(summary, traceback));
+        Started::Failed
+    }
+
+    /// The worker is ready: imported, and its warm-up (if any) passed.
+    fn worker_ready(&mut self, version: &str) -> Started {
+        self.warming = None;
+        let Some(w) = self.sup.worker() else {
+            return Started::Failed;
+        };
+        log::info!(
+            "wsgi: {} ready in {:.2}s (pid {}, {version})",
+            self.label,
+            w.started.elapsed().as_secs_f64(),
+            w.process.pid()
+        );
+        self.sup.mark_ready();
+        self.start_failure = None;
+        Started::Ready
+    }
+
+    /// Queue the warm-up request `warming.at` as a GET without a body,
+    /// through the same frames as a real request.
+    fn send_warmup(&mut self) {
+        let Some(at) = self.warming.as_ref().map(|w| w.at) else {
+            return;
+        };
+        let Some(path) = self.config.warmup.get(at) else {
+            return;
+        };
+        let req = warmup_request(path, &self.config.script_name);
+        push_request_frame(&mut self.to_worker, &req, &self.config.script_name);
+        push_frame(&mut self.to_worker, b'E', &[]);
+        if self.write_to_worker().is_err() {
+            // It closed its input: it is dying; its stdout says how.
+            self.to_worker.clear();
+        }
+    }
+
+    /// A warm-up answer is complete: the next warm-up request, or ready, or
+    /// (a 5xx) a failed start. None: the next request went out.
+    fn warmup_answered(&mut self) -> Option<Started> {
+        let w = self.warming.as_mut()?;
+        let path = self.config.warmup.get(w.at).cloned().unwrap_or_default();
+        let body = quote_lines(&w.body);
+        match w.status.take() {
+            Some((status, reason)) if status >= 500 => {
+                return Some(self.warmup_failed_with(format!("answered {status} {reason}"), body));
+            }
+            None => return Some(self.warmup_failed("answered without a status".into())),
+            Some((status, reason)) => {
+                if status >= 400 {
+                    log::warn!(
+                        "wsgi: {}: warm-up GET {path} answered {status} {reason} (not a failure, \
+                         but the application may not have been warmed; Django: is \"localhost\" \
+                         in ALLOWED_HOSTS?): {body}",
+                        self.label
+                    );
+                }
+            }
+        }
+        w.at += 1;
+        w.body.clear();
+        if w.at < self.config.warmup.len() {
+            self.send_warmup();
+            return None;
+        }
+        let version = std::mem::take(&mut w.version);
+        Some(self.worker_ready(&version))
+    }
+
+    fn warmup_failed(&mut self, what: String) -> Started {
+        self.warmup_failed_with(what, String::new())
+    }
+
+    /// A warm-up request failed: log it with the answer's first lines and
+    /// the worker's last stderr lines; the worker is not used (503, or a
+    /// refused reload); the next request tries again after the backoff.
+    fn warmup_failed_with(&mut self, what: String, quoted: String) -> Started {
+        let path = self
+            .warming
+            .take()
+            .and_then(|w| self.config.warmup.get(w.at).cloned())
+            .unwrap_or_default();
+        let stderr = self.stderr_summary();
+        let mut summary = format!("warm-up GET {path} {what}");
+        if !quoted.is_empty() {
+            summary.push_str(": ");
+            summary.push_str(&quoted);
+        }
+        summary.push_str("; ");
+        summary.push_str(&stderr);
+        self.sup.failed();
+        log::error!(
+            "wsgi: {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
+            self.label,
+            self.backoff_seconds()
+        );
+        self.start_failure = Some(StartFailure::Warmup(summary, quoted));
+        Started::Failed
+    }
+
+    /// " (during warm-up GET /x)" while a warm-up request is out, for the
+    /// lines that say a start failed.
+    fn warming_note(&self) -> String {
+        self.warming
+            .as_ref()
+            .and_then(|w| self.config.warmup.get(w.at))
+            .map(|path| format!(" (during warm-up GET {path})"))
+            .unwrap_or_default()
     }
 
     fn interrupted_before_request(&mut self, i: Interrupt) -> Outcome {
@@ -626,7 +848,9 @@ impl WsgiBack {
     /// The 503 for "no worker": the import error when there is one (its
     /// traceback only with `debug = true`).
     fn unavailable(&self, ex: &mut dyn Exchange) -> Outcome {
-        let Some((summary, traceback)) = &self.import_error else {
+        let (Some(StartFailure::Import(summary, traceback))
+        | Some(StartFailure::Warmup(summary, traceback))) = &self.start_failure
+        else {
             return finish_with_error(
                 ex,
                 503,
@@ -673,26 +897,9 @@ impl WsgiBack {
         }
         // The request's meta-variables as one frame.
         let frame_start = self.to_worker.len();
-        self.to_worker.extend_from_slice(&[b'R', 0, 0, 0, 0]);
-        let out = &mut self.to_worker;
-        request::for_each_application_meta_variable(
-            ex.request(),
-            &self.config.script_name,
-            |name, value| {
-                if !name.contains(&0) && !value.contains(&0) {
-                    out.extend_from_slice(name);
-                    out.push(0);
-                    out.extend_from_slice(value);
-                    out.push(0);
-                }
-            },
-        );
-        let len = self.to_worker.len() - frame_start - FRAME_HEADER;
-        let Ok(len32) = u32::try_from(len) else {
+        if !push_request_frame(&mut self.to_worker, ex.request(), &self.config.script_name) {
             return Some(finish_with_error(ex, 500, ""));
-        };
-        self.to_worker[frame_start + 1..frame_start + FRAME_HEADER]
-            .copy_from_slice(&len32.to_be_bytes());
+        }
         // No body (most requests): its end goes in the same write, so the
         // worker reads the whole request at once.
         let mut body_done = ex.body_finished() && ex.body().is_empty();
@@ -996,6 +1203,94 @@ fn forward(frame: Frame<'_>, ex: &mut dyn Exchange, max_head: usize) -> Step {
     }
 }
 
+/// Append the request's meta-variables as one R frame. false: too large
+/// for a frame (nothing appended).
+fn push_request_frame(out: &mut Vec<u8>, req: &request::Request, mode: &ScriptName) -> bool {
+    let frame_start = out.len();
+    out.extend_from_slice(&[b'R', 0, 0, 0, 0]);
+    request::for_each_application_meta_variable(req, mode, |name, value| {
+        if !name.contains(&0) && !value.contains(&0) {
+            out.extend_from_slice(name);
+            out.push(0);
+            out.extend_from_slice(value);
+            out.push(0);
+        }
+    });
+    let len = out.len() - frame_start - FRAME_HEADER;
+    let Ok(len32) = u32::try_from(len) else {
+        out.truncate(frame_start);
+        return false;
+    };
+    out[frame_start + 1..frame_start + FRAME_HEADER].copy_from_slice(&len32.to_be_bytes());
+    true
+}
+
+/// The warm-up GET for `target` ("/path?query"): the meta-variables a web
+/// server would send for a visitor at localhost, plus `WARMUP_HEADER`.
+/// PATH_INFO is derived from REQUEST_URI (percent-decoded) as for a real
+/// request that comes without one.
+fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let prefix = match mode {
+        ScriptName::Fixed(prefix) => prefix.as_str(),
+        ScriptName::Auto | ScriptName::AsReceived => "",
+    };
+    let uri = format!("{prefix}{target}");
+    let pairs = [
+        ("GATEWAY_INTERFACE", "CGI/1.1"),
+        ("SERVER_SOFTWARE", "fcgi-shim"),
+        ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ("REQUEST_METHOD", "GET"),
+        ("REQUEST_URI", uri.as_str()),
+        ("SCRIPT_NAME", prefix),
+        ("QUERY_STRING", query),
+        ("SERVER_NAME", "localhost"),
+        ("SERVER_PORT", "80"),
+        ("HTTP_HOST", "localhost"),
+        ("REMOTE_ADDR", "127.0.0.1"),
+        ("REMOTE_PORT", "0"),
+        (WARMUP_HEADER, "1"),
+    ];
+    request::Request::new(
+        pairs
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
+    )
+}
+
+/// The first non-empty lines of a response body (and its HTML `<title>`
+/// when the lines do not show it), in one log-line piece.
+fn quote_lines(body: &[u8]) -> String {
+    const LINES: usize = 5;
+    const MAX: usize = 400;
+    let text = String::from_utf8_lossy(body);
+    let mut quoted = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(LINES)
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let lower = text.to_ascii_lowercase();
+    if let (Some(a), Some(b)) = (lower.find("<title>"), lower.find("</title>"))
+        && a + 7 <= b
+        && !quoted.to_ascii_lowercase().contains("<title>")
+    {
+        let title = text.get(a + 7..b).unwrap_or("").trim();
+        quoted = format!("<title>{title}</title> | {quoted}");
+    }
+    if quoted.len() > MAX {
+        let mut cut = MAX;
+        while !quoted.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        quoted.truncate(cut);
+        quoted.push_str(" ...");
+    }
+    quoted
+}
+
 fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.push(kind);
     // Payloads are at most CHUNK bytes.
@@ -1080,7 +1375,10 @@ impl Back for WsgiBack {
         self.idle_handshake();
         self.note_death_while_idle();
         if self.sup.worker().is_none()
-            && self.import_error.is_none()
+            && self
+                .start_failure
+                .as_ref()
+                .is_none_or(StartFailure::retried_while_idle)
             && !crate::sys::stop_requested()
         {
             match self.sup.start() {
@@ -1089,7 +1387,7 @@ impl Back for WsgiBack {
                     self.idle_handshake();
                 }
                 Err(StartError::Backoff(_)) => {}
-                Err(e) => self.log_start_error(&e),
+                Err(e) => self.start_failed(&e),
             }
         }
     }
@@ -1155,6 +1453,47 @@ mod tests {
             parse_head(b"200 OK\0X-A\0a\rb\0", 1024),
             Err(HeadError::BadValue { .. })
         ));
+    }
+
+    #[test]
+    fn warmup_requests_look_like_a_visitor_at_localhost() {
+        let req = warmup_request("/a%20b?x=1", &ScriptName::Fixed("/blog".into()));
+        let mut out = Vec::new();
+        assert!(push_request_frame(
+            &mut out,
+            &req,
+            &ScriptName::Fixed("/blog".into())
+        ));
+        let text = String::from_utf8_lossy(&out[FRAME_HEADER..]).replace('\0', "|");
+        for pair in [
+            "REQUEST_METHOD|GET|",
+            "REQUEST_URI|/blog/a%20b?x=1|",
+            "SCRIPT_NAME|/blog|",
+            "PATH_INFO|/a b|",
+            "QUERY_STRING|x=1|",
+            "HTTP_HOST|localhost|",
+            "REMOTE_ADDR|127.0.0.1|",
+            "HTTP_X_FCGI_SHIM_WARMUP|1|",
+        ] {
+            assert!(text.contains(pair), "{pair} not in {text}");
+        }
+        let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!((out[0], len), (b'R', out.len() - FRAME_HEADER));
+    }
+
+    #[test]
+    fn failed_warmup_answers_are_quoted_briefly() {
+        assert_eq!(
+            quote_lines(b"\n  Server Error (500)\n\nline 2\n"),
+            "Server Error (500) | line 2"
+        );
+        let django = b"<!DOCTYPE html>\n<html>\n<head>\n<meta a>\n<meta b>\n<title>SyntaxError at /</title>\n";
+        assert!(
+            quote_lines(django).starts_with("<title>SyntaxError at /</title> | <!DOCTYPE html>")
+        );
+        let long = "\u{e9}".repeat(1000);
+        let quoted = quote_lines(long.as_bytes());
+        assert!(quoted.len() <= 404 && quoted.ends_with(" ..."), "{quoted}");
     }
 
     #[test]
