@@ -530,7 +530,20 @@ fn serve_with(config: Config, started: Started) -> Result<(), String> {
     let protocol = match settings.protocol {
         FrontProtocol::FastCgi => "FastCGI",
         FrontProtocol::Scgi => "SCGI",
+        FrontProtocol::Ajp => "AJP13",
     };
+    if settings.protocol == FrontProtocol::Ajp && settings.ajp_secret.is_none() {
+        let public = settings.host.as_deref().is_some_and(|h| {
+            h.parse::<std::net::IpAddr>()
+                .map_or(h != "localhost", |ip| !ip.is_loopback())
+        });
+        if public && settings.socket.is_none() {
+            log::warn!(
+                "AJP on a non-loopback address without ajp_secret: anyone who can reach \
+                 the port can send requests with any remote address and user"
+            );
+        }
+    }
     log::info!(
         "serving {protocol} on {place} ({:?}, pid {})",
         settings.method,
@@ -565,6 +578,7 @@ fn serve_with(config: Config, started: Started) -> Result<(), String> {
         fd,
         protocol: settings.protocol,
         allowed,
+        ajp_secret: settings.ajp_secret.clone(),
     };
     let bounds = Bounds::from_settings(&settings);
     // One process-group guard for the whole server, shared by prefork workers.

@@ -1328,6 +1328,8 @@ pub fn sibling_of(exe: &Path) -> PathBuf {
 pub enum FrontProtocol {
     FastCgi,
     Scgi,
+    /// AJP13 (Apache mod_proxy_ajp); `ajp_secret` is its shared secret.
+    Ajp,
 }
 
 /// How the standalone server runs requests concurrently.
@@ -1368,6 +1370,9 @@ pub struct ServerSettings {
     pub umask: Option<u32>,
     /// Peers allowed on a TCP listener (empty: any; FCGI_WEB_SERVER_ADDRS adds to it).
     pub allowed_addrs: Vec<std::net::IpAddr>,
+    /// protocol=ajp: the `secret` every forward request must carry
+    /// (mod_proxy_ajp's `secret=`); `None`: not required.
+    pub ajp_secret: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -1390,6 +1395,7 @@ impl Default for ServerSettings {
             errlog: None,
             umask: None,
             allowed_addrs: Vec::new(),
+            ajp_secret: None,
         }
     }
 }
@@ -1399,7 +1405,7 @@ pub const SERVER_KEYS: &[(&str, &str, &str)] = &[
     (
         "protocol",
         "fcgi",
-        "fcgi or scgi (ajp is not supported yet)",
+        "fcgi, scgi or ajp (AJP13, Apache mod_proxy_ajp)",
     ),
     (
         "host",
@@ -1444,6 +1450,11 @@ pub const SERVER_KEYS: &[(&str, &str, &str)] = &[
         "allowed_addrs",
         "any",
         "comma-separated peer addresses allowed on TCP",
+    ),
+    (
+        "ajp_secret",
+        "-",
+        "protocol=ajp: the secret every request must carry (mod_proxy_ajp secret=)",
     ),
 ];
 
@@ -1494,12 +1505,8 @@ impl ServerSettings {
                 self.protocol = match value_text(value).as_deref() {
                     Some("fcgi" | "fastcgi") => FrontProtocol::FastCgi,
                     Some("scgi") => FrontProtocol::Scgi,
-                    Some("ajp") => {
-                        return Err(
-                            "`protocol`: ajp is not supported yet (use fcgi or scgi)".into()
-                        );
-                    }
-                    _ => return Err(server_option_error(key, value, "fcgi or scgi")),
+                    Some("ajp") => FrontProtocol::Ajp,
+                    _ => return Err(server_option_error(key, value, "fcgi, scgi or ajp")),
                 }
             }
             "host" => {
@@ -1562,6 +1569,13 @@ impl ServerSettings {
                 };
                 self.allowed_addrs = parse_addrs(items.iter().map(String::as_str))
                     .map_err(|bad| format!("`allowed_addrs`: {bad:?} is not an IP address"))?;
+            }
+            "ajp_secret" => {
+                self.ajp_secret = Some(
+                    value_text(value)
+                        .filter(|t| !t.is_empty() && t.len() < 0xFFFF)
+                        .ok_or_else(|| server_option_error(key, value, "a non-empty secret"))?,
+                )
             }
             other => {
                 let names: Vec<String> = SERVER_KEYS.iter().map(|k| k.0.to_string()).collect();
@@ -1719,8 +1733,14 @@ mod server_tests {
         );
         let e = s.set_word("method=forked", cwd).unwrap_err();
         assert!(e.contains("method=forked"), "{e}");
-        let e = s.set_word("protocol=ajp", cwd).unwrap_err();
-        assert!(e.contains("ajp is not supported yet"), "{e}");
+        let e = s.set_word("protocol=ajp13", cwd).unwrap_err();
+        assert!(e.contains("fcgi, scgi or ajp"), "{e}");
+        s.set_word("protocol=ajp", cwd).unwrap();
+        assert_eq!(s.protocol, FrontProtocol::Ajp);
+        s.set_word("ajp_secret=s3cret", cwd).unwrap();
+        assert_eq!(s.ajp_secret.as_deref(), Some("s3cret"));
+        let e = s.set_word("ajp_secret=", cwd).unwrap_err();
+        assert!(e.contains("a non-empty secret"), "{e}");
         let e = s.set_word("daemonize", cwd).unwrap_err();
         assert!(e.contains("expected key=value"), "{e}");
         let e = s.set_word("port=http", cwd).unwrap_err();

@@ -783,9 +783,12 @@ fn command_line_errors_name_the_word() {
         stderr.contains("`maxchilren=3`") && stderr.contains("did you mean `maxchildren`"),
         "{stderr}"
     );
-    let (code, _, stderr) = run_serve(site.dir.path(), &[settings.clone(), "protocol=ajp".into()]);
+    let (code, _, stderr) = run_serve(
+        site.dir.path(),
+        &[settings.clone(), "protocol=ajp13".into()],
+    );
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("ajp is not supported yet"), "{stderr}");
+    assert!(stderr.contains("fcgi, scgi or ajp"), "{stderr}");
     let (code, _, stderr) = run_serve(
         site.dir.path(),
         &[
@@ -846,12 +849,17 @@ fn command_line_errors_name_the_word() {
         "errlog",
         "umask",
         "allowed_addrs",
+        "ajp_secret",
     ] {
         assert!(
             stdout.lines().any(|l| l.trim_start().starts_with(key)),
             "help lacks {key}:\n{stdout}"
         );
     }
+    assert!(
+        stdout.contains("fcgi, scgi or ajp") && !stdout.contains("not supported"),
+        "{stdout}"
+    );
 }
 
 /// Standalone reload: SIGHUP validates the new version, lets requests in

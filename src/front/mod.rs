@@ -3,6 +3,7 @@
 //!
 //! Owns also what every front answers alike: a body that cannot be held
 //! (the temporary directory is full) gets a 503.
+pub mod ajp;
 pub mod cgi;
 pub mod fastcgi;
 pub mod outq;

@@ -25,7 +25,7 @@ use nix::poll::{PollFd, PollFlags, poll};
 
 use crate::back::{Back, Context, Outcome, finish_with_error};
 use crate::config::{FrontProtocol, Limits};
-use crate::front::{fastcgi, scgi};
+use crate::front::{ajp, fastcgi, scgi};
 use crate::launch::{self, ListenerSource};
 use crate::reload::{self, Reloader, Verdict};
 use crate::request::Exchange;
@@ -242,6 +242,8 @@ pub fn refuse(conn: Conn, protocol: FrontProtocol, limits: Limits, signals: &Sig
             fastcgi::serve_connection(conn, back, &mut ctx, limits, None, &mut || false);
         }
         FrontProtocol::Scgi => scgi::serve_connection(conn, back, &mut ctx, limits),
+        // The 503 goes to any peer: no application sees the request.
+        FrontProtocol::Ajp => ajp::serve_connection(conn, back, &mut ctx, limits, None, None),
     }
 }
 

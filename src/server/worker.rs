@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, poll};
 
 use crate::back::{Back, Context};
 use crate::config::{FrontProtocol, Limits};
-use crate::front::{fastcgi, scgi};
+use crate::front::{ajp, fastcgi, scgi};
 use crate::sys::{self, SignalPipe};
 
 /// How often an idle worker wakes to look at the stop and retire flags.
@@ -29,6 +29,8 @@ pub struct Listener {
     pub protocol: FrontProtocol,
     /// For TCP: peers allowed to connect (empty: any).
     pub allowed: Vec<IpAddr>,
+    /// protocol=ajp: the `secret` attribute every request must carry.
+    pub ajp_secret: Option<String>,
 }
 
 impl Listener {
@@ -141,6 +143,11 @@ pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
                 fastcgi::serve_connection(conn, back, &mut ctx, w.limits, listener, &mut || false);
             }
             FrontProtocol::Scgi => scgi::serve_connection(conn, back, &mut ctx, w.limits),
+            FrontProtocol::Ajp => {
+                let listener = w.alone.then(|| w.listener.fd.as_fd());
+                let secret = w.listener.ajp_secret.as_deref().map(str::as_bytes);
+                ajp::serve_connection(conn, back, &mut ctx, w.limits, secret, listener);
+            }
         }
         served += 1;
         (w.report)(Status::Idle);
