@@ -20,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use nix::poll::{PollFd, PollFlags, poll};
 
 use crate::back::{Back, Context, Outcome};
 use crate::config::Limits;
-use crate::front::outq::OutQueue;
+use crate::front::{self, outq::OutQueue};
 use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
@@ -641,39 +641,12 @@ struct Link {
 impl Link {
     /// Read what is there into `inbuf`. `Ok(false)`: the peer closed.
     fn fill(&mut self) -> io::Result<bool> {
-        let old = self.inbuf.len();
-        self.inbuf.resize(old + 16 * 1024, 0);
-        let got = self.conn.read(&mut self.inbuf[old..]);
-        self.inbuf.truncate(old + *got.as_ref().unwrap_or(&0));
-        match got {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(true)
-            }
-            Err(e) => Err(e),
-        }
+        Ok(front::read_some(&self.conn, &mut self.inbuf, 16 * 1024)? != Some(0))
     }
 
     /// Write everything queued, waiting at most [`IO_TIMEOUT`] for the peer.
     fn flush_all(&mut self, ctx: &Context<'_>) -> io::Result<()> {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            self.out.flush_to(&mut self.conn)?;
-            if self.out.pending() == 0 {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            wait(self.conn.as_fd(), None, PollFlags::POLLOUT, ctx, left)?;
-        }
+        front::flush_within(&mut self.out, &mut self.conn, ctx, IO_TIMEOUT)
     }
 }
 
@@ -802,31 +775,6 @@ pub fn serve_connection(
 
 /// Wait for `conn` to become ready for `flags`, a stop signal, a waiting
 /// connection on `listener`, or the timeout. Returns whether `conn` is ready.
-fn wait(
-    conn: BorrowedFd<'_>,
-    listener: Option<BorrowedFd<'_>>,
-    flags: PollFlags,
-    ctx: &Context<'_>,
-    timeout: Duration,
-) -> io::Result<bool> {
-    let mut fds = vec![
-        PollFd::new(conn, flags),
-        PollFd::new(ctx.signals.fd(), PollFlags::POLLIN),
-    ];
-    if let Some(l) = listener {
-        fds.push(PollFd::new(l, PollFlags::POLLIN));
-    }
-    match poll(&mut fds, crate::sys::poll_timeout(timeout)) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-    if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-        ctx.signals.drain();
-    }
-    Ok(ready)
-}
-
 /// Has `listener` a connection waiting?
 fn listener_waiting(listener: Option<BorrowedFd<'_>>) -> bool {
     let Some(l) = listener else { return false };
@@ -877,7 +825,7 @@ fn next_forward(
             ));
         }
         let watch = if first { None } else { listener };
-        if !wait(link.conn.as_fd(), watch, PollFlags::POLLIN, ctx, left)
+        if !front::wait(link.conn.as_fd(), watch, PollFlags::POLLIN, ctx, left)
             .map_err(|e| e.to_string())?
         {
             continue;

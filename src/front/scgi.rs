@@ -11,15 +11,15 @@
 //! about processes and signals.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, poll};
+use nix::poll::PollFlags;
 
 use crate::back::{Back, Context, Outcome};
 use crate::config::Limits;
-use crate::front::outq::OutQueue;
+use crate::front::{self, outq::OutQueue};
 use crate::request::{Exchange, InputEvent, Request, ResponseHead};
 use crate::spool::Spool;
 use crate::sys::Conn;
@@ -197,29 +197,8 @@ pub fn serve_connection(conn: Conn, back: &mut dyn Back, ctx: &mut Context<'_>, 
 
 /// Wait for `conn` to become ready for `flags`, a stop signal, or the timeout.
 /// Returns whether the connection is ready.
-fn wait(
-    conn: BorrowedFd<'_>,
-    flags: PollFlags,
-    ctx: &Context<'_>,
-    timeout: Duration,
-) -> io::Result<bool> {
-    let mut fds = [
-        PollFd::new(conn, flags),
-        PollFd::new(ctx.signals.fd(), PollFlags::POLLIN),
-    ];
-    match poll(&mut fds, crate::sys::poll_timeout(timeout)) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-    if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-        ctx.signals.drain();
-    }
-    Ok(ready)
-}
-
 fn read_head(
-    mut conn: Conn,
+    conn: Conn,
     ctx: &Context<'_>,
     limits: Limits,
 ) -> Result<Option<ScgiExchange>, String> {
@@ -257,31 +236,20 @@ fn read_head(
                 limits.request_read_timeout.as_secs_f64()
             ));
         }
-        if !wait(conn.as_fd(), PollFlags::POLLIN, ctx, left).map_err(|e| e.to_string())? {
+        if !front::wait(conn.as_fd(), None, PollFlags::POLLIN, ctx, left)
+            .map_err(|e| e.to_string())?
+        {
             continue;
         }
         let old = buf.len();
-        buf.resize(old + 16 * 1024, 0);
-        match conn.read(&mut buf[old..]) {
-            Ok(0) => {
-                buf.truncate(old);
-                if buf.is_empty() {
-                    return Ok(None);
-                }
+        match front::read_some(&conn, &mut buf, 16 * 1024).map_err(|e| e.to_string())? {
+            Some(0) if buf.is_empty() => return Ok(None),
+            Some(0) => {
                 return Err(format!(
                     "peer closed after {old} bytes of an incomplete head"
                 ));
             }
-            Ok(n) => buf.truncate(old + n),
-            Err(e) => {
-                buf.truncate(old);
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    return Err(e.to_string());
-                }
-            }
+            Some(_) | None => {}
         }
     }
 }
@@ -307,14 +275,14 @@ impl ScgiExchange {
         if self.remaining == 0 {
             return Ok(true);
         }
-        let mut chunk =
-            vec![0u8; usize::try_from(self.remaining).map_or(READ_CHUNK, |r| r.min(READ_CHUNK))];
-        match self.conn.read(&mut chunk) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
+        let max = usize::try_from(self.remaining).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
+        let mut chunk = Vec::new();
+        match front::read_some(&self.conn, &mut chunk, max)? {
+            Some(0) => Ok(false),
+            Some(n) => {
                 self.remaining -= n as u64;
                 if self.spool_failed.is_none()
-                    && let Err(e) = self.body.push(&chunk[..n])
+                    && let Err(e) = self.body.push(&chunk)
                 {
                     let err = crate::front::StoppedByFront::error(&e);
                     self.spool_failed = Some(e);
@@ -322,38 +290,21 @@ impl ScgiExchange {
                 }
                 Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(true)
-            }
-            Err(e) => Err(e),
+            None => Ok(true),
         }
     }
 
     /// After the response: write everything queued, read (and drop) the rest
     /// of the body for a moment so closing does not reset the connection.
     fn settle(&mut self, ctx: &Context<'_>) -> io::Result<()> {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while self.out.pending() > 0 {
-            self.out.flush_to(&mut self.conn)?;
-            if self.out.pending() == 0 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            wait(self.conn.as_fd(), PollFlags::POLLOUT, ctx, left)?;
-        }
+        front::flush_within(&mut self.out, &mut self.conn, ctx, IO_TIMEOUT)?;
         self.conn.shutdown_write();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while self.remaining > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !wait(self.conn.as_fd(), PollFlags::POLLIN, ctx, left)? {
+            if left.is_zero()
+                || !front::wait(self.conn.as_fd(), None, PollFlags::POLLIN, ctx, left)?
+            {
                 break;
             }
             self.body = Spool::new();
