@@ -76,22 +76,8 @@ def application(environ, start_response):
     return [body.encode()]
 "#;
 
-fn params(path: &str, query: &str) -> Vec<(String, String)> {
-    let mut p = cgi_params("GET", query, 0);
-    for (k, v) in p.iter_mut() {
-        match k.as_str() {
-            "SCRIPT_NAME" => *v = "/mysite.fcgi".into(),
-            "PATH_INFO" => *v = path.into(),
-            "REQUEST_URI" => *v = format!("/mysite.fcgi{path}"),
-            _ => {}
-        }
-    }
-    p
-}
-
 fn get(shim: &Shim, path: &str, query: &str) -> CgiResponse {
-    let mut conn = shim.connect();
-    request(&mut conn, &params(path, query), b"", false).complete_cgi()
+    get_site(shim, path, query)
 }
 
 /// Issue 13, item 3: the worker forked a child that holds its pipes in

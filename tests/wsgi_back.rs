@@ -50,21 +50,11 @@ fn app_dir(label: &str, files: &[(&str, &str)]) -> (TempDir, PathBuf) {
 }
 
 fn params(method: &str, path: &str, query: &str, body_len: usize) -> Vec<(String, String)> {
-    let mut p = cgi_params(method, query, body_len);
-    for (k, v) in p.iter_mut() {
-        match k.as_str() {
-            "SCRIPT_NAME" => *v = "/mysite.fcgi".into(),
-            "PATH_INFO" => *v = path.into(),
-            "REQUEST_URI" => *v = format!("/mysite.fcgi{path}"),
-            _ => {}
-        }
-    }
-    p
+    site_params(method, path, query, body_len)
 }
 
 fn get(shim: &Shim, path: &str, query: &str) -> CgiResponse {
-    let mut conn = shim.connect();
-    request(&mut conn, &params("GET", path, query, 0), b"", false).complete_cgi()
+    get_site(shim, path, query)
 }
 
 fn post(shim: &Shim, path: &str, body: &[u8]) -> CgiResponse {

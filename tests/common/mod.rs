@@ -964,6 +964,32 @@ pub fn cgi_params(method: &str, query: &str, body_len: usize) -> Vec<(String, St
     params
 }
 
+/// [`cgi_params`] for `mysite.fcgi` + `path`, as mod_fcgid sends them for
+/// a script in the web root (SCRIPT_NAME `/mysite.fcgi`, PATH_INFO `path`).
+pub fn site_params(
+    method: &str,
+    path: &str,
+    query: &str,
+    body_len: usize,
+) -> Vec<(String, String)> {
+    let mut p = cgi_params(method, query, body_len);
+    for (k, v) in p.iter_mut() {
+        match k.as_str() {
+            "SCRIPT_NAME" => *v = "/mysite.fcgi".into(),
+            "PATH_INFO" => *v = path.into(),
+            "REQUEST_URI" => *v = format!("/mysite.fcgi{path}"),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// `GET /mysite.fcgi{path}?{query}` on a fresh connection to `shim`.
+pub fn get_site(shim: &Shim, path: &str, query: &str) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(&mut conn, &site_params("GET", path, query, 0), b"", false).complete_cgi()
+}
+
 /// A CGI response: status, headers in order, body.
 #[derive(Debug)]
 pub struct CgiResponse {
