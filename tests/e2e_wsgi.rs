@@ -94,6 +94,34 @@ impl Site {
         self.apache().get(path)
     }
 
+    /// GET `path` until it answers 200 (returned), for at most `bound`;
+    /// with `meanwhile`, every other answer must be a 503 (that label in the
+    /// failure). Panics with `what` and the error log when time runs out.
+    fn until_200(
+        &self,
+        path: &str,
+        bound: Duration,
+        meanwhile: Option<&str>,
+        what: &str,
+    ) -> HttpResponse {
+        let deadline = Instant::now() + bound;
+        loop {
+            let r = self.get(path);
+            if r.status == 200 {
+                return r;
+            }
+            if let Some(label) = meanwhile {
+                assert_status(&r, 503, label);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n{}",
+                self.apache().error_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn wait_log(&self, needle: &str) -> String {
         self.apache()
             .wait_for_error_log(Duration::from_secs(5), |l| l.contains(needle))
@@ -512,21 +540,13 @@ fn import_error_503_crash_502_and_recovery() {
 
     // Fixed: the worker comes back (after the restart backoff).
     write_file(&app.join("lifeapp.py"), LIFE_APP_FIXED, 0o644);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = site.get("/x");
-        if r.status == 200 {
-            assert_eq!(r.text(), "alive");
-            break;
-        }
-        assert_status(&r, 503, "while the fix is picked up");
-        assert!(
-            Instant::now() < deadline,
-            "never came back:\n{}",
-            site.apache().error_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let r = site.until_200(
+        "/x",
+        Duration::from_secs(10),
+        Some("while the fix is picked up"),
+        "never came back",
+    );
+    assert_eq!(r.text(), "alive");
 
     // A crash mid-request: 502 and one line saying how the worker ended.
     let r = site.get("/crash");
@@ -539,19 +559,12 @@ fn import_error_503_crash_502_and_recovery() {
     assert!(line.contains("SIGKILL") && line.contains("(502)"), "{line}");
     assert!(line.contains("lifeapp: about to crash"), "{line}");
     // And it comes back.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = site.get("/x");
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never came back after the crash:\n{}",
-            site.apache().error_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    site.until_200(
+        "/x",
+        Duration::from_secs(10),
+        None,
+        "never came back after the crash",
+    );
     site.finish();
 }
 
@@ -588,20 +601,12 @@ fn issue12_django_warmup_catches_a_syntax_error_in_views() {
     assert!(line.contains("[fcgi-shim mysite "), "{line}");
 
     write_file(&views, &good, 0o644);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = site.get("/");
-        if r.status == 200 {
-            break;
-        }
-        assert_status(&r, 503, "while the fix is picked up");
-        assert!(
-            Instant::now() < deadline,
-            "never came back:\n{}",
-            site.apache().error_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    site.until_200(
+        "/",
+        Duration::from_secs(10),
+        Some("while the fix is picked up"),
+        "never came back",
+    );
     site.finish();
 }
 
@@ -635,20 +640,12 @@ fn issue12_a_virtualenv_made_after_the_start_is_picked_up_without_a_touch() {
 
     mkdir_world_readable(&venv.join("bin"));
     std::os::unix::fs::symlink(&python, &link).expect("symlink the interpreter");
-    let appeared = Instant::now();
-    loop {
-        let r = site.get("/x");
-        if r.status == 200 {
-            assert_eq!(r.text(), "alive");
-            break;
-        }
-        assert_status(&r, 503, "while the interpreter is picked up");
-        assert!(
-            appeared.elapsed() < Duration::from_secs(15),
-            "not picked up within 15 s:\n{}",
-            site.apache().error_log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let r = site.until_200(
+        "/x",
+        Duration::from_secs(15),
+        Some("while the interpreter is picked up"),
+        "not picked up within 15 s",
+    );
+    assert_eq!(r.text(), "alive");
     site.finish();
 }
