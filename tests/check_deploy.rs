@@ -387,8 +387,8 @@ fn the_runtime_import_error_names_the_unreadable_python_path_directory() {
     let socket = dir.join("fcgi.sock");
     let listener = UnixListener::bind(&socket).expect("bind");
     let log = dir.join("shim.log");
-    let mut child = Command::new(&shim)
-        .arg(&settings)
+    let mut cmd = Command::new(&shim);
+    cmd.arg(&settings)
         .env_clear()
         .env(
             "PATH",
@@ -399,9 +399,8 @@ fn the_runtime_import_error_names_the_unreadable_python_path_directory() {
         .gid(NOBODY)
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
         .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("create log"))
-        .spawn()
-        .expect("start the shim as nobody");
+        .stderr(fs::File::create(&log).expect("create log"));
+    let mut child = spawn_retrying(&mut cmd).expect("start the shim as nobody");
     let deadline = Instant::now() + Duration::from_secs(15);
     let wanted = format!(
         "{}: nobody (uid 65534) cannot read the python_path directory (mode 0700",

@@ -209,10 +209,9 @@ fn the_static_executable_listens_on_localhost_and_refuses_host_names() {
     );
 
     let log = dir.join("localhost.log");
-    let mut child = serve("localhost")
-        .stderr(fs::File::create(&log).expect("create log"))
-        .spawn()
-        .expect("spawn serve");
+    let mut cmd = serve("localhost");
+    cmd.stderr(fs::File::create(&log).expect("create log"));
+    let mut child = spawn_retrying(&mut cmd).expect("spawn serve");
     let served = (0..250).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

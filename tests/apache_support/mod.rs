@@ -907,11 +907,18 @@ mod self_tests {
     #[test]
     fn finds_this_process_children_by_cmdline() {
         let dir = TempDir::new("fcgi-shim-selftest");
+        // A symlink, not a copy: a freshly written executable can be busy
+        // (ETXTBSY) while a sibling test's fork still holds it open.
         let marker = dir.path().join("marker-sleep");
-        copy_file(Path::new("/bin/sleep"), &marker, 0o755);
+        std::os::unix::fs::symlink("/bin/sleep", &marker).unwrap();
         let mut child = Command::new(&marker).arg("30").spawn().unwrap();
         let needle = dir.path().display().to_string();
-        let found = processes_matching(&needle);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut found = processes_matching(&needle);
+        while found.len() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            found = processes_matching(&needle);
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.len(), 1, "{found:?}");
