@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use apache_support::{
-    ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file, processes_matching,
-    wait_no_processes_matching, write_file,
+    ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file, parent_pid,
+    processes_matching, wait_no_processes_matching, write_file,
 };
 
 /// A CGI program answering `greeting=<$GREETING>` (set in the settings), or,
@@ -189,15 +189,20 @@ impl Site {
 
     /// Pids of the shim processes mod_fcgid runs for this site (not their
     /// process-group guards, which share the command line).
+    /// The shims mod_fcgid started: not their own children (the group
+    /// guard, a CGI child before its exec), which carry the same command
+    /// line until they run, and on a loaded machine that can take a while.
     fn shim_pids(&self) -> Vec<u32> {
         let exe = self.www.join("mysite.fcgi").display().to_string();
-        processes_matching(&exe)
+        let matching: Vec<u32> = processes_matching(&exe)
             .into_iter()
-            .filter(|(pid, cmd)| {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                cmd.starts_with(&exe) && comm.trim() != "fcgi-shim-guard"
-            })
+            .filter(|(_, cmd)| cmd.starts_with(&exe))
             .map(|(pid, _)| pid)
+            .collect();
+        matching
+            .iter()
+            .copied()
+            .filter(|&pid| !parent_pid(pid).is_some_and(|p| matching.contains(&p)))
             .collect()
     }
 

@@ -571,6 +571,11 @@ fn stat(pid: u32) -> Option<Stat> {
     })
 }
 
+/// The parent of `pid`, while it runs.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    stat(pid).map(|s| s.ppid)
+}
+
 fn all_pids() -> Vec<u32> {
     let Ok(rd) = fs::read_dir("/proc") else {
         return Vec::new();
