@@ -312,14 +312,7 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
                 ListenerSource::Systemd => "fd 3 (systemd)",
             };
             log::debug!("serving FastCGI on the {family:?} listening socket on {from}");
-            server::run_single(
-                fd,
-                source,
-                back.as_mut(),
-                limits,
-                &signals,
-                reloader.as_mut(),
-            );
+            server::run_single(fd, source, &mut back, limits, &signals, reloader.as_mut());
         }
         Launch::Cgi => front::cgi::serve_once(back.as_mut(), &signals),
         Launch::ByHand => {}

@@ -114,6 +114,32 @@ fn private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The private state directory in use (created 0700): the state directory
+/// if it can be had, else the per-user temp directory. Every process of a
+/// site runs as the same user with the same environment: they agree on it.
+pub fn private_state_dir() -> io::Result<PathBuf> {
+    let first = state_dir();
+    match private_dir(&first) {
+        Ok(()) => Ok(first),
+        Err(e) if first != temp_dir() => {
+            private_dir(&temp_dir()).map(|()| temp_dir()).map_err(|e2| {
+                io::Error::other(format!(
+                    "{}: {e}; {}: {e2}",
+                    first.display(),
+                    temp_dir().display()
+                ))
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `text` to `dir/name` (temp file beside it, mode 0600, renamed
+/// over it), unless it already holds exactly that. `dir` must exist.
+pub fn write_private(dir: &Path, name: &str, text: &str) -> io::Result<PathBuf> {
+    save_in(dir, name, text)
+}
+
 /// Save `text` as the last good version of `settings`: written to a temp
 /// file beside the copy (0600) and renamed over it. Where the state
 /// directory cannot be used, the per-user temp directory is tried.
@@ -260,6 +286,12 @@ impl Back for SaveWhenStarted {
 
     fn app_started(&mut self) -> bool {
         self.inner.app_started()
+    }
+
+    fn startup(&mut self) -> crate::back::Startup {
+        let state = self.inner.startup();
+        self.save_if_started();
+        state
     }
 }
 

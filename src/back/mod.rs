@@ -69,6 +69,23 @@ pub trait Back {
     fn app_started(&mut self) -> bool {
         true
     }
+
+    /// Where the start of a new application stands, without waiting: a
+    /// reload's new version replaces the serving one once this is
+    /// [`Startup::Ready`]. [`idle`](Self::idle) moves it on.
+    fn startup(&mut self) -> Startup {
+        Startup::Ready
+    }
+}
+
+/// Where a new application's start stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    Starting,
+    /// Started (for `wsgi`: imported, its warm-up passed).
+    Ready,
+    /// It cannot start: why, in one line.
+    Failed(String),
 }
 
 /// Build the back the settings ask for.
@@ -76,6 +93,15 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
+    }
+}
+
+/// Build the back for a reload's new version: started at once beside the
+/// serving one; its start failures are the reload's to report.
+pub fn candidate_from_config(config: &Config) -> Box<dyn Back> {
+    match &config.app {
+        AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
+        AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::candidate(wsgi.clone(), config.limits)),
     }
 }
 

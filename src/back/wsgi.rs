@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use super::stderr_lines::StderrLines;
-use super::{Back, Context, Outcome, Ready, finish_with_error};
+use super::{Back, Context, Outcome, Ready, Startup, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
 use crate::request::{self, Exchange, HeadError, InputEvent, ResponseHead, ScriptName};
 use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
@@ -71,6 +71,12 @@ pub struct WsgiBack {
     /// The new worker imported the application and is answering the
     /// warm-up requests (`warmup`); it is not ready until they passed.
     warming: Option<Warming>,
+    /// How the last worker ended before it was ready, for [`Back::startup`].
+    died_starting: Option<String>,
+    /// A reload's new version (or `check --start-app`): its start failures
+    /// are logged by the reload that refuses it (debug level here), not as
+    /// 503s of a site that keeps serving its previous version.
+    candidate: bool,
 }
 
 /// Why no worker is ready.
@@ -127,46 +133,13 @@ enum Frame<'a> {
 /// with its innermost frame, or how the worker ended).
 pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
     let deadline = Instant::now() + config.start_timeout;
-    let mut back = WsgiBack::new(config, limits);
+    let mut back = WsgiBack::candidate(config, limits);
     let result = loop {
-        if let Some(why) = back.failure_text() {
-            break Err(why);
-        }
-        let state = back.sup.worker().map(|w| (w.ready, w.process.try_wait()));
-        match state {
-            Some((true, _)) => break Ok(()),
-            Some((false, Some(status))) => {
-                // Its last words may be the import error.
-                back.idle_handshake();
-                if let Some(why) = back.failure_text() {
-                    break Err(why);
-                }
-                let stderr = back.stderr_summary();
-                break Err(format!(
-                    "{}: the worker {} during start-up; {stderr}",
-                    back.label,
-                    DescribeExit(status)
-                ));
-            }
-            None if back.sup.failures() > 0 => {
-                let why = back
-                    .deployment_problems()
-                    .map(|why| format!(": {why}"))
-                    .unwrap_or_default();
-                break Err(format!(
-                    "{}: the worker could not be started{why}",
-                    back.label
-                ));
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            break Err(format!(
-                "{}: the worker did not start within {:.1}s (start_timeout){}",
-                back.label,
-                back.config.start_timeout.as_secs_f64(),
-                back.warming_note()
-            ));
+        match back.startup() {
+            Startup::Ready => break Ok(()),
+            Startup::Failed(why) => break Err(why),
+            Startup::Starting if Instant::now() >= deadline => break Err(back.start_timed_out()),
+            Startup::Starting => {}
         }
         std::thread::sleep(Duration::from_millis(10));
         back.idle();
@@ -205,6 +178,16 @@ impl WsgiBack {
     /// Builds the back and starts the worker at once, so that the first
     /// request does not pay for the application's imports.
     pub fn new(config: WsgiConfig, limits: Limits) -> WsgiBack {
+        WsgiBack::start(config, limits, false)
+    }
+
+    /// A reload's new version: started at once beside the serving one,
+    /// which it replaces when [`Back::startup`] says it is ready.
+    pub fn candidate(config: WsgiConfig, limits: Limits) -> WsgiBack {
+        WsgiBack::start(config, limits, true)
+    }
+
+    fn start(config: WsgiConfig, limits: Limits, candidate: bool) -> WsgiBack {
         let label = format!("{}:{}", config.module, config.attribute);
         let mut args: Vec<OsString> = vec![
             "-c".into(),
@@ -247,12 +230,73 @@ impl WsgiBack {
             stderr_lines,
             start_failure: None,
             warming: None,
+            died_starting: None,
+            candidate,
         };
         match back.sup.start() {
             Ok(_) => back.greet(),
             Err(e) => back.start_failed(&e),
         }
         back
+    }
+
+    /// Where the start of the first worker stands, without waiting: ready
+    /// (imported, warm-up passed), still starting, or why it failed (the
+    /// Python error with its innermost frame, a failed warm-up, how the
+    /// worker ended, or why it could not be spawned). Call
+    /// [`Back::idle`] between two looks to move it on.
+    fn start_state(&mut self) -> Startup {
+        if let Some(why) = self.failure_text() {
+            return Startup::Failed(why);
+        }
+        let state = self.sup.worker().map(|w| (w.ready, w.process.try_wait()));
+        match state {
+            Some((true, _)) => Startup::Ready,
+            Some((false, Some(status))) => {
+                // Its last words may be the import error.
+                self.idle_handshake();
+                if let Some(why) = self.failure_text() {
+                    return Startup::Failed(why);
+                }
+                let stderr = self.stderr_summary();
+                Startup::Failed(format!(
+                    "{}: the worker {} during start-up; {stderr}",
+                    self.label,
+                    DescribeExit(status)
+                ))
+            }
+            _ if self.sup.failures() > 0 => Startup::Failed(match self.died_starting.take() {
+                Some(death) => death,
+                None => {
+                    let why = self
+                        .deployment_problems()
+                        .map(|why| format!(": {why}"))
+                        .unwrap_or_default();
+                    format!("{}: the worker could not be started{why}", self.label)
+                }
+            }),
+            _ => Startup::Starting,
+        }
+    }
+
+    /// Why a start that is still going after `start_timeout` failed.
+    pub fn start_timed_out(&self) -> String {
+        format!(
+            "{}: the worker did not start within {:.1}s (start_timeout){}",
+            self.label,
+            self.config.start_timeout.as_secs_f64(),
+            self.warming_note()
+        )
+    }
+
+    /// How a start failure is logged: an error for the serving back, debug
+    /// for a candidate (the reload that refuses it says why, once).
+    fn start_level(&self) -> log::Level {
+        if self.candidate {
+            log::Level::Debug
+        } else {
+            log::Level::Error
+        }
     }
 
     /// A failed start, for `check --start-app`: the import error or the
@@ -282,7 +326,8 @@ impl WsgiBack {
             // request and idle tick would say it again.
             StartError::Spawn(e) => {
                 if let Some(n) = crate::log::once_a_minute(&format!("wsgi: spawn: {e}")) {
-                    log::error!(
+                    log::log!(
+                        self.start_level(),
                         "wsgi: {}: cannot start {}: {e}{}{}",
                         self.label,
                         self.sup.name(),
@@ -697,7 +742,8 @@ impl WsgiBack {
     }
 
     fn broken_start(&mut self) -> Started {
-        log::error!(
+        log::log!(
+            self.start_level(),
             "wsgi: {}: the worker broke the protocol during start-up{} (503)",
             self.label,
             self.warming_note()
@@ -718,7 +764,8 @@ impl WsgiBack {
             summary.push_str(&why);
         }
         self.sup.failed();
-        log::error!(
+        log::log!(
+            self.start_level(),
             "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
             self.label,
             self.backoff_seconds()
@@ -816,7 +863,8 @@ impl WsgiBack {
         summary.push_str("; ");
         summary.push_str(&stderr);
         self.sup.failed();
-        log::error!(
+        log::log!(
+            self.start_level(),
             "wsgi: {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
             self.label,
             self.backoff_seconds()
@@ -1099,10 +1147,23 @@ impl WsgiBack {
     fn worker_ended(&mut self, during: &str, after: &str) {
         let how = self.describe_death();
         let stderr = self.stderr_summary();
-        log::error!(
+        let starting = self.sup.worker().is_some_and(|w| !w.ready);
+        let level = if starting {
+            self.start_level()
+        } else {
+            log::Level::Error
+        };
+        log::log!(
+            level,
             "wsgi: {}: the worker {how} {during}; {stderr}{after}",
             self.label
         );
+        if starting {
+            self.died_starting = Some(format!(
+                "{}: the worker {how} during start-up; {stderr}",
+                self.label
+            ));
+        }
         self.sup.failed();
     }
 
@@ -1345,6 +1406,10 @@ fn escape_html(text: &str) -> String {
 impl Back for WsgiBack {
     fn app_started(&mut self) -> bool {
         self.sup.worker().is_some_and(|w| w.ready)
+    }
+
+    fn startup(&mut self) -> Startup {
+        self.start_state()
     }
 
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {

@@ -5,7 +5,10 @@
 //! request per process at a time); reacting to stop signals between requests;
 //! asking `reload` whether anything changed before each request and on the
 //! idle tick (its inotify fd is in the poll before each accept, so that asking
-//! costs nothing while nothing changed), and restarting in place when it did.
+//! costs nothing while nothing changed; every 20 ms while a new version
+//! starts), and taking the new version when it is ready: the new back
+//! serves the next connection and the old one is stopped (between
+//! connections: nothing of it is in flight), or a re-exec in place.
 //! Must not: parse protocols or run applications itself.
 //!
 //! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the
@@ -27,12 +30,15 @@ use crate::back::{Back, Context, Outcome, finish_with_error};
 use crate::config::{FrontProtocol, Limits};
 use crate::front::{ajp, fastcgi, scgi};
 use crate::launch::{self, ListenerSource};
-use crate::reload::{self, Reloader, Verdict};
+use crate::reload::{self, NewVersion, Reloader, Verdict};
 use crate::request::Exchange;
 use crate::sys::{self, Conn, SignalPipe};
 
 /// How often the idle loop wakes up even when nothing happens.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often it wakes while a reload's new version starts (its readiness
+/// is seen within this).
+const RELOAD_TICK: Duration = Duration::from_millis(20);
 
 /// Serve FastCGI connections from `listener` one at a time until a stop
 /// signal; then stop the application's processes. Never returns early on its
@@ -41,14 +47,16 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// started as was replaced and no request came for a minute, so the web
 /// server has moved on to the new file's processes.
 ///
-/// With a `reloader`, a valid change to the watched files re-execs the
-/// process in place before the next connection is accepted: the connections
-/// waiting in the listen backlog are served by the new version.
+/// With a `reloader`, a valid change to the watched files starts the new
+/// version beside the serving one; once it is ready it serves the next
+/// connection (a changed executable: the process re-execs in place before
+/// the next connection is accepted). The connections waiting in the listen
+/// backlog are served by the new version.
 pub fn run_single(
     listener: OwnedFd,
     source: ListenerSource,
-    back: &mut dyn Back,
-    limits: Limits,
+    back: &mut Box<dyn Back>,
+    mut limits: Limits,
     signals: &SignalPipe,
     mut reloader: Option<&mut Reloader>,
 ) {
@@ -65,7 +73,12 @@ pub fn run_single(
                 PollFd::new(wake.unwrap_or(signals.fd()), PollFlags::POLLIN),
             ];
             let polled = if wake.is_some() { 3 } else { 2 };
-            match poll(&mut fds[..polled], sys::poll_timeout(IDLE_TICK)) {
+            let tick = if reloader.as_deref().is_some_and(Reloader::busy) {
+                RELOAD_TICK
+            } else {
+                IDLE_TICK
+            };
+            match poll(&mut fds[..polled], sys::poll_timeout(tick)) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -82,9 +95,8 @@ pub fn run_single(
             continue;
         }
         if let Some(r) = reloader.as_deref_mut() {
-            if r.check_polled(woke) == Verdict::Reload {
-                restart(r, &listener, source, back);
-            }
+            let verdict = r.check_polled(woke);
+            take(verdict, r, &listener, source, back, &mut limits);
             let replaced = !incoming && r.should_exit_when_idle();
             if replaced && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
                 log::info!(
@@ -110,27 +122,33 @@ pub fn run_single(
             signals,
             stop_deadline: None,
         };
-        let mut reload_due = false;
+        let mut due = Verdict::Same;
         // The front's poll does not include the inotify fd: `check`
-        // reads it (one read that finds nothing, usually).
+        // reads it (one read that finds nothing, usually). A verdict to act
+        // on ends the kept-alive connection; it is taken after it.
         let mut between_requests = || {
-            if let Some(r) = reloader.as_deref_mut() {
-                reload_due = reload_due || r.check() == Verdict::Reload;
+            if let Some(r) = reloader.as_deref_mut()
+                && due.is_same()
+            {
+                due = r.check();
             }
-            reload_due
+            !due.is_same()
         };
         fastcgi::serve_connection(
             conn,
-            back,
+            back.as_mut(),
             &mut ctx,
             limits,
             Some(listener.as_fd()),
             &mut between_requests,
         );
         last_request = Instant::now();
-        if reload_due && let Some(r) = reloader.as_deref_mut() {
-            restart(r, &listener, source, back);
+        if let Some(r) = reloader.as_deref_mut() {
+            take(due, r, &listener, source, back, &mut limits);
         }
+    }
+    if let Some(r) = reloader {
+        r.abandon();
     }
     let signal = sys::last_signal();
     let name = nix::sys::signal::Signal::try_from(signal)
@@ -138,6 +156,38 @@ pub fn run_single(
         .unwrap_or("a signal");
     log::info!("{name} received: stopping");
     back.shutdown();
+}
+
+/// Act on what the reloader found: switch to the new version's back (the
+/// previous one is stopped: we are between connections, nothing of it is
+/// in flight), or re-exec.
+fn take(
+    verdict: Verdict,
+    reloader: &mut Reloader,
+    listener: &OwnedFd,
+    source: ListenerSource,
+    back: &mut Box<dyn Back>,
+    limits: &mut Limits,
+) {
+    match verdict {
+        Verdict::Same => {}
+        Verdict::Reload => restart(reloader, listener, source, back.as_mut()),
+        Verdict::Switch(new) => {
+            let NewVersion {
+                config,
+                back: fresh,
+            } = *new;
+            let mut previous = std::mem::replace(back, fresh);
+            *limits = config.limits;
+            if let Err(e) =
+                crate::log::configure(&config.site, &config.log.target, config.log.level)
+            {
+                log::error!("{e}; logging to stderr instead");
+            }
+            previous.shutdown();
+            log::debug!("reload: the previous version is stopped");
+        }
+    }
 }
 
 /// Stop the application and re-exec in place. Returns only if exec failed;
