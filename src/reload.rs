@@ -49,6 +49,9 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A rejected version is logged again this often while it stays broken.
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
+/// How long a process that noticed a change without a request waiting
+/// leaves the validation to one with a request (see [`Phase::Noticed`]).
+const CLAIM_DELAY: Duration = Duration::from_millis(100);
 /// How long a process waits for another one of its site to validate a
 /// version before it validates it itself (the lock holder is stuck).
 const VERDICT_WAIT: Duration = Duration::from_secs(VALIDATE_TIMEOUT.as_secs() + 5);
@@ -175,6 +178,15 @@ struct Candidate {
 /// Where a reload stands.
 enum Phase {
     Watching,
+    /// A change noticed while no request was waiting: validating it is
+    /// left for a moment to a process of the site that has one (under
+    /// mod_fcgid, the one the web server sends requests to: its worker
+    /// then serves the new version first).
+    Noticed {
+        stamps: Vec<Option<Stamp>>,
+        changed: String,
+        since: Instant,
+    },
     /// Another process of the site holds the lock: it is validating the
     /// version with these stamps; we keep serving and look again.
     Waiting {
@@ -321,19 +333,33 @@ impl Reloader {
     /// blocking) or when a second has passed since the last stat pass; else
     /// this costs one `read` that finds nothing.
     pub fn check(&mut self) -> Verdict {
-        self.check_after(None)
+        self.check_after(None, true)
     }
 
     /// [`check`](Self::check) right after a poll(2) that included
     /// [`wake_fd`](Self::wake_fd); `woke`: it was readable. When it was not,
-    /// the common case, this makes no system call at all.
-    pub fn check_polled(&mut self, woke: bool) -> Verdict {
-        self.check_after(Some(woke))
+    /// the common case, this makes no system call at all. `request`: a
+    /// connection is waiting (a change found without one is validated only
+    /// after `CLAIM_DELAY`, unless a request comes first).
+    pub fn check_polled(&mut self, woke: bool, request: bool) -> Verdict {
+        self.check_after(Some(woke), request)
     }
 
-    fn check_after(&mut self, polled: Option<bool>) -> Verdict {
+    fn check_after(&mut self, polled: Option<bool>, request: bool) -> Verdict {
         match &self.phase {
             Phase::Watching => {}
+            Phase::Noticed { since, .. } => {
+                if !request && since.elapsed() < CLAIM_DELAY {
+                    return Verdict::Same;
+                }
+                let Phase::Noticed {
+                    stamps, changed, ..
+                } = std::mem::replace(&mut self.phase, Phase::Watching)
+                else {
+                    return Verdict::Same;
+                };
+                return self.begin(stamps, changed);
+            }
             Phase::Waiting { .. } => return self.look_for_verdict(),
             Phase::Starting(_) => return self.move_candidate_on(),
         }
@@ -344,7 +370,7 @@ impl Reloader {
         // not be repeated; `stat_pass` clears this when a file was still
         // being written.
         self.quiet_since = Some(Instant::now());
-        let verdict = self.stat_pass();
+        let verdict = self.stat_pass(request);
         if !verdict.is_same() {
             // Not taken yet (the caller execs): say so again at the next check.
             self.quiet_since = None;
@@ -378,7 +404,7 @@ impl Reloader {
     /// version. A rejected version is not validated again until a file changes
     /// again; its error is repeated at most once a minute (by the process
     /// that found it).
-    fn stat_pass(&mut self) -> Verdict {
+    fn stat_pass(&mut self, request: bool) -> Verdict {
         let now = self.current();
         if now == self.baseline() {
             return Verdict::Same;
@@ -421,6 +447,14 @@ impl Reloader {
         }
         if self.executable_changed() {
             return self.validate_executable(settled, &changed);
+        }
+        if !request {
+            self.phase = Phase::Noticed {
+                stamps: settled,
+                changed,
+                since: Instant::now(),
+            };
+            return Verdict::Same;
         }
         self.begin(settled, changed)
     }
@@ -1277,7 +1311,7 @@ mod tests {
         let first_pass = r.quiet_since.expect("a pass");
         std::fs::write(dir.join("app.log"), "another file").expect("write");
         assert!(r.check().is_same());
-        assert!(r.check_polled(false).is_same());
+        assert!(r.check_polled(false, false).is_same());
         assert_eq!(
             r.quiet_since,
             Some(first_pass),
@@ -1307,7 +1341,7 @@ mod tests {
         assert!(r.stat_pass_due(None));
         assert!(r.stat_pass_due(Some(false)));
         touch(&dir.join("site.toml"));
-        assert!(matches!(r.check_polled(false), Verdict::Reload));
+        assert!(matches!(r.check_polled(false, false), Verdict::Reload));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

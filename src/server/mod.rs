@@ -62,6 +62,7 @@ pub fn run_single(
 ) {
     keep_fd_in_reserve();
     let mut last_request = Instant::now();
+    let mut replaced = Replaced::default();
     while !sys::stop_requested() {
         let (incoming, signalled, woke) = {
             // The reloader's inotify fd, when it has one: readable when a
@@ -94,17 +95,27 @@ pub fn run_single(
             signals.drain();
             continue;
         }
+        replaced.stop_when(!incoming);
         if let Some(r) = reloader.as_deref_mut() {
-            let verdict = r.check_polled(woke);
-            take(verdict, r, &listener, source, back, &mut limits);
-            let replaced = !incoming && r.should_exit_when_idle();
-            if replaced && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
+            let verdict = r.check_polled(woke, incoming);
+            take(
+                verdict,
+                r,
+                &listener,
+                source,
+                back,
+                &mut limits,
+                &mut replaced,
+            );
+            let moved_on = !incoming && r.should_exit_when_idle();
+            if moved_on && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
                 log::info!(
                     "{} was replaced and no request came for {} s: exiting (the web server \
                      starts the new file's processes)",
                     r.started_file().display(),
                     reload::REPLACED_IDLE_EXIT.as_secs()
                 );
+                r.abandon();
                 back.shutdown();
                 return;
             }
@@ -144,9 +155,10 @@ pub fn run_single(
         );
         last_request = Instant::now();
         if let Some(r) = reloader.as_deref_mut() {
-            take(due, r, &listener, source, back, &mut limits);
+            take(due, r, &listener, source, back, &mut limits, &mut replaced);
         }
     }
+    replaced.stop_when(true);
     if let Some(r) = reloader {
         r.abandon();
     }
@@ -159,8 +171,8 @@ pub fn run_single(
 }
 
 /// Act on what the reloader found: switch to the new version's back (the
-/// previous one is stopped: we are between connections, nothing of it is
-/// in flight), or re-exec.
+/// previous one is held in `replaced` until it is stopped: we are between
+/// connections, nothing of it is in flight), or re-exec.
 fn take(
     verdict: Verdict,
     reloader: &mut Reloader,
@@ -168,24 +180,61 @@ fn take(
     source: ListenerSource,
     back: &mut Box<dyn Back>,
     limits: &mut Limits,
+    replaced: &mut Replaced,
 ) {
     match verdict {
         Verdict::Same => {}
-        Verdict::Reload => restart(reloader, listener, source, back.as_mut()),
+        Verdict::Reload => {
+            replaced.stop_when(true);
+            restart(reloader, listener, source, back.as_mut());
+        }
         Verdict::Switch(new) => {
             let NewVersion {
                 config,
                 back: fresh,
             } = *new;
-            let mut previous = std::mem::replace(back, fresh);
+            let previous = std::mem::replace(back, fresh);
             *limits = config.limits;
             if let Err(e) =
                 crate::log::configure(&config.site, &config.log.target, config.log.level)
             {
                 log::error!("{e}; logging to stderr instead");
             }
+            replaced.hold(previous);
+        }
+    }
+}
+
+/// How long the back a reload replaced may wait to be stopped while
+/// connections keep coming.
+const STOP_REPLACED_WITHIN: Duration = Duration::from_secs(1);
+
+/// The back a reload replaced (nothing of it in flight: the switch happens
+/// between connections). It is stopped when no connection waits, or after
+/// `STOP_REPLACED_WITHIN`: the first requests of the new version do not
+/// wait for the old worker to exit.
+#[derive(Default)]
+struct Replaced(Option<(Box<dyn Back>, Instant)>);
+
+impl Replaced {
+    fn hold(&mut self, previous: Box<dyn Back>) {
+        self.stop_when(true);
+        self.0 = Some((previous, Instant::now()));
+    }
+
+    /// Stop it now if `idle`, or if it waited long enough.
+    fn stop_when(&mut self, idle: bool) {
+        let due = self
+            .0
+            .as_ref()
+            .is_some_and(|(_, since)| idle || since.elapsed() >= STOP_REPLACED_WITHIN);
+        if let Some((mut previous, _)) = self.0.take_if(|_| due) {
+            let t0 = Instant::now();
             previous.shutdown();
-            log::debug!("reload: the previous version is stopped");
+            log::debug!(
+                "reload: the previous version is stopped (in {:.0} ms)",
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
         }
     }
 }
