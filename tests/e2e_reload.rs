@@ -887,3 +887,115 @@ fn wsgi_warmup_refuses_a_touch_with_a_syntax_error_in_a_lazily_imported_module()
     }
     site.finish();
 }
+
+// ---------------------------------------------------------------------------
+// Issue 12 item 3: one validation per site, not per process.
+
+/// APP_PY that appends its pid to `imports.log` when imported; `@BROKEN@`
+/// is a line run at import (a failure there refuses the version).
+const COUNTING_APP_PY: &str = r#"import os
+
+with open("@BIN@/imports.log", "a") as f:
+    f.write("%d\n" % os.getpid())
+@BROKEN@
+GREETING = "@GREETING@"
+
+
+def application(environ, start_response):
+    body = ("greeting=%s\n" % GREETING).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+fn write_counting_app(site: &Site, greeting: &str, broken: &str) {
+    let text = COUNTING_APP_PY
+        .replace("@BIN@", &site.bin.display().to_string())
+        .replace("@GREETING@", greeting)
+        .replace("@BROKEN@", broken);
+    write_file(&site.bin.join("app.py"), text, 0o644);
+}
+
+fn import_count(site: &Site) -> usize {
+    fs::read_to_string(site.bin.join("imports.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn wsgi_a_touch_with_n_processes_imports_at_most_n_times_and_a_refusal_is_logged_once() {
+    let Some(site) = Site::start_with(Kind::Wsgi, LAST_GOOD_CONF) else {
+        return;
+    };
+    write_counting_app(&site, "one", "");
+    assert_eq!(site.greeting(), "greeting=one");
+    // Several processes: wrk's 8 connections make mod_fcgid start them.
+    warm_up(&site);
+    let processes = site.shim_pids();
+    assert!(processes.len() >= 2, "one process only: {processes:?}");
+
+    // A good edit: the validating process's worker serves; each other
+    // process starts one worker once the verdict is there.
+    let before = import_count(&site);
+    write_counting_app(&site, "two", "");
+    site.touch_site();
+    site.greeting_becomes("greeting=one", "greeting=two");
+    // Every process takes it (each on its own tick, no request needed).
+    let log = site
+        .apache
+        .wait_for_error_log(Duration::from_secs(10), |l| {
+            l.matches("the new version takes over").count() >= processes.len()
+        });
+    let imports = import_count(&site) - before;
+    eprintln!(
+        "a touch with {} processes: {imports} imports",
+        processes.len()
+    );
+    assert_eq!(site.shim_pids(), processes, "the same processes serve");
+    assert!(
+        imports <= processes.len(),
+        "{imports} imports for {} processes\n{log}",
+        processes.len()
+    );
+
+    // A bad edit: one process imports it and says why, once for the site.
+    let before = import_count(&site);
+    write_counting_app(&site, "three", "raise RuntimeError('broken on purpose')");
+    site.touch_site();
+    let log = site
+        .apache
+        .wait_for_error_log(Duration::from_secs(10), |l| {
+            l.contains("broken on purpose") && l.contains("still serving the previous version")
+        });
+    assert!(log.contains("broken on purpose"), "no refusal:\n{log}");
+    // The others had time to read the verdict (they look every 20 ms).
+    thread::sleep(Duration::from_secs(3));
+    for _ in 0..4 {
+        assert_eq!(site.greeting(), "greeting=two");
+    }
+    let log = site.apache.error_log();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("broken on purpose") && l.contains("not usable"))
+        .count();
+    assert_eq!(refusals, 1, "one refusal per site and version:\n{log}");
+    assert_eq!(
+        import_count(&site) - before,
+        1,
+        "one validation import for the site:\n{log}"
+    );
+    // The verdict is private, beside the last good copy.
+    let state = site.dir.path().join("state/fcgi-shim");
+    let verdicts: Vec<PathBuf> = fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "verdict"))
+        .collect();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    let mode = fs::metadata(&verdicts[0]).expect("verdict").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    site.finish();
+}
