@@ -297,6 +297,8 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
         return ExitCode::from(2);
     }
     let (settings, mut back) = settings_and_back(arg, exe);
+    // A worker our previous image handed over that no back took: ended.
+    back::wsgi::end_unclaimed_handover();
     if let Ok(config) = &settings
         && let Err(e) = crate::log::configure(&config.site, &config.log.target, config.log.level)
     {

@@ -71,7 +71,7 @@ fn home_in(db: &str, uid: u32) -> Option<PathBuf> {
 }
 
 /// 64-bit FNV-1a: a stable short name for a path, no crate needed.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -292,6 +292,15 @@ impl Back for SaveWhenStarted {
         let state = self.inner.startup();
         self.save_if_started();
         state
+    }
+
+    fn hand_over(&mut self) -> Option<(&'static str, String)> {
+        self.save_if_started();
+        self.inner.hand_over()
+    }
+
+    fn keep_after_failed_exec(&mut self) {
+        self.inner.keep_after_failed_exec();
     }
 }
 

@@ -13,8 +13,10 @@
 //! when ready ([`Verdict::Switch`]): one start per reload, none waited for.
 //! The processes of a site agree on a version's verdict (`verdict`): one
 //! validates, the others wait for its verdict while they serve. A changed
-//! executable is validated by running it (`check --start-app`) and taken by
-//! the re-exec that keeps the listening socket. Also knows whether the file
+//! executable must also pass its own `check` (settings and deployment, no
+//! import); once the new application is ready the server loop re-execs
+//! ([`Verdict::Reexec`]), keeping the listening socket and handing the new
+//! worker over. (`serve`'s SIGHUP runs `check --start-app`, then re-execs.) Also knows whether the file
 //! we were started as was replaced (new inode), which under mod_fcgid means
 //! no request will ever come to us again (then there is nothing to reload).
 //! Must not: accept connections or stop the serving application itself; the
@@ -140,8 +142,9 @@ pub enum Verdict {
     /// Nothing to do now: nothing changed, a change was rejected, is still
     /// being written, or its new version is still starting.
     Same,
-    /// A valid new executable: re-exec now.
-    Reload,
+    /// The new version started and is ready, with a new executable:
+    /// re-exec now, handing its application over.
+    Reexec(Box<NewVersion>),
     /// The new version started and is ready: it serves from now on (the
     /// caller stops the previous one).
     Switch(Box<NewVersion>),
@@ -445,8 +448,14 @@ impl Reloader {
             self.take_stamps(settled);
             return Verdict::Same;
         }
-        if self.executable_changed() {
-            return self.validate_executable(settled, &changed);
+        // A new executable must run and accept the settings: its own
+        // `check` (no import: the application is started below, once, and
+        // handed over across the re-exec).
+        if self.executable_changed()
+            && let Err(why) = self.run_check(false)
+        {
+            self.refuse(settled, &changed, why, None);
+            return Verdict::Same;
         }
         if !request {
             self.phase = Phase::Noticed {
@@ -457,21 +466,6 @@ impl Reloader {
             return Verdict::Same;
         }
         self.begin(settled, changed)
-    }
-
-    /// A new executable: run its `check --start-app`; valid, re-exec.
-    fn validate_executable(&mut self, settled: Vec<Option<Stamp>>, changed: &str) -> Verdict {
-        match self.validate() {
-            Ok(()) => {
-                log::info!("reload: {changed} changed; restarting (a new executable: re-exec)");
-                self.rejected = None;
-                Verdict::Reload
-            }
-            Err(why) => {
-                self.refuse(settled, changed, why, None);
-                Verdict::Same
-            }
-        }
     }
 
     /// A new version with the same executable: the site's verdict on it if
@@ -682,10 +676,18 @@ impl Reloader {
                 if let Some(v) = validating {
                     v.decide(&Decision::Good);
                 }
-                log::info!("reload: {changed} changed; restarting: the new version takes over");
                 self.rejected = None;
                 self.take_version(&config, stamps);
-                Verdict::Switch(Box::new(NewVersion { config, back }))
+                let new = Box::new(NewVersion { config, back });
+                if self.executable_changed() {
+                    log::info!(
+                        "reload: {changed} changed; restarting: a new executable, re-exec'd \
+                         with the new version's application"
+                    );
+                    return Verdict::Reexec(new);
+                }
+                log::info!("reload: {changed} changed; restarting: the new version takes over");
+                Verdict::Switch(new)
             }
             Startup::Failed(why) => {
                 back.shutdown();
@@ -834,9 +836,16 @@ impl Reloader {
     /// the application starts (a WSGI application imports). (Standalone
     /// `serve` calls this on SIGHUP.)
     pub fn validate(&self) -> Result<(), Rejected> {
+        self.run_check(true)
+    }
+
+    /// Run the new version's `check` (with `--start-app` if `start_app`).
+    fn run_check(&self, start_app: bool) -> Result<(), Rejected> {
         let (program, mut args) = self.check_command()?;
         args.push("check".into());
-        args.push("--start-app".into());
+        if start_app {
+            args.push("--start-app".into());
+        }
         if let Some(s) = &self.settings {
             args.push(s.into());
         }
@@ -1289,7 +1298,11 @@ mod tests {
     /// with `site.toml` in `dir`.
     fn reloader_in(dir: &Path) -> Reloader {
         let exe = Path::new("/bin/true");
-        std::fs::write(dir.join("site.toml"), "[app]\n").expect("write");
+        std::fs::write(
+            dir.join("site.toml"),
+            "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n",
+        )
+        .expect("write");
         Reloader::new(
             Started::new(vec!["true".into()], exe),
             Some(dir.join("site.toml")),
@@ -1321,11 +1334,9 @@ mod tests {
         assert!(r.stat_pass_due(Some(false)), "a pass once a second");
         // The very next check after a touch finds it.
         touch(&dir.join("site.toml"));
-        assert!(matches!(r.check(), Verdict::Reload));
-        assert!(
-            matches!(r.check(), Verdict::Reload),
-            "until the caller acts on it"
-        );
+        // (`true` is another executable than this test: a re-exec.)
+        assert!(matches!(r.check(), Verdict::Reexec(_)));
+        assert!(r.check().is_same(), "taken: the new baseline");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1341,7 +1352,7 @@ mod tests {
         assert!(r.stat_pass_due(None));
         assert!(r.stat_pass_due(Some(false)));
         touch(&dir.join("site.toml"));
-        assert!(matches!(r.check_polled(false, false), Verdict::Reload));
+        assert!(matches!(r.check_polled(false, true), Verdict::Reexec(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -619,3 +619,51 @@ fn get_body_of(shim: &Shim, n: usize) -> String {
         .complete_cgi()
         .body_text()
 }
+
+#[test]
+fn issue12_a_new_executable_is_exec_d_with_the_worker_it_validated() {
+    let app = counting_app();
+    let site = TempDir::new("reload-handover");
+    let program = site.join("mysite.fcgi");
+    fs::copy(shim_bin(), &program).expect("copy binary");
+    let shim = Shim::launch(
+        site,
+        Launch {
+            settings: Some(counting_settings(&app, "")),
+            program: Some(program.clone()),
+            ..Launch::default()
+        },
+    );
+    let (_, first) = version_and_pid(&get_body(&shim));
+    assert!(never_reexeced(shim.pid()));
+    // A new executable by rename, and new code.
+    app.write("version.txt", "v2");
+    let fresh = shim.dir().join("fresh.tmp");
+    fs::copy(shim_bin(), &fresh).expect("copy binary");
+    fs::rename(&fresh, &program).expect("rename binary");
+    let (serving, _) = wait_for_version(&shim, "v2", "v1", first);
+    let exe = fs::read_link(format!("/proc/{}/exe", shim.pid())).expect("exe");
+    assert_eq!(exe, program, "runs the new file; log:\n{}", shim.log());
+    assert!(!never_reexeced(shim.pid()), "a new executable re-execs");
+    // The worker started and validated before the exec serves after it:
+    // one import for the new version.
+    assert_eq!(imports(&app), [first, serving], "log:\n{}", shim.log());
+    assert!(
+        shim.wait_for_log(
+            "serving with the worker started and validated before the re-exec",
+            LOG_WAIT
+        ),
+        "log:\n{}",
+        shim.log()
+    );
+    let workers = wait_until_gone(Duration::from_secs(3), || {
+        processes_matching(&app.path().display().to_string())
+            .into_iter()
+            .filter(|p| *p != serving)
+            .collect()
+    });
+    assert!(
+        workers.is_empty(),
+        "the old worker is still running: {workers:?}"
+    );
+}

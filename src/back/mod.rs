@@ -76,6 +76,18 @@ pub trait Back {
     fn startup(&mut self) -> Startup {
         Startup::Ready
     }
+
+    /// Before a re-exec into a new executable: make the started
+    /// application survive it, and name it in the variable returned (the
+    /// new image adopts it instead of starting its own). `None`: nothing to
+    /// hand over (a `cgi` program runs per request).
+    fn hand_over(&mut self) -> Option<(&'static str, String)> {
+        None
+    }
+
+    /// The re-exec after [`hand_over`](Self::hand_over) failed: we keep
+    /// the application (its fds close-on-exec again).
+    fn keep_after_failed_exec(&mut self) {}
 }
 
 /// Where a new application's start stands.

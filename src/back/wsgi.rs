@@ -9,14 +9,17 @@
 //! could not be spawned (a missing interpreter) while idle, streaming the body to the
 //! worker and the response back chunk by chunk without blocking the front, the
 //! per-request timeout (504, fresh worker), a worker dying mid-request (502),
-//! and logging the worker's stderr (wsgi.errors) line by line. Every request
+//! and logging the worker's stderr (wsgi.errors) line by line; a reload's
+//! candidate (its start moved on without waiting, [`Back::startup`]) and
+//! handing a ready worker over across a re-exec (`FCGI_SHIM_WSGI_WORKER`:
+//! its pid and pipe fds) and adopting it in the new image. Every request
 //! passes the front: the worker speaks only these frames, never FastCGI.
 //! Must not: spawn, restart or stop the worker itself (that is
 //! `supervise::Supervisor`), or know the front's protocol.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::stderr_lines::StderrLines;
@@ -148,6 +151,94 @@ pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
     result
 }
 
+/// Names the ready worker an image hands over across its re-exec:
+/// `PID:STDIN:STDOUT:STDERR:ADAPTER` (the fds of our ends of its pipes, the
+/// FNV-1a hash of the adapter it runs, in hex).
+pub const HANDOVER_ENV: &str = "FCGI_SHIM_WSGI_WORKER";
+
+/// The worker named in [`HANDOVER_ENV`] (the variable is removed), if it
+/// runs the adapter this image has and is still alive; otherwise it is
+/// ended (a new worker is started as usual: one more import).
+fn take_handed_worker() -> Option<supervise::Worker> {
+    let value = std::env::var(HANDOVER_ENV).ok()?;
+    crate::sys::forget_env(HANDOVER_ENV);
+    let fields: Vec<&str> = value.split(':').collect();
+    let [pid, stdin, stdout, stderr, adapter] = fields[..] else {
+        log::warn!("wsgi: {HANDOVER_ENV}={value:?} is not a handed-over worker; ignored");
+        return None;
+    };
+    let pid: u32 = pid.parse().ok()?;
+    let fds: Vec<i32> = [stdin, stdout, stderr]
+        .iter()
+        .filter_map(|fd| fd.parse().ok())
+        .collect();
+    let pipes = match fds[..] {
+        [a, b, c] => (|| {
+            Ok::<_, io::Error>(supervise::Stdio3 {
+                stdin: crate::sys::adopt_handed_fd(a)?.into(),
+                stdout: crate::sys::adopt_handed_fd(b)?.into(),
+                stderr: crate::sys::adopt_handed_fd(c)?.into(),
+            })
+        })(),
+        _ => Err(io::Error::other("not three fds")),
+    };
+    let pipes = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!(
+                "wsgi: the worker handed over across the re-exec is unusable ({e}); ending it"
+            );
+            crate::sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            crate::sys::reap(pid, true);
+            return None;
+        }
+    };
+    let (mut process, pipes) = supervise::Process::adopt(pid, pipes);
+    if adapter != adapter_hash() {
+        log::info!(
+            "wsgi: the worker handed over across the re-exec runs another version of the \
+             adapter; starting a new one"
+        );
+        process.kill();
+        return None;
+    }
+    if process.try_wait().is_some() {
+        return None;
+    }
+    for fd in [
+        pipes.stdin.as_fd(),
+        pipes.stdout.as_fd(),
+        pipes.stderr.as_fd(),
+    ] {
+        if crate::sys::set_nonblocking(fd).is_err() {
+            process.kill();
+            return None;
+        }
+    }
+    Some(supervise::Worker {
+        process,
+        pipes,
+        ready: true,
+        started: Instant::now(),
+        served: 0,
+    })
+}
+
+/// A handed-over worker that no `wsgi` back took (the new image's settings
+/// name another kind): ended, so that nothing outlives its use.
+pub fn end_unclaimed_handover() {
+    if std::env::var_os(HANDOVER_ENV).is_none() {
+        return;
+    }
+    if let Some(mut w) = take_handed_worker() {
+        w.process.kill();
+    }
+}
+
+fn adapter_hash() -> String {
+    format!("{:016x}", crate::last_good::fnv1a(ADAPTER.as_bytes()))
+}
+
 /// Where a new worker's start-up stands.
 enum Started {
     Pending,
@@ -218,12 +309,31 @@ impl WsgiBack {
             inherit_fds: Vec::new(),
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
+        // The worker our image before a re-exec started and validated, if
+        // it handed one over (never to a candidate: `check`, a reload).
+        let handed = if candidate {
+            None
+        } else {
+            take_handed_worker()
+        };
+        let greeted = handed.as_ref().map(|w| w.process.pid());
+        let sup = match handed {
+            Some(worker) => {
+                log::info!(
+                    "wsgi: {label}: serving with the worker started and validated before the \
+                     re-exec (pid {})",
+                    worker.process.pid()
+                );
+                Supervisor::with_worker(spec, config.max_requests, worker)
+            }
+            None => Supervisor::new(spec, config.max_requests),
+        };
         let mut back = WsgiBack {
-            sup: Supervisor::new(spec, config.max_requests),
+            sup,
             config,
             limits,
             label,
-            greeted: None,
+            greeted,
             to_worker: Vec::new(),
             from_worker: Vec::new(),
             scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
@@ -1410,6 +1520,33 @@ impl Back for WsgiBack {
 
     fn startup(&mut self) -> Startup {
         self.start_state()
+    }
+
+    fn hand_over(&mut self) -> Option<(&'static str, String)> {
+        let w = self.sup.worker().filter(|w| w.ready)?;
+        let p = &w.pipes;
+        let fds = [p.stdin.as_fd(), p.stdout.as_fd(), p.stderr.as_fd()];
+        let kept = fds.iter().try_for_each(|fd| crate::sys::clear_cloexec(*fd));
+        let [a, b, c] = fds.map(|fd| fd.as_raw_fd());
+        let value = format!("{}:{a}:{b}:{c}:{}", w.process.pid(), adapter_hash());
+        if let Err(e) = kept {
+            log::warn!(
+                "wsgi: {}: cannot keep the worker across exec ({e})",
+                self.label
+            );
+            self.keep_after_failed_exec();
+            return None;
+        }
+        Some((HANDOVER_ENV, value))
+    }
+
+    fn keep_after_failed_exec(&mut self) {
+        if let Some(w) = self.sup.worker() {
+            let p = &w.pipes;
+            for fd in [p.stdin.as_fd(), p.stdout.as_fd(), p.stderr.as_fd()] {
+                let _ = crate::sys::set_cloexec(fd);
+            }
+        }
     }
 
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {

@@ -182,26 +182,23 @@ fn take(
     limits: &mut Limits,
     replaced: &mut Replaced,
 ) {
-    match verdict {
-        Verdict::Same => {}
-        Verdict::Reload => {
-            replaced.stop_when(true);
-            restart(reloader, listener, source, back.as_mut());
-        }
-        Verdict::Switch(new) => {
-            let NewVersion {
-                config,
-                back: fresh,
-            } = *new;
-            let previous = std::mem::replace(back, fresh);
-            *limits = config.limits;
-            if let Err(e) =
-                crate::log::configure(&config.site, &config.log.target, config.log.level)
-            {
-                log::error!("{e}; logging to stderr instead");
-            }
-            replaced.hold(previous);
-        }
+    let (new, reexec) = match verdict {
+        Verdict::Same => return,
+        Verdict::Switch(new) => (new, false),
+        Verdict::Reexec(new) => (new, true),
+    };
+    let NewVersion {
+        config,
+        back: fresh,
+    } = *new;
+    replaced.hold(std::mem::replace(back, fresh));
+    *limits = config.limits;
+    if let Err(e) = crate::log::configure(&config.site, &config.log.target, config.log.level) {
+        log::error!("{e}; logging to stderr instead");
+    }
+    if reexec {
+        replaced.stop_when(true);
+        reexec_with(reloader, listener, source, back.as_mut());
     }
 }
 
@@ -239,28 +236,31 @@ impl Replaced {
     }
 }
 
-/// Stop the application and re-exec in place. Returns only if exec failed;
-/// then the old version goes on serving (its processes start again on demand).
-fn restart(
+/// Re-exec in place into the new executable, handing it `back`'s started
+/// application (the previous version is stopped already). Returns only if
+/// exec failed; then `back` goes on serving from this image.
+fn reexec_with(
     reloader: &mut Reloader,
     listener: &OwnedFd,
     source: ListenerSource,
     back: &mut dyn Back,
 ) {
-    back.shutdown();
     crate::supervise::release_guard();
-    let env = match launch::prepare_reexec(listener.as_fd(), Some(source)) {
+    let mut env = match launch::prepare_reexec(listener.as_fd(), Some(source)) {
         Ok(env) => env,
         Err(e) => {
             log::error!(
-                "reload: cannot keep the listening socket across exec ({e}); not reloading"
+                "reload: cannot keep the listening socket across exec ({e}); the new version \
+                 serves from the previous executable"
             );
             reloader.exec_failed(e.to_string());
             return;
         }
     };
+    env.extend(back.hand_over());
     let err = reloader.exec(&env);
-    log::error!("reload: exec failed ({err}); still serving the previous version");
+    back.keep_after_failed_exec();
+    log::error!("reload: exec failed ({err}); the new version serves from the previous executable");
     reloader.exec_failed(err.to_string());
 }
 
