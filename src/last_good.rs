@@ -294,6 +294,14 @@ impl Back for SaveWhenStarted {
         state
     }
 
+    fn begin_stop(&mut self) {
+        self.inner.begin_stop();
+    }
+
+    fn stopped(&mut self) -> bool {
+        self.inner.stopped()
+    }
+
     fn hand_over(&mut self) -> Option<(&'static str, String)> {
         self.save_if_started();
         self.inner.hand_over()

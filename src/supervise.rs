@@ -623,8 +623,16 @@ impl Supervisor {
         self.next_start = Some(Instant::now() + delay);
     }
 
-    /// Close the worker's pipes and SIGTERM it; it is reaped later.
-    fn retire(&mut self) {
+    /// Has everything it ran exited (reaped now if so)? Nothing running,
+    /// nothing retiring.
+    pub fn all_exited(&mut self) -> bool {
+        self.reap_retiring();
+        self.current.is_none() && self.retiring.is_empty()
+    }
+
+    /// Close the worker's pipes and SIGTERM it; it is reaped later
+    /// ([`all_exited`](Self::all_exited), or SIGKILL after its grace).
+    pub fn retire(&mut self) {
         if let Some(w) = self.current.take() {
             drop(w.pipes);
             sys::signal_group(w.process.pgid, Signal::SIGTERM);

@@ -77,6 +77,19 @@ pub trait Back {
         Startup::Ready
     }
 
+    /// Start stopping without waiting (a reload replaced this back): the
+    /// processes are asked to end; [`stopped`](Self::stopped) says when
+    /// they have. By default, [`shutdown`](Self::shutdown) at once.
+    fn begin_stop(&mut self) {
+        self.shutdown();
+    }
+
+    /// After [`begin_stop`](Self::begin_stop): have all its processes
+    /// exited (reaped)?
+    fn stopped(&mut self) -> bool {
+        true
+    }
+
     /// Before a re-exec into a new executable: make the started
     /// application survive it, and name it in the variable returned (the
     /// new image adopts it instead of starting its own). `None`: nothing to

@@ -1522,6 +1522,16 @@ impl Back for WsgiBack {
         self.start_state()
     }
 
+    /// The worker's pipes are closed and it gets SIGTERM (the adapter ends
+    /// its group); reaped by [`stopped`](Back::stopped) later.
+    fn begin_stop(&mut self) {
+        self.sup.retire();
+    }
+
+    fn stopped(&mut self) -> bool {
+        self.sup.all_exited()
+    }
+
     fn hand_over(&mut self) -> Option<(&'static str, String)> {
         let w = self.sup.worker().filter(|w| w.ready)?;
         let p = &w.pipes;

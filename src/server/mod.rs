@@ -74,7 +74,7 @@ pub fn run_single(
                 PollFd::new(wake.unwrap_or(signals.fd()), PollFlags::POLLIN),
             ];
             let polled = if wake.is_some() { 3 } else { 2 };
-            let tick = if reloader.as_deref().is_some_and(Reloader::busy) {
+            let tick = if reloader.as_deref().is_some_and(Reloader::busy) || replaced.pending() {
                 RELOAD_TICK
             } else {
                 IDLE_TICK
@@ -95,7 +95,7 @@ pub fn run_single(
             signals.drain();
             continue;
         }
-        replaced.stop_when(!incoming);
+        replaced.stop_when(false);
         if let Some(r) = reloader.as_deref_mut() {
             let verdict = r.check_polled(woke, incoming);
             take(
@@ -202,35 +202,44 @@ fn take(
     }
 }
 
-/// How long the back a reload replaced may wait to be stopped while
-/// connections keep coming.
-const STOP_REPLACED_WITHIN: Duration = Duration::from_secs(1);
+/// How long the processes of the back a reload replaced have to exit
+/// after they were asked to, before they are stopped for good (SIGKILL).
+const STOP_REPLACED_WITHIN: Duration = Duration::from_secs(2);
 
 /// The back a reload replaced (nothing of it in flight: the switch happens
-/// between connections). It is stopped when no connection waits, or after
-/// `STOP_REPLACED_WITHIN`: the first requests of the new version do not
-/// wait for the old worker to exit.
+/// between connections). Its processes are asked to end at once, without
+/// waiting; it is dropped once they have, or stopped for good after
+/// `STOP_REPLACED_WITHIN`: no request of the new version waits for the old
+/// worker to exit.
 #[derive(Default)]
 struct Replaced(Option<(Box<dyn Back>, Instant)>);
 
 impl Replaced {
-    fn hold(&mut self, previous: Box<dyn Back>) {
+    fn pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn hold(&mut self, mut previous: Box<dyn Back>) {
         self.stop_when(true);
+        previous.begin_stop();
         self.0 = Some((previous, Instant::now()));
     }
 
-    /// Stop it now if `idle`, or if it waited long enough.
-    fn stop_when(&mut self, idle: bool) {
-        let due = self
-            .0
-            .as_ref()
-            .is_some_and(|(_, since)| idle || since.elapsed() >= STOP_REPLACED_WITHIN);
-        if let Some((mut previous, _)) = self.0.take_if(|_| due) {
-            let t0 = Instant::now();
+    /// Drop it if its processes have exited; stop it now if `now`, or if
+    /// they took too long.
+    fn stop_when(&mut self, now: bool) {
+        let Some((previous, since)) = &mut self.0 else {
+            return;
+        };
+        let late = now || since.elapsed() >= STOP_REPLACED_WITHIN;
+        if !previous.stopped() && !late {
+            return;
+        }
+        if let Some((mut previous, since)) = self.0.take() {
             previous.shutdown();
             log::debug!(
-                "reload: the previous version is stopped (in {:.0} ms)",
-                t0.elapsed().as_secs_f64() * 1000.0
+                "reload: the previous version is stopped ({:.0} ms after the switch)",
+                since.elapsed().as_secs_f64() * 1000.0
             );
         }
     }
