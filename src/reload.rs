@@ -485,11 +485,12 @@ impl Reloader {
                 .ok();
         }
         let key = self.key_of(&stamps);
-        let claim = match &self.site {
-            Some(site) => site.claim(&key).unwrap_or_else(|e| {
+        let claim = match self.site.as_ref().map(|site| site.claim(&key)) {
+            Some(Ok(claim)) => claim,
+            Some(Err(e)) => {
                 log::warn!("reload: cannot take the site's lock ({e}); validating here");
-                Claim::Busy
-            }),
+                return self.start_candidate(stamps, changed, None);
+            }
             None => return self.start_candidate(stamps, changed, None),
         };
         match claim {
