@@ -215,14 +215,16 @@ impl Site {
     }
 
     /// Pids of the shim processes mod_fcgid runs for this site (not their
-    /// process-group guards, which share the command line).
+    /// process-group guards, which share the command line): `mysite.fcgi`,
+    /// or in the shebang form `<fcgi-shim> mysite.fcgi`.
     fn shim_pids(&self) -> Vec<u32> {
         let exe = self.www.join("mysite.fcgi").display().to_string();
         processes_matching(&exe)
             .into_iter()
             .filter(|(pid, cmd)| {
                 let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                cmd.starts_with(&exe) && comm.trim() != "fcgi-shim-guard"
+                let started = cmd.split(' ').take(2).any(|word| word == exe);
+                started && comm.trim() != "fcgi-shim-guard"
             })
             .map(|(pid, _)| pid)
             .collect()
@@ -996,6 +998,68 @@ fn wsgi_a_touch_with_n_processes_imports_at_most_n_times_and_a_refusal_is_logged
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
         0o600
+    );
+    site.finish();
+}
+
+/// Issue 12 item 2: in the shebang form the installed binary is upgraded
+/// (copied beside, renamed over); `mysite.fcgi` keeps its inode, so
+/// mod_fcgid keeps its processes. Each re-execs into the new binary with
+/// the worker it started and validated before: one import, the same pid.
+#[test]
+fn wsgi_an_upgraded_binary_is_reexeced_with_the_worker_it_validated() {
+    let Some(site) = Site::start_with(Kind::Wsgi, LAST_GOOD_CONF) else {
+        return;
+    };
+    write_counting_app(&site, "one", "");
+    let installed = site.bin.join("fcgi-shim");
+    copy_file(&shim_binary(), &installed, 0o755);
+    let settings = fs::read_to_string(site.settings_path()).expect("settings");
+    fs::remove_file(site.settings_path()).expect("rm mysite.toml");
+    let started = site.www.join("mysite.fcgi");
+    let tmp = site.www.join("mysite.fcgi.new");
+    write_file(
+        &tmp,
+        format!("#!{}\n{settings}", installed.display()),
+        0o755,
+    );
+    fs::rename(&tmp, &started).expect("rename");
+    assert_eq!(site.greeting(), "greeting=one");
+    let shims = site.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let before = import_count(&site);
+
+    // (Another length: Python's bytecode cache trusts a source of the same
+    // size and mtime second.)
+    write_counting_app(&site, "second", "");
+    let fresh = site.bin.join("fcgi-shim.new");
+    copy_file(&shim_binary(), &fresh, 0o755);
+    // (No fork of this test binary may still hold the copy open for
+    // writing when the shim execs it: ETXTBSY.)
+    thread::sleep(Duration::from_millis(200));
+    fs::rename(&fresh, &installed).expect("rename binary");
+    site.greeting_becomes("greeting=one", "greeting=second");
+    assert_eq!(site.shim_pids(), shims, "the same process serves");
+    let log = site.apache.wait_for_error_log(Duration::from_secs(3), |l| {
+        l.contains("serving with the worker started and validated before the re-exec")
+    });
+    assert!(
+        log.contains("serving with the worker started and validated before the re-exec"),
+        "{}",
+        site.apache.logs_for_humans()
+    );
+    use std::os::unix::fs::MetadataExt;
+    let exe = fs::metadata(format!("/proc/{}/exe", shims[0])).expect("exe");
+    let now = fs::metadata(&installed).expect("installed");
+    assert_eq!(
+        (exe.dev(), exe.ino()),
+        (now.dev(), now.ino()),
+        "runs the new binary"
+    );
+    assert_eq!(
+        import_count(&site) - before,
+        1,
+        "one import for the upgrade\n{log}"
     );
     site.finish();
 }
