@@ -13,11 +13,14 @@ every client saw the new version. It prints, per build and process count:
   slowest      the slowest response during the switch (touch until every
                client answered new, plus a second)
   imports      imports of the application per touch (imports.log)
-as the median over the rounds (and the worst).
+as the median over the rounds (and the worst). --django adds, per build, a
+site whose application imports the Django project of the tests
+(tests/wsgi_apps/djsite) instead of sleeping, with `warmup = "/"` (its
+index view), rows "-django".
 
 Standard library only:
   bench/touch.py --before BIN [--after BIN] [--rounds 3] [--import-seconds 0.8]
-                 [--python PYTHON] [--processes 1,4]
+                 [--python PYTHON] [--processes 1,4] [--django]
 --after defaults to target/release/fcgi-shim; --python to this interpreter.
 """
 
@@ -26,6 +29,7 @@ import os
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,17 +38,25 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 APP = """import os, time
-time.sleep(%(import_s)s)
+%(prelude)s
 with open(%(log)r, "a") as f:
     f.write("%%d\\n" %% os.getpid())
 VERSION = %(version)r
 
 
 def application(environ, start_response):
+    if environ.get("PATH_INFO") == "/" and django_application:
+        return django_application(environ, start_response)
     body = ("VERSION=%%s\\n" %% VERSION).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
+# The sleeping application: an import that takes --import-seconds.
+SLEEP = "time.sleep(%s)\ndjango_application = None"
+# The Django project of the tests (tests/wsgi_apps/djsite, what
+# `django-admin startproject` makes, plus a small app): its real import, and
+# `warmup = "/"` so that its views are imported before it serves too.
+DJANGO = "from djsite.wsgi import application as django_application"
 
 
 from benchlib import free_port, say, start_apache, stop_apache, write  # noqa: E402  (beside this file)
@@ -89,13 +101,17 @@ def shims(www_site):
 
 
 class Site:
-    def __init__(self, root, name, binary, python, import_s):
+    def __init__(self, root, name, binary, python, import_s, django):
         self.name, self.import_s = name, import_s
+        self.prelude = DJANGO if django else SLEEP % import_s
         self.www = os.path.join(root, "www", name)
         self.app = os.path.join(root, "apps", name)
         for d in (self.www, self.app):
             os.makedirs(d, mode=0o755)
             os.chmod(d, 0o777 if d == self.app else 0o755)
+        if django:
+            shutil.copytree(os.path.join(REPO, "tests/wsgi_apps/djsite"), self.app + "/djsite")
+            subprocess.run(["chmod", "-R", "a+rX", self.app + "/djsite"], check=True)
         self.log = os.path.join(self.app, "imports.log")
         write(self.log, "", 0o666)
         self.version = 0
@@ -105,14 +121,16 @@ class Site:
         write(self.www + "/.htaccess",
               open(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess")).read(), 0o644)
         write(self.www + "/mysite.toml",
-              '[app]\nkind = "wsgi"\nmodule = "slowapp"\npython = "%s"\npython_path = ["%s"]\n'
-              'start_timeout = 20\nenv = { PYTHONDONTWRITEBYTECODE = "1" }\n'
-              '[log]\nlevel = "info"\n' % (python, self.app), 0o644)
+              '[app]\nkind = "wsgi"\nmodule = "slowapp"\npython = "%s"\npython_path = [%s]\n'
+              'start_timeout = 20\nenv = { PYTHONDONTWRITEBYTECODE = "1" }\n%s'
+              '[log]\nlevel = "info"\n' % (
+                  python, ", ".join('"%s"' % p for p in [self.app] + [self.app + "/djsite"] * django),
+                  'warmup = "/"\n' if django else ""), 0o644)
 
     def new_version(self):
         self.version += 1
         write(self.app + "/slowapp.py", APP % {
-            "import_s": self.import_s, "log": self.log, "version": "v%d" % self.version}, 0o644)
+            "prelude": self.prelude, "log": self.log, "version": "v%d" % self.version}, 0o644)
         return "VERSION=v%d" % self.version
 
     def imports(self):
@@ -196,6 +214,9 @@ def main():
     ap.add_argument("--import-seconds", type=float, default=0.8)
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--processes", default="1,4")
+    ap.add_argument("--django", action="store_true",
+                    help="also sites whose application imports the tests' Django project "
+                         "(tests/wsgi_apps/djsite; the Python needs Django) with warmup = \"/\"")
     args = ap.parse_args()
     counts = [int(n) for n in args.processes.split(",")]
 
@@ -206,7 +227,10 @@ def main():
         for d in ("www", "apps"):
             os.makedirs(os.path.join(root, d))
             os.chmod(os.path.join(root, d), 0o755)
-        sites = [Site(root, label, binary, args.python, args.import_seconds)
+        apps = [False, True] if args.django else [False]
+        sites = [Site(root, label + ("-django" if django else ""), binary, args.python,
+                      args.import_seconds, django)
+                 for django in apps
                  for label, binary in (("before", args.before), ("after", args.after))]
         apache, port = apache_for(root, os.path.join(root, "www"), processes)
         try:
@@ -214,7 +238,7 @@ def main():
                 warm(port, site, processes)
             results = {site.name: [] for site in sites}
             for r in range(args.rounds):
-                for site in sites[r % 2:] + sites[:r % 2]:
+                for site in sites[r % len(sites):] + sites[:r % len(sites)]:
                     n = len(shims(site.www))
                     res = one_touch(port, site, processes)
                     results[site.name].append(res)
@@ -235,11 +259,12 @@ def main():
             time.sleep(1)
             shutil.rmtree(root, ignore_errors=True)
 
-    print("touch with a %.1f s import, %d rounds (median, worst):" % (args.import_seconds, args.rounds))
-    print("%-10s %-7s %-18s %-18s %-10s" % ("processes", "build", "touch->new s", "slowest s", "imports"))
+    print("touch with a %.1f s import%s, %d rounds (median, worst):" % (
+        args.import_seconds, " (and the Django project: -django)" if args.django else "", args.rounds))
+    print("%-10s %-14s %-18s %-18s %-10s" % ("processes", "build", "touch->new s", "slowest s", "imports"))
     for processes, name, tn, tnw, sl, slw, im, imw, never in rows:
         tns = "%.2f (%.2f)" % (tn, tnw) if tn is not None else "never"
-        print("%-10d %-7s %-18s %-18s %-10s%s" % (
+        print("%-10d %-14s %-18s %-18s %-10s%s" % (
             processes, name, tns, "%.2f (%.2f)" % (sl, slw), "%g (%d)" % (im, imw),
             "  %d round(s) never showed the new version" % never if never else ""))
 
