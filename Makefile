@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= $(HOME)/.local
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: all build test lint check install demo fuzz fuzz-check clean bench static dist
+.PHONY: all build test lint check install demo fuzz fuzz-check clean bench bench-touch static dist
 
 all: build
 
@@ -75,6 +75,18 @@ demo:
 # ARGS go to every run, e.g. make bench ARGS="--apache lean --rounds 4".
 bench:
 	./bench/wsgi-vs-flup.sh $(ARGS)
+
+# What one `touch mysite.fcgi` costs (touch -> new code, the slowest request
+# during the switch, imports per touch) with 1 and 4 mod_fcgid processes,
+# this build against BENCH_BEFORE (built in a git worktree, BENCH_BEFORE_DIR).
+BENCH_BEFORE ?= 6f71d09
+BENCH_BEFORE_DIR ?= /var/tmp/fcgi-shim-bench-$(BENCH_BEFORE)
+bench-touch: build
+	dir=$(BENCH_BEFORE_DIR); \
+	[ -d "$$dir" ] || git worktree add --detach "$$dir" $(BENCH_BEFORE); \
+	(cd "$$dir" && $(CARGO) build --release -q) && \
+	py="$$(./scripts/test-venv.sh)" && \
+	"$$py" bench/touch.py --before "$$dir/target/release/fcgi-shim" --python "$$py" $(ARGS)
 
 # The fuzz targets build on stable; running them needs cargo-fuzz and nightly.
 fuzz-check:

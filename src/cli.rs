@@ -297,6 +297,8 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
         return ExitCode::from(2);
     }
     let (settings, mut back) = settings_and_back(arg, exe);
+    // A worker our previous image handed over that no back took: ended.
+    back::wsgi::end_unclaimed_handover();
     if let Ok(config) = &settings
         && let Err(e) = crate::log::configure(&config.site, &config.log.target, config.log.level)
     {
@@ -312,14 +314,7 @@ fn run_shim(args: &[OsString], exe: &Path) -> ExitCode {
                 ListenerSource::Systemd => "fd 3 (systemd)",
             };
             log::debug!("serving FastCGI on the {family:?} listening socket on {from}");
-            server::run_single(
-                fd,
-                source,
-                back.as_mut(),
-                limits,
-                &signals,
-                reloader.as_mut(),
-            );
+            server::run_single(fd, source, &mut back, limits, &signals, reloader.as_mut());
         }
         Launch::Cgi => front::cgi::serve_once(back.as_mut(), &signals),
         Launch::ByHand => {}

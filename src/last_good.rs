@@ -71,7 +71,7 @@ fn home_in(db: &str, uid: u32) -> Option<PathBuf> {
 }
 
 /// 64-bit FNV-1a: a stable short name for a path, no crate needed.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -112,6 +112,32 @@ fn private_dir(dir: &Path) -> io::Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// The private state directory in use (created 0700): the state directory
+/// if it can be had, else the per-user temp directory. Every process of a
+/// site runs as the same user with the same environment: they agree on it.
+pub fn private_state_dir() -> io::Result<PathBuf> {
+    let first = state_dir();
+    match private_dir(&first) {
+        Ok(()) => Ok(first),
+        Err(e) if first != temp_dir() => {
+            private_dir(&temp_dir()).map(|()| temp_dir()).map_err(|e2| {
+                io::Error::other(format!(
+                    "{}: {e}; {}: {e2}",
+                    first.display(),
+                    temp_dir().display()
+                ))
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `text` to `dir/name` (temp file beside it, mode 0600, renamed
+/// over it), unless it already holds exactly that. `dir` must exist.
+pub fn write_private(dir: &Path, name: &str, text: &str) -> io::Result<PathBuf> {
+    save_in(dir, name, text)
 }
 
 /// Save `text` as the last good version of `settings`: written to a temp
@@ -260,6 +286,29 @@ impl Back for SaveWhenStarted {
 
     fn app_started(&mut self) -> bool {
         self.inner.app_started()
+    }
+
+    fn startup(&mut self) -> crate::back::Startup {
+        let state = self.inner.startup();
+        self.save_if_started();
+        state
+    }
+
+    fn begin_stop(&mut self) {
+        self.inner.begin_stop();
+    }
+
+    fn stopped(&mut self) -> bool {
+        self.inner.stopped()
+    }
+
+    fn hand_over(&mut self) -> Option<(&'static str, String)> {
+        self.save_if_started();
+        self.inner.hand_over()
+    }
+
+    fn keep_after_failed_exec(&mut self) {
+        self.inner.keep_after_failed_exec();
     }
 }
 

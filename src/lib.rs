@@ -21,3 +21,4 @@ pub mod server;
 pub mod spool;
 pub mod supervise;
 pub mod sys;
+pub mod verdict;

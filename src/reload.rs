@@ -1,16 +1,26 @@
-//! Reload: has anything changed, is the new version usable, and re-exec in place.
+//! Reload: has anything changed, is the new version usable, and take it:
+//! in this process, or by a re-exec in place when the executable changed.
 //!
 //! Owns: the watched files (the file the web server started — the executable,
 //! or in the shebang form the settings file that is `mysite.fcgi` — the
 //! executable itself, the settings file, and `watch = [...]`), the check
 //! before each request and on the idle tick (a stat of each; with the inotify
 //! hint only after an event in their directories, or once a second), waiting
-//! until a changed file is stable, validating the new version by running it
-//! (`check`) before acting, and the re-exec that keeps the listening socket.
-//! Also knows whether the file we were started as was replaced (new inode),
-//! which under mod_fcgid means no request will ever come to us again.
-//! Must not: accept connections or stop the application itself; the server
-//! loop does that around [`Reloader::exec`].
+//! until a changed file is stable, and validating the new version before it
+//! serves. With the same executable the new version is validated here: its
+//! settings are read, and its application is started beside the serving one
+//! (a [`Candidate`], moved on at each check) and handed to the server loop
+//! when ready ([`Verdict::Switch`]): one start per reload, none waited for.
+//! The processes of a site agree on a version's verdict (`verdict`): one
+//! validates, the others wait for its verdict while they serve. A changed
+//! executable must also pass its own `check` (settings and deployment, no
+//! import); once the new application is ready the server loop re-execs
+//! ([`Verdict::Reexec`]), keeping the listening socket and handing the new
+//! worker over. (`serve`'s SIGHUP runs `check --start-app`, then re-execs.) Also knows whether the file
+//! we were started as was replaced (new inode), which under mod_fcgid means
+//! no request will ever come to us again (then there is nothing to reload).
+//! Must not: accept connections or stop the serving application itself; the
+//! server loop does that around [`Verdict::Switch`] and [`Reloader::exec`].
 
 use std::ffi::OsString;
 use std::fmt;
@@ -25,7 +35,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
-use crate::config::Config;
+use crate::back::{Back, Startup};
+use crate::config::{AppConfig, Config};
+use crate::verdict::{Claim, Decision, Site, Validating};
 
 /// Carries the identity (device:inode) of the file the web server started
 /// across re-execs, so a reloaded process still knows which file it was
@@ -39,6 +51,12 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A rejected version is logged again this often while it stays broken.
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
+/// How long a process that noticed a change without a request waiting
+/// leaves the validation to one with a request (see [`Phase::Noticed`]).
+const CLAIM_DELAY: Duration = Duration::from_millis(100);
+/// How long a process waits for another one of its site to validate a
+/// version before it validates it itself (the lock holder is stuck).
+const VERDICT_WAIT: Duration = Duration::from_secs(VALIDATE_TIMEOUT.as_secs() + 5);
 /// An old process (its file was replaced) exits after this long without a request.
 pub const REPLACED_IDLE_EXIT: Duration = Duration::from_secs(60);
 /// With the inotify hint, the watched files are still stat'ed at least this
@@ -120,24 +138,92 @@ impl fmt::Display for Rejected {
 }
 
 /// What a check found.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Nothing changed (or a change was already rejected, or is still being written).
+    /// Nothing to do now: nothing changed, a change was rejected, is still
+    /// being written, or its new version is still starting.
     Same,
-    /// A valid new version: re-exec now.
-    Reload,
+    /// The new version started and is ready, with a new executable:
+    /// re-exec now, handing its application over.
+    Reexec(Box<NewVersion>),
+    /// The new version started and is ready: it serves from now on (the
+    /// caller stops the previous one).
+    Switch(Box<NewVersion>),
+}
+
+impl Verdict {
+    pub fn is_same(&self) -> bool {
+        matches!(self, Verdict::Same)
+    }
+}
+
+/// A validated version, ready to serve.
+pub struct NewVersion {
+    pub config: Config,
+    /// Its application, started (for `wsgi`: imported and warmed up).
+    pub back: Box<dyn Back>,
+}
+
+/// A new version whose application is starting beside the serving one.
+struct Candidate {
+    config: Config,
+    back: Box<dyn Back>,
+    /// The watched files' stamps it was read from.
+    stamps: Vec<Option<Stamp>>,
+    /// "mysite.fcgi, mysite.toml", for the log lines.
+    changed: String,
+    started: Instant,
+    /// How long it may take to start.
+    limit: Duration,
+    /// We validate it for the whole site: the verdict goes to the others.
+    validating: Option<Validating>,
+}
+
+/// Where a reload stands.
+enum Phase {
+    Watching,
+    /// A change noticed while no request was waiting: validating it is
+    /// left for a moment to a process of the site that has one (under
+    /// mod_fcgid, the one the web server sends requests to: its worker
+    /// then serves the new version first).
+    Noticed {
+        stamps: Vec<Option<Stamp>>,
+        changed: String,
+        since: Instant,
+    },
+    /// Another process of the site holds the lock: it is validating the
+    /// version with these stamps; we keep serving and look again.
+    Waiting {
+        stamps: Vec<Option<Stamp>>,
+        changed: String,
+        since: Instant,
+    },
+    Starting(Box<Candidate>),
+}
+
+/// A version we do not take.
+#[derive(Debug)]
+struct Rejection {
+    stamps: Vec<Option<Stamp>>,
+    why: Rejected,
+    /// When we last said so; `None`: another process of the site said it.
+    said: Option<Instant>,
 }
 
 /// Watches the files and decides when to reload.
-#[derive(Debug)]
 pub struct Reloader {
     started: Started,
     settings: Option<PathBuf>,
     watched: Vec<(PathBuf, Option<Stamp>)>,
     /// (dev, ino) of the file the web server started, when it first started us.
     origin: Option<(u64, u64)>,
-    /// The stamps of a version we rejected, its error and when we last said so.
-    rejected: Option<(Vec<Option<Stamp>>, Rejected, Instant)>,
+    /// The version we rejected last.
+    rejected: Option<Rejection>,
+    /// Where a reload stands.
+    phase: Phase,
+    /// (dev, ino) of the executable this image runs (/proc/self/exe).
+    running: Option<(u64, u64)>,
+    /// The lock and verdict shared by the processes of the site.
+    site: Option<Site>,
     /// Exit when the started file was replaced and no request comes (mod_fcgid).
     exit_when_replaced: bool,
     /// inotify on the watched files' directories: while it reports nothing,
@@ -152,16 +238,7 @@ impl Reloader {
     /// Watch what `started` and `config` name. `settings` is the settings file
     /// in use (or the one we would use once it exists).
     pub fn new(started: Started, settings: Option<PathBuf>, config: Option<&Config>) -> Reloader {
-        let mut paths = vec![started.started_file().to_path_buf(), started.exe.clone()];
-        paths.extend(settings.iter().cloned());
-        paths.extend(config.iter().flat_map(|c| c.watch.iter().cloned()));
-        let mut unique: Vec<PathBuf> = Vec::new();
-        for p in paths {
-            if !unique.contains(&p) {
-                unique.push(p);
-            }
-        }
-        let watched = unique
+        let watched = Reloader::watch_list(&started, settings.as_ref(), config)
             .into_iter()
             .map(|p| {
                 let s = stamp(&p);
@@ -170,16 +247,41 @@ impl Reloader {
             .collect();
         let origin =
             inherited_origin().or_else(|| stamp(started.started_file()).map(|s| (s.dev, s.ino)));
+        let running = std::fs::metadata("/proc/self/exe")
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         Reloader {
             started,
             settings,
             watched,
             origin,
             rejected: None,
+            phase: Phase::Watching,
+            running,
+            site: None,
             exit_when_replaced: false,
             hint: None,
             quiet_since: None,
         }
+    }
+
+    /// The files to watch, each once: the started file, the executable, the
+    /// settings and `watch`.
+    fn watch_list(
+        started: &Started,
+        settings: Option<&PathBuf>,
+        config: Option<&Config>,
+    ) -> Vec<PathBuf> {
+        let mut paths = vec![started.started_file().to_path_buf(), started.exe.clone()];
+        paths.extend(settings.cloned());
+        paths.extend(config.iter().flat_map(|c| c.watch.iter().cloned()));
+        let mut unique: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            if !unique.contains(&p) {
+                unique.push(p);
+            }
+        }
+        unique
     }
 
     /// Whether an idle process whose file was replaced should exit: true
@@ -234,17 +336,36 @@ impl Reloader {
     /// blocking) or when a second has passed since the last stat pass; else
     /// this costs one `read` that finds nothing.
     pub fn check(&mut self) -> Verdict {
-        self.check_after(None)
+        self.check_after(None, true)
     }
 
     /// [`check`](Self::check) right after a poll(2) that included
     /// [`wake_fd`](Self::wake_fd); `woke`: it was readable. When it was not,
-    /// the common case, this makes no system call at all.
-    pub fn check_polled(&mut self, woke: bool) -> Verdict {
-        self.check_after(Some(woke))
+    /// the common case, this makes no system call at all. `request`: a
+    /// connection is waiting (a change found without one is validated only
+    /// after `CLAIM_DELAY`, unless a request comes first).
+    pub fn check_polled(&mut self, woke: bool, request: bool) -> Verdict {
+        self.check_after(Some(woke), request)
     }
 
-    fn check_after(&mut self, polled: Option<bool>) -> Verdict {
+    fn check_after(&mut self, polled: Option<bool>, request: bool) -> Verdict {
+        match &self.phase {
+            Phase::Watching => {}
+            Phase::Noticed { since, .. } => {
+                if !request && since.elapsed() < CLAIM_DELAY {
+                    return Verdict::Same;
+                }
+                let Phase::Noticed {
+                    stamps, changed, ..
+                } = std::mem::replace(&mut self.phase, Phase::Watching)
+                else {
+                    return Verdict::Same;
+                };
+                return self.begin(stamps, changed);
+            }
+            Phase::Waiting { .. } => return self.look_for_verdict(),
+            Phase::Starting(_) => return self.move_candidate_on(),
+        }
         if !self.stat_pass_due(polled) {
             return Verdict::Same;
         }
@@ -252,8 +373,8 @@ impl Reloader {
         // not be repeated; `stat_pass` clears this when a file was still
         // being written.
         self.quiet_since = Some(Instant::now());
-        let verdict = self.stat_pass();
-        if verdict == Verdict::Reload {
+        let verdict = self.stat_pass(request);
+        if !verdict.is_same() {
             // Not taken yet (the caller execs): say so again at the next check.
             self.quiet_since = None;
         }
@@ -284,17 +405,20 @@ impl Reloader {
 
     /// Stat the watched files; on a change that has settled, validate the new
     /// version. A rejected version is not validated again until a file changes
-    /// again; its error is repeated at most once a minute.
-    fn stat_pass(&mut self) -> Verdict {
+    /// again; its error is repeated at most once a minute (by the process
+    /// that found it).
+    fn stat_pass(&mut self, request: bool) -> Verdict {
         let now = self.current();
         if now == self.baseline() {
             return Verdict::Same;
         }
-        if let Some((stamps, why, last)) = &mut self.rejected
-            && *stamps == now
+        if let Some(r) = &mut self.rejected
+            && r.stamps == now
         {
-            if last.elapsed() >= REPEAT_ERROR {
-                log::error!("{why}; still serving the previous version");
+            if let Some(last) = &mut r.said
+                && last.elapsed() >= REPEAT_ERROR
+            {
+                log::error!("{}; still serving the previous version", r.why);
                 *last = Instant::now();
             }
             return Verdict::Same;
@@ -312,22 +436,385 @@ impl Reloader {
             .filter(|((_, old), new)| old != *new)
             .map(|((p, _), _)| p.display().to_string())
             .collect();
-        match self.validate() {
-            Ok(()) => {
-                log::info!("reload: {} changed; restarting", changed.join(", "));
-                self.rejected = None;
-                Verdict::Reload
+        let changed = changed.join(", ");
+        if self.should_exit_when_idle() {
+            // mod_fcgid sends the new file's requests to new processes:
+            // starting the new version here would serve nobody.
+            log::info!(
+                "reload: {changed} changed, but {} was replaced: the web server starts the new \
+                 file's processes; this one serves what is still on its way",
+                self.started_file().display()
+            );
+            self.take_stamps(settled);
+            return Verdict::Same;
+        }
+        // A new executable must run and accept the settings: its own
+        // `check` (no import: the application is started below, once, and
+        // handed over across the re-exec).
+        if self.executable_changed()
+            && let Err(why) = self.run_check(false)
+        {
+            self.refuse(settled, &changed, why, None);
+            return Verdict::Same;
+        }
+        if !request {
+            self.phase = Phase::Noticed {
+                stamps: settled,
+                changed,
+                since: Instant::now(),
+            };
+            return Verdict::Same;
+        }
+        self.begin(settled, changed)
+    }
+
+    /// A new version with the same executable: the site's verdict on it if
+    /// there is one, else validate it here (for the whole site when we get
+    /// the lock; while another process holds it, wait for its verdict).
+    fn begin(&mut self, stamps: Vec<Option<Stamp>>, changed: String) -> Verdict {
+        if self.site.is_none()
+            && let Some(settings) = &self.settings
+        {
+            self.site = Site::for_settings(settings)
+                .inspect_err(|e| {
+                    log::warn!(
+                        "reload: no lock to share the validation with the other processes of \
+                         this site ({e}); validating here"
+                    )
+                })
+                .ok();
+        }
+        let key = self.key_of(&stamps);
+        let claim = match self.site.as_ref().map(|site| site.claim(&key)) {
+            Some(Ok(claim)) => claim,
+            Some(Err(e)) => {
+                log::warn!("reload: cannot take the site's lock ({e}); validating here");
+                return self.start_candidate(stamps, changed, None);
             }
-            Err(why) => {
-                log::error!(
-                    "reload: {} changed, but the new version is not usable: {why}; \
-                     still serving the previous version",
-                    changed.join(", ")
-                );
-                self.rejected = Some((settled, why, Instant::now()));
+            None => return self.start_candidate(stamps, changed, None),
+        };
+        match claim {
+            Claim::Ours(validating) => self.start_candidate(stamps, changed, Some(validating)),
+            Claim::Decided(decision) => self.follow(stamps, changed, decision),
+            Claim::Busy => {
+                log::debug!("reload: {changed} changed; another process of this site validates it");
+                self.phase = Phase::Waiting {
+                    stamps,
+                    changed,
+                    since: Instant::now(),
+                };
                 Verdict::Same
             }
         }
+    }
+
+    /// Waiting for another process's verdict: look again; past
+    /// `VERDICT_WAIT`, validate here.
+    fn look_for_verdict(&mut self) -> Verdict {
+        let Phase::Waiting { since, .. } = &self.phase else {
+            return Verdict::Same;
+        };
+        let waited = since.elapsed();
+        let claim = match &self.site {
+            Some(site) if waited < VERDICT_WAIT => {
+                let Phase::Waiting { stamps, .. } = &self.phase else {
+                    return Verdict::Same;
+                };
+                match site.claim(&self.key_of(stamps)) {
+                    Ok(Claim::Busy) => return Verdict::Same,
+                    Ok(claim) => Some(claim),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        let Phase::Waiting {
+            stamps, changed, ..
+        } = std::mem::replace(&mut self.phase, Phase::Watching)
+        else {
+            return Verdict::Same;
+        };
+        match claim {
+            Some(Claim::Decided(decision)) => self.follow(stamps, changed, decision),
+            Some(Claim::Ours(validating)) => {
+                self.start_candidate(stamps, changed, Some(validating))
+            }
+            Some(Claim::Busy) | None => {
+                log::warn!(
+                    "reload: no verdict from the other processes of this site after {:.0} s; \
+                     validating here",
+                    waited.as_secs_f64()
+                );
+                self.start_candidate(stamps, changed, None)
+            }
+        }
+    }
+
+    /// Another process of the site validated this version: a good one is
+    /// started here too (its own worker), a bad one refused without a word
+    /// at error level (that process said why).
+    fn follow(
+        &mut self,
+        stamps: Vec<Option<Stamp>>,
+        changed: String,
+        decision: Decision,
+    ) -> Verdict {
+        match decision {
+            Decision::Good => self.start_candidate(stamps, changed, None),
+            Decision::Bad(why) => {
+                log::debug!(
+                    "reload: {changed} changed; the new version was refused by another process \
+                     of this site: {why}"
+                );
+                self.rejected = Some(Rejection {
+                    stamps,
+                    why: Rejected(why),
+                    said: None,
+                });
+                Verdict::Same
+            }
+        }
+    }
+
+    /// Read the new settings and start their application beside the
+    /// serving one (moved on by each check until it is ready or fails).
+    fn start_candidate(
+        &mut self,
+        stamps: Vec<Option<Stamp>>,
+        changed: String,
+        validating: Option<Validating>,
+    ) -> Verdict {
+        let config = match self.new_settings() {
+            Ok(config) => config,
+            Err(why) => {
+                self.refuse(stamps, &changed, why, validating);
+                return Verdict::Same;
+            }
+        };
+        let (config, text) = config;
+        log::info!("reload: {changed} changed; starting the new version beside the serving one");
+        let back = crate::back::candidate_from_config(&config);
+        let back = crate::last_good::SaveWhenStarted::new(back, config.path.clone(), text);
+        let limit = match &config.app {
+            AppConfig::Wsgi(w) => w.start_timeout.min(VALIDATE_TIMEOUT),
+            AppConfig::Cgi(_) => VALIDATE_TIMEOUT,
+        };
+        self.phase = Phase::Starting(Box::new(Candidate {
+            config,
+            back: Box::new(back),
+            stamps,
+            changed,
+            started: Instant::now(),
+            limit,
+            validating,
+        }));
+        self.move_candidate_on()
+    }
+
+    /// The new settings, valid, and how the site is deployed with them
+    /// (what `check` would refuse for a reload), with their text.
+    fn new_settings(&self) -> Result<(Config, String), Rejected> {
+        let Some(path) = &self.settings else {
+            return Err(Rejected("no settings file".into()));
+        };
+        let (config, text) =
+            crate::config::load_with_text(path).map_err(|e| Rejected(e.to_string()))?;
+        let problems: Vec<String> = crate::deploy::diagnose(
+            path,
+            &self.started.exe,
+            Some(&config),
+            crate::deploy::Purpose::Reload,
+        )
+        .into_iter()
+        .filter(crate::deploy::Problem::is_error)
+        .map(|p| p.to_string())
+        .collect();
+        if !problems.is_empty() {
+            return Err(Rejected(problems.join("; ")));
+        }
+        Ok((config, text))
+    }
+
+    /// Move the starting application on (without waiting): ready, it
+    /// switches; failed or past its time, the version is refused.
+    fn move_candidate_on(&mut self) -> Verdict {
+        let Phase::Starting(c) = &mut self.phase else {
+            return Verdict::Same;
+        };
+        let mut state = c.back.startup();
+        if state == Startup::Starting {
+            c.back.idle();
+            state = c.back.startup();
+        }
+        if state == Startup::Starting {
+            if crate::sys::stop_requested() {
+                self.abandon();
+                return Verdict::Same;
+            }
+            if c.started.elapsed() < c.limit {
+                return Verdict::Same;
+            }
+            state = Startup::Failed(format!(
+                "the new version did not start within {:.1} s (start_timeout; a reload waits \
+                 {} s at most)",
+                c.limit.as_secs_f64(),
+                VALIDATE_TIMEOUT.as_secs()
+            ));
+        }
+        let Phase::Starting(c) = std::mem::replace(&mut self.phase, Phase::Watching) else {
+            return Verdict::Same;
+        };
+        let Candidate {
+            config,
+            mut back,
+            stamps,
+            changed,
+            validating,
+            ..
+        } = *c;
+        match state {
+            Startup::Ready => {
+                if let Some(v) = validating {
+                    v.decide(&Decision::Good);
+                }
+                self.rejected = None;
+                self.take_version(&config, stamps);
+                let new = Box::new(NewVersion { config, back });
+                if self.executable_changed() {
+                    log::info!(
+                        "reload: {changed} changed; restarting: a new executable, re-exec'd \
+                         with the new version's application"
+                    );
+                    return Verdict::Reexec(new);
+                }
+                log::info!("reload: {changed} changed; restarting: the new version takes over");
+                Verdict::Switch(new)
+            }
+            Startup::Failed(why) => {
+                back.shutdown();
+                self.refuse(stamps, &changed, Rejected(why), validating);
+                Verdict::Same
+            }
+            // Left above while it is starting.
+            Startup::Starting => Verdict::Same,
+        }
+    }
+
+    /// Say why a version is not taken (once for the site: the other
+    /// processes read it from the verdict) and remember it.
+    fn refuse(
+        &mut self,
+        stamps: Vec<Option<Stamp>>,
+        changed: &str,
+        why: Rejected,
+        validating: Option<Validating>,
+    ) {
+        if let Some(v) = validating {
+            v.decide(&Decision::Bad(why.to_string()));
+        }
+        log::error!(
+            "reload: {changed} changed, but the new version is not usable: {why}; \
+             still serving the previous version"
+        );
+        self.rejected = Some(Rejection {
+            stamps,
+            why,
+            said: Some(Instant::now()),
+        });
+    }
+
+    /// Is a new version starting, or are we waiting for the site's verdict
+    /// on one? Then the caller checks often (it is moved on by each check).
+    pub fn busy(&self) -> bool {
+        !matches!(self.phase, Phase::Watching)
+    }
+
+    /// Stop a new version that is still starting (we are stopping).
+    pub fn abandon(&mut self) {
+        if let Phase::Starting(mut c) = std::mem::replace(&mut self.phase, Phase::Watching) {
+            c.back.shutdown();
+        }
+    }
+
+    /// The new version is taken: its files as the baseline, and its
+    /// `watch` list watched.
+    fn take_version(&mut self, config: &Config, stamps: Vec<Option<Stamp>>) {
+        let before: Vec<(PathBuf, Option<Stamp>)> = self
+            .watched
+            .iter()
+            .map(|(p, _)| p.clone())
+            .zip(stamps)
+            .collect();
+        let fresh = Reloader::watch_list(&self.started, self.settings.as_ref(), Some(config));
+        let same_paths =
+            fresh.len() == before.len() && fresh.iter().zip(&before).all(|(a, b)| *a == b.0);
+        self.watched = fresh
+            .into_iter()
+            .map(|p| {
+                let s = before
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .map_or_else(|| stamp(&p), |(_, s)| *s);
+                (p, s)
+            })
+            .collect();
+        if !same_paths && self.hint.is_some() {
+            self.hint = None;
+            self.hint = self.watch_dirs();
+        }
+        self.quiet_since = None;
+    }
+
+    /// Accept the files as they are now without reloading.
+    fn take_stamps(&mut self, stamps: Vec<Option<Stamp>>) {
+        for ((_, s), new) in self.watched.iter_mut().zip(stamps) {
+            *s = new;
+        }
+    }
+
+    /// The identity of the version with these stamps, the same in every
+    /// process of the site: each watched file's path, dev, inode, size and
+    /// mtime.
+    fn key_of(&self, stamps: &[Option<Stamp>]) -> String {
+        self.watched
+            .iter()
+            .zip(stamps)
+            .map(|((p, _), s)| match s {
+                Some(s) => format!(
+                    "{} {}:{}:{}:{}.{:09}",
+                    p.display(),
+                    s.dev,
+                    s.ino,
+                    s.size,
+                    s.mtime.0,
+                    s.mtime.1
+                ),
+                None => format!("{} -", p.display()),
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+
+    /// Is the executable the started file names now another file than the
+    /// one this image runs? (A `touch` of the two-file form's `mysite.fcgi`
+    /// keeps its inode; a running executable cannot be written in place:
+    /// ETXTBSY. So another inode is the only way it changes.)
+    fn executable_changed(&self) -> bool {
+        let Some(running) = self.running else {
+            return true;
+        };
+        let program = match self.check_command() {
+            Ok((program, args)) if program.file_name().is_some_and(|n| n == "env") => {
+                match args.first().and_then(|name| in_path(Path::new(name))) {
+                    Some(p) => p,
+                    None => return true,
+                }
+            }
+            Ok((program, _)) => program,
+            // Not runnable: `validate` says why.
+            Err(_) => return true,
+        };
+        stamp(&program).map(|s| (s.dev, s.ino)) != Some(running)
     }
 
     /// Wait until two stats `SETTLE` apart agree; `None` if the files keep
@@ -350,9 +837,16 @@ impl Reloader {
     /// the application starts (a WSGI application imports). (Standalone
     /// `serve` calls this on SIGHUP.)
     pub fn validate(&self) -> Result<(), Rejected> {
+        self.run_check(true)
+    }
+
+    /// Run the new version's `check` (with `--start-app` if `start_app`).
+    fn run_check(&self, start_app: bool) -> Result<(), Rejected> {
         let (program, mut args) = self.check_command()?;
         args.push("check".into());
-        args.push("--start-app".into());
+        if start_app {
+            args.push("--start-app".into());
+        }
         if let Some(s) = &self.settings {
             args.push(s.into());
         }
@@ -426,7 +920,11 @@ impl Reloader {
 
     /// The re-exec failed: treat the current files as a rejected version.
     pub fn exec_failed(&mut self, why: String) {
-        self.rejected = Some((self.current(), Rejected(why), Instant::now()));
+        self.rejected = Some(Rejection {
+            stamps: self.current(),
+            why: Rejected(why),
+            said: Some(Instant::now()),
+        });
     }
 
     /// Was the file the web server started replaced (a new inode, or gone)
@@ -595,6 +1093,17 @@ fn entries_of(path: &Path) -> Result<Vec<(PathBuf, OsString)>, String> {
         entries.extend(entry(&real));
     }
     Ok(entries)
+}
+
+/// `name` looked up in $PATH, as `env` would (a name with a slash as is).
+fn in_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return Some(name.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| runnable(p).is_ok())
 }
 
 fn inherited_origin() -> Option<(u64, u64)> {
@@ -790,7 +1299,11 @@ mod tests {
     /// with `site.toml` in `dir`.
     fn reloader_in(dir: &Path) -> Reloader {
         let exe = Path::new("/bin/true");
-        std::fs::write(dir.join("site.toml"), "[app]\n").expect("write");
+        std::fs::write(
+            dir.join("site.toml"),
+            "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\n",
+        )
+        .expect("write");
         Reloader::new(
             Started::new(vec!["true".into()], exe),
             Some(dir.join("site.toml")),
@@ -808,11 +1321,11 @@ mod tests {
             nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC),
             "the application must not inherit it"
         );
-        assert_eq!(r.check(), Verdict::Same, "the first check stats");
+        assert!(r.check().is_same(), "the first check stats");
         let first_pass = r.quiet_since.expect("a pass");
         std::fs::write(dir.join("app.log"), "another file").expect("write");
-        assert_eq!(r.check(), Verdict::Same);
-        assert_eq!(r.check_polled(false), Verdict::Same);
+        assert!(r.check().is_same());
+        assert!(r.check_polled(false, false).is_same());
         assert_eq!(
             r.quiet_since,
             Some(first_pass),
@@ -822,8 +1335,9 @@ mod tests {
         assert!(r.stat_pass_due(Some(false)), "a pass once a second");
         // The very next check after a touch finds it.
         touch(&dir.join("site.toml"));
-        assert_eq!(r.check(), Verdict::Reload);
-        assert_eq!(r.check(), Verdict::Reload, "until the caller acts on it");
+        // (`true` is another executable than this test: a re-exec.)
+        assert!(matches!(r.check(), Verdict::Reexec(_)));
+        assert!(r.check().is_same(), "taken: the new baseline");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -835,11 +1349,11 @@ mod tests {
         r.watched.push((dir.join("tmp/restart.txt"), None));
         let mut r = r.with_inotify_hint();
         assert!(r.wake_fd().is_none());
-        assert_eq!(r.check(), Verdict::Same);
+        assert!(r.check().is_same());
         assert!(r.stat_pass_due(None));
         assert!(r.stat_pass_due(Some(false)));
         touch(&dir.join("site.toml"));
-        assert_eq!(r.check_polled(false), Verdict::Reload);
+        assert!(matches!(r.check_polled(false, true), Verdict::Reexec(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -3,7 +3,8 @@
 //! Owns: how every application process is started (its own process group,
 //! PR_SET_PDEATHSIG so it dies with us, a clean environment plus the
 //! configured one, its working directory, piped stdio) and how it is stopped
-//! (SIGTERM to the group, a grace period, SIGKILL, reaped); telling the
+//! (SIGTERM to the group, a grace period, SIGKILL, reaped), by pid, also for
+//! a process the image before a re-exec started (`Process::adopt`); telling the
 //! group guard (`sys::GroupGuard`) about every group, so that the groups end
 //! even if we are killed with SIGKILL; and, as a child subreaper, ending the
 //! descendants that left their group (`end_orphans`). Every back that runs a
@@ -16,7 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -56,10 +57,11 @@ pub enum Descendants {
     LeaderEndsGroup,
 }
 
-/// A running application process, leader of its own process group.
+/// A running application process, leader of its own process group (our
+/// child: spawned by this image, or by the image before a re-exec).
 #[derive(Debug)]
 pub struct Process {
-    child: Child,
+    pid: u32,
     pgid: u32,
     status: Option<ExitStatus>,
     guarded: bool,
@@ -107,26 +109,24 @@ impl Process {
         if guarded {
             guard_watch(pgid);
         }
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        // From here on it is waited for by pid (a `Child` does nothing
+        // when dropped): the same whether we spawned it or adopted it.
+        drop(child);
+        let process = Process {
+            pid: pgid,
+            pgid,
+            status: None,
+            guarded,
+        };
+        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
             // Invariant: all three were configured as piped above.
-            let mut p = Process {
-                child,
-                pgid,
-                status: None,
-                guarded,
-            };
+            let mut p = process;
             p.kill();
             return Err(io::Error::other("spawned process is missing a pipe"));
         };
         Ok((
-            Process {
-                child,
-                pgid,
-                status: None,
-                guarded,
-            },
+            process,
             Stdio3 {
                 stdin,
                 stdout,
@@ -135,14 +135,30 @@ impl Process {
         ))
     }
 
+    /// A process the image before a re-exec spawned (the leader of its own
+    /// group, still our child: exec keeps the pid), with its pipes.
+    pub fn adopt(pid: u32, pipes: Stdio3) -> (Process, Stdio3) {
+        ensure_subreaper();
+        lock(&GROUPS).push(pid);
+        (
+            Process {
+                pid,
+                pgid: pid,
+                status: None,
+                guarded: false,
+            },
+            pipes,
+        )
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Has it exited? Reaps it if so.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
+            self.status = sys::try_wait(self.pid);
         }
         self.status
     }
@@ -471,6 +487,14 @@ impl Supervisor {
         }
     }
 
+    /// A supervisor whose worker runs already: one the image before a
+    /// re-exec started and validated (see `Process::adopt`).
+    pub fn with_worker(spec: SpawnSpec, max_requests: u64, worker: Worker) -> Supervisor {
+        let mut sup = Supervisor::new(spec, max_requests);
+        sup.current = Some(worker);
+        sup
+    }
+
     /// The running worker, if any.
     pub fn worker(&mut self) -> Option<&mut Worker> {
         self.current.as_mut()
@@ -599,8 +623,16 @@ impl Supervisor {
         self.next_start = Some(Instant::now() + delay);
     }
 
-    /// Close the worker's pipes and SIGTERM it; it is reaped later.
-    fn retire(&mut self) {
+    /// Has everything it ran exited (reaped now if so)? Nothing running,
+    /// nothing retiring.
+    pub fn all_exited(&mut self) -> bool {
+        self.reap_retiring();
+        self.current.is_none() && self.retiring.is_empty()
+    }
+
+    /// Close the worker's pipes and SIGTERM it; it is reaped later
+    /// ([`all_exited`](Self::all_exited), or SIGKILL after its grace).
+    pub fn retire(&mut self) {
         if let Some(w) = self.current.take() {
             drop(w.pipes);
             sys::signal_group(w.process.pgid, Signal::SIGTERM);

@@ -350,6 +350,27 @@ pub fn forget_env(name: &str) {
     }
 }
 
+/// Take ownership of `fd`, a pipe to a worker that the image before a
+/// re-exec left open for us (its number came in our environment): checked
+/// to be open, and made close-on-exec again.
+pub fn adopt_handed_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::other(format!("fd {fd} is not one to adopt")));
+    }
+    fcntl(
+        // SAFETY: only borrowed for the F_GETFD probe; fcntl on a closed
+        // number fails with EBADF and touches nothing.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        FcntlArg::F_GETFD,
+    )?;
+    // SAFETY: the number is open (just checked) and was named to us as ours
+    // alone by our previous image, which left it to us across exec; the
+    // caller takes it once (the variable that named it is removed).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(owned)
+}
+
 /// A connected stream socket (Unix or TCP) read and written with plain
 /// read(2)/write(2).
 #[derive(Debug)]
@@ -778,6 +799,27 @@ pub fn signal_process(pid: u32, signal: Signal) {
         && raw > 1
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+    }
+}
+
+/// Has our child `pid` exited? Reaps it if so, with its status. `None`
+/// while it runs (or if it is not our child).
+pub fn try_wait(pid: u32) -> Option<std::process::ExitStatus> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use std::os::unix::process::ExitStatusExt;
+    let raw = i32::try_from(pid).ok()?;
+    loop {
+        // The raw wait(2) status, as ExitStatus keeps it.
+        return match waitpid(nix::unistd::Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                Some(std::process::ExitStatus::from_raw((code & 0xff) << 8))
+            }
+            Ok(WaitStatus::Signaled(_, signal, core)) => Some(std::process::ExitStatus::from_raw(
+                signal as i32 | if core { 0x80 } else { 0 },
+            )),
+            Err(Errno::EINTR) => continue,
+            _ => None,
+        };
     }
 }
 

@@ -187,16 +187,43 @@ impl Site {
         r.text().trim().to_string()
     }
 
+    /// Polls GET / until it answers `new`; every answer before must be
+    /// `old` (a WSGI reload starts the new worker beside the serving one,
+    /// which answers meanwhile). Returns the answers seen before `new`.
+    fn greeting_becomes(&self, old: &str, new: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut before = 0;
+        loop {
+            let greeting = self.greeting();
+            if greeting == new {
+                return before;
+            }
+            assert_eq!(
+                greeting,
+                old,
+                "neither the old nor the new version\n{}",
+                self.apache.logs_for_humans()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "still {old:?} 15 s after the touch\n{}",
+                self.apache.logs_for_humans()
+            );
+            before += 1;
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Pids of the shim processes mod_fcgid runs for this site (not their
-    /// process-group guards, which share the command line).
-    /// The shims mod_fcgid started: not their own children (the group
-    /// guard, a CGI child before its exec), which carry the same command
-    /// line until they run, and on a loaded machine that can take a while.
+    /// process-group guards, a CGI child before its exec, which carry the
+    /// same command line until they run, and on a loaded machine that can
+    /// take a while): `mysite.fcgi`, or in the shebang form
+    /// `<fcgi-shim> mysite.fcgi`.
     fn shim_pids(&self) -> Vec<u32> {
         let exe = self.www.join("mysite.fcgi").display().to_string();
         let matching: Vec<u32> = processes_matching(&exe)
             .into_iter()
-            .filter(|(_, cmd)| cmd.starts_with(&exe))
+            .filter(|(_, cmd)| cmd.split(' ').take(2).any(|word| word == exe))
             .map(|(pid, _)| pid)
             .collect();
         matching
@@ -424,7 +451,14 @@ fn touch_shows_the_change(kind: Kind) {
     }
     site.touch_site();
     let t0 = Instant::now();
-    assert_eq!(site.greeting(), "greeting=second");
+    match kind {
+        // A CGI program runs per request: the very next one is new.
+        Kind::Cgi => assert_eq!(site.greeting(), "greeting=second"),
+        // The serving worker answers until the new one is ready.
+        Kind::Wsgi => {
+            site.greeting_becomes("greeting=one", "greeting=second");
+        }
+    }
     eprintln!("{kind:?}: touch -> first new response: {:?}", t0.elapsed());
 
     // Only a touch, nothing else changed: still a restart.
@@ -662,7 +696,7 @@ fn wsgi_broken_code_keeps_the_old_version_serving_until_fixed() {
     // Fixed: the next touch reloads.
     site.change_greeting("fixed");
     site.touch_site();
-    assert_eq!(site.greeting(), "greeting=fixed");
+    site.greeting_becomes("greeting=one", "greeting=fixed");
     site.finish();
 }
 
@@ -856,5 +890,179 @@ fn wsgi_warmup_refuses_a_touch_with_a_syntax_error_in_a_lazily_imported_module()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    site.finish();
+}
+
+// ---------------------------------------------------------------------------
+// Issue 12 item 3: one validation per site, not per process.
+
+/// APP_PY that appends its pid to `imports.log` when imported; `@BROKEN@`
+/// is a line run at import (a failure there refuses the version).
+const COUNTING_APP_PY: &str = r#"import os
+
+with open("@BIN@/imports.log", "a") as f:
+    f.write("%d\n" % os.getpid())
+@BROKEN@
+GREETING = "@GREETING@"
+
+
+def application(environ, start_response):
+    body = ("greeting=%s\n" % GREETING).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+fn write_counting_app(site: &Site, greeting: &str, broken: &str) {
+    let text = COUNTING_APP_PY
+        .replace("@BIN@", &site.bin.display().to_string())
+        .replace("@GREETING@", greeting)
+        .replace("@BROKEN@", broken);
+    write_file(&site.bin.join("app.py"), text, 0o644);
+}
+
+fn import_count(site: &Site) -> usize {
+    fs::read_to_string(site.bin.join("imports.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn wsgi_a_touch_with_n_processes_imports_at_most_n_times_and_a_refusal_is_logged_once() {
+    let Some(site) = Site::start_with(Kind::Wsgi, LAST_GOOD_CONF) else {
+        return;
+    };
+    write_counting_app(&site, "one", "");
+    assert_eq!(site.greeting(), "greeting=one");
+    // Several processes: wrk's 8 connections make mod_fcgid start them.
+    warm_up(&site);
+    let processes = site.shim_pids();
+    assert!(processes.len() >= 2, "one process only: {processes:?}");
+
+    // A good edit: the validating process's worker serves; each other
+    // process starts one worker once the verdict is there.
+    let before = import_count(&site);
+    write_counting_app(&site, "two", "");
+    site.touch_site();
+    site.greeting_becomes("greeting=one", "greeting=two");
+    // Every process takes it (each on its own tick, no request needed).
+    let log = site
+        .apache
+        .wait_for_error_log(Duration::from_secs(10), |l| {
+            l.matches("the new version takes over").count() >= processes.len()
+        });
+    let imports = import_count(&site) - before;
+    eprintln!(
+        "a touch with {} processes: {imports} imports",
+        processes.len()
+    );
+    assert_eq!(site.shim_pids(), processes, "the same processes serve");
+    assert!(
+        imports <= processes.len(),
+        "{imports} imports for {} processes\n{log}",
+        processes.len()
+    );
+
+    // A bad edit: one process imports it and says why, once for the site.
+    let before = import_count(&site);
+    write_counting_app(&site, "three", "raise RuntimeError('broken on purpose')");
+    site.touch_site();
+    let log = site
+        .apache
+        .wait_for_error_log(Duration::from_secs(10), |l| {
+            l.contains("broken on purpose") && l.contains("still serving the previous version")
+        });
+    assert!(log.contains("broken on purpose"), "no refusal:\n{log}");
+    // The others had time to read the verdict (they look every 20 ms).
+    thread::sleep(Duration::from_secs(3));
+    for _ in 0..4 {
+        assert_eq!(site.greeting(), "greeting=two");
+    }
+    let log = site.apache.error_log();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("broken on purpose") && l.contains("not usable"))
+        .count();
+    assert_eq!(refusals, 1, "one refusal per site and version:\n{log}");
+    assert_eq!(
+        import_count(&site) - before,
+        1,
+        "one validation import for the site:\n{log}"
+    );
+    // The verdict is private, beside the last good copy.
+    let state = site.dir.path().join("state/fcgi-shim");
+    let verdicts: Vec<PathBuf> = fs::read_dir(&state)
+        .expect("state dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "verdict"))
+        .collect();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    let mode = fs::metadata(&verdicts[0]).expect("verdict").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    site.finish();
+}
+
+/// Issue 12 item 2: in the shebang form the installed binary is upgraded
+/// (copied beside, renamed over); `mysite.fcgi` keeps its inode, so
+/// mod_fcgid keeps its processes. Each re-execs into the new binary with
+/// the worker it started and validated before: one import, the same pid.
+#[test]
+fn wsgi_an_upgraded_binary_is_reexeced_with_the_worker_it_validated() {
+    let Some(site) = Site::start_with(Kind::Wsgi, LAST_GOOD_CONF) else {
+        return;
+    };
+    write_counting_app(&site, "one", "");
+    let installed = site.bin.join("fcgi-shim");
+    copy_file(&shim_binary(), &installed, 0o755);
+    let settings = fs::read_to_string(site.settings_path()).expect("settings");
+    fs::remove_file(site.settings_path()).expect("rm mysite.toml");
+    let started = site.www.join("mysite.fcgi");
+    let tmp = site.www.join("mysite.fcgi.new");
+    write_file(
+        &tmp,
+        format!("#!{}\n{settings}", installed.display()),
+        0o755,
+    );
+    fs::rename(&tmp, &started).expect("rename");
+    assert_eq!(site.greeting(), "greeting=one");
+    let shims = site.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let before = import_count(&site);
+
+    // (Another length: Python's bytecode cache trusts a source of the same
+    // size and mtime second.)
+    write_counting_app(&site, "second", "");
+    let fresh = site.bin.join("fcgi-shim.new");
+    copy_file(&shim_binary(), &fresh, 0o755);
+    // (No fork of this test binary may still hold the copy open for
+    // writing when the shim execs it: ETXTBSY.)
+    thread::sleep(Duration::from_millis(200));
+    fs::rename(&fresh, &installed).expect("rename binary");
+    site.greeting_becomes("greeting=one", "greeting=second");
+    assert_eq!(site.shim_pids(), shims, "the same process serves");
+    let log = site.apache.wait_for_error_log(Duration::from_secs(3), |l| {
+        l.contains("serving with the worker started and validated before the re-exec")
+    });
+    assert!(
+        log.contains("serving with the worker started and validated before the re-exec"),
+        "{}",
+        site.apache.logs_for_humans()
+    );
+    use std::os::unix::fs::MetadataExt;
+    let exe = fs::metadata(format!("/proc/{}/exe", shims[0])).expect("exe");
+    let now = fs::metadata(&installed).expect("installed");
+    assert_eq!(
+        (exe.dev(), exe.ino()),
+        (now.dev(), now.ino()),
+        "runs the new binary"
+    );
+    assert_eq!(
+        import_count(&site) - before,
+        1,
+        "one import for the upgrade\n{log}"
+    );
     site.finish();
 }

@@ -240,8 +240,8 @@ fn cgi_grandchild_in_its_own_session_ignoring_sigterm_ends_with_the_request() {
     assert_eq!(zombies_of(shim.pid()), Vec::<u32>::new());
 }
 
-/// The same after `touch` re-exec'd the shim (same pid): the new image is a
-/// subreaper too, and reaps the guard the old image left.
+/// The same after `touch` reloaded the shim in place (same pid): it is
+/// still a subreaper, and reaps what the previous version left.
 #[test]
 fn cgi_grandchild_ends_with_the_request_after_a_reload() {
     let dir = TempDir::new("hostile-cgi-reload");
@@ -253,7 +253,7 @@ fn cgi_grandchild_ends_with_the_request_after_a_reload() {
     file.set_modified(std::time::SystemTime::now() + Duration::from_secs(2))
         .unwrap();
     drop(file);
-    // The next request sees the change, re-execs, and is served by the new image.
+    // The next request sees the change and is served by the new version.
     escape_and_check(&shim, &marker);
     assert!(shim.log().contains("changed; restarting"), "{}", shim.log());
     escape_and_check(&shim, &marker);

@@ -411,3 +411,259 @@ fn issue12_a_failing_warmup_refuses_the_reload_and_the_old_version_keeps_serving
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Issue 12 items 2 and 3: one import per reload, none waited for.
+
+/// A WSGI application that appends its worker's pid to `imports.log` when
+/// it is imported (after sleeping $IMPORT_SLEEP seconds, 0 when unset), and
+/// answers "<version.txt at import> <pid>".
+const COUNTING_APP: &str = r#"import os, time
+time.sleep(float(os.environ.get("IMPORT_SLEEP", "0")))
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "imports.log"), "a") as f:
+    f.write("%d\n" % os.getpid())
+with open(os.path.join(HERE, "version.txt")) as f:
+    VERSION = f.read().strip()
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("%s %d" % (VERSION, os.getpid())).encode()]
+"#;
+
+fn counting_settings(app: &TempDir, env: &str) -> String {
+    let python = std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    format!(
+        "[app]\nkind = \"wsgi\"\nmodule = \"countapp\"\npython = \"{python}\"\n\
+         python_path = [\"{}\"]\nenv = {{ PYTHONDONTWRITEBYTECODE = \"1\"{env} }}\n\
+         [log]\nlevel = \"info\"\n",
+        app.path().display()
+    )
+}
+
+fn counting_app() -> TempDir {
+    let app = TempDir::new("reload-count");
+    app.write("countapp.py", COUNTING_APP);
+    app.write("version.txt", "v1");
+    app
+}
+
+/// The worker pids in `imports.log`, one per import.
+fn imports(app: &TempDir) -> Vec<u32> {
+    fs::read_to_string(app.join("imports.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// "v1 1234" -> ("v1", 1234).
+fn version_and_pid(body: &str) -> (String, u32) {
+    let (version, pid) = body.split_once(' ').expect("version pid");
+    (version.to_string(), pid.parse().expect("pid"))
+}
+
+/// Polls until the version answers; every answer before is `old` from
+/// `old_pid`. Returns the new worker's pid and the answers before it.
+fn wait_for_version(shim: &Shim, new: &str, old: &str, old_pid: u32) -> (u32, usize) {
+    let start = Instant::now();
+    let mut before = 0;
+    loop {
+        let (version, pid) = version_and_pid(&get_body(shim));
+        if version == new {
+            return (pid, before);
+        }
+        assert_eq!(
+            (version.as_str(), pid),
+            (old, old_pid),
+            "log:\n{}",
+            shim.log()
+        );
+        assert!(start.elapsed() < RELOAD_WAIT * 2, "log:\n{}", shim.log());
+        before += 1;
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The process never re-exec'd itself: a re-exec sets FCGI_SHIM_ORIGIN
+/// in the new image's environment.
+fn never_reexeced(pid: u32) -> bool {
+    let environ = fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    !environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(b"FCGI_SHIM_ORIGIN="))
+}
+
+#[test]
+fn issue12_the_validated_worker_becomes_the_serving_worker_one_import_per_touch() {
+    let app = counting_app();
+    let shim = start(&counting_settings(&app, ""));
+    let (version, first) = version_and_pid(&get_body(&shim));
+    assert_eq!(version, "v1");
+    assert_eq!(imports(&app), [first]);
+    for (round, version) in ["v2", "v3"].iter().enumerate() {
+        app.write("version.txt", version);
+        let old = if round == 0 { "v1" } else { "v2" };
+        let old_pid = *imports(&app).last().expect("an import");
+        touch_forward(&settings_path(&shim), round as u64 + 1);
+        let (serving, _) = wait_for_version(&shim, version, old, old_pid);
+        let seen = imports(&app);
+        assert_eq!(
+            seen.len(),
+            round + 2,
+            "one import per touch: {seen:?}; log:\n{}",
+            shim.log()
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&serving),
+            "the worker that was validated serves"
+        );
+        // The previous worker was stopped after the takeover: no orphan.
+        let gone = wait_until_gone(Duration::from_secs(3), || {
+            processes_matching(&app.path().display().to_string())
+                .into_iter()
+                .filter(|p| *p == old_pid)
+                .collect()
+        });
+        assert!(gone.is_empty(), "the old worker {old_pid} is still running");
+    }
+    let log = shim.log();
+    let starting = log
+        .find("starting the new version beside the serving one")
+        .expect("the start line");
+    let took_over = log
+        .find("restarting: the new version takes over")
+        .expect("the takeover line");
+    assert!(starting < took_over, "log:\n{log}");
+    assert!(never_reexeced(shim.pid()), "a settings change re-exec'd");
+    let workers = processes_matching(&app.path().display().to_string());
+    assert_eq!(workers.len(), 1, "one worker left: {workers:?}");
+}
+
+#[test]
+fn issue12_the_old_worker_keeps_serving_while_the_new_version_imports_slowly() {
+    let app = counting_app();
+    let shim = start(&counting_settings(&app, ""));
+    let (_, first) = version_and_pid(&get_body(&shim));
+    app.write("version.txt", "v2");
+    // The new version's import takes 2 s: the old worker answers meanwhile.
+    fs::write(
+        settings_path(&shim),
+        counting_settings(&app, ", IMPORT_SLEEP = \"2\""),
+    )
+    .expect("rewrite");
+    touch_forward(&settings_path(&shim), 1);
+    let (version, pid) = version_and_pid(&get_body(&shim));
+    assert_eq!(
+        (version.as_str(), pid),
+        ("v1", first),
+        "log:\n{}",
+        shim.log()
+    );
+    assert!(
+        shim.log()
+            .contains("starting the new version beside the serving one"),
+        "the old worker answered while the new one was starting; log:\n{}",
+        shim.log()
+    );
+    let (serving, before) = wait_for_version(&shim, "v2", "v1", first);
+    assert!(before >= 1, "answers by the old worker during the import");
+    assert_eq!(imports(&app), [first, serving], "log:\n{}", shim.log());
+}
+
+#[test]
+fn issue12_a_settings_change_is_taken_in_place_without_exec() {
+    let (_app, script) = app_dir();
+    let shim = start(&greeting_settings(&script, "one", ""));
+    assert!(get_body(&shim).starts_with("one"));
+    // New greeting, the log level and a limit: all taken in this process.
+    let changed = greeting_settings(&script, "two", "")
+        .replace("level = \"info\"", "level = \"debug\"")
+        + "\n[limits]\nmax_params = 8\n";
+    fs::write(settings_path(&shim), changed).expect("rewrite");
+    touch_forward(&settings_path(&shim), 1);
+    assert!(
+        get_body_of(&shim, 8).starts_with("two"),
+        "log:\n{}",
+        shim.log()
+    );
+    assert!(
+        shim.wait_for_log("reload: the previous version is stopped", LOG_WAIT),
+        "the new log level is in force; log:\n{}",
+        shim.log()
+    );
+    // More than max_params = 8 meta-variables (13): refused by the new limit.
+    let mut conn = shim.connect();
+    conn.set_timeouts(Duration::from_secs(5));
+    send(
+        &mut conn,
+        &encode_request(1, &cgi_params("GET", "", 0), b"", false),
+    );
+    let _ = read_until_closed(&mut conn);
+    assert!(
+        shim.wait_for_log("more than 8 name-value pairs", LOG_WAIT),
+        "max_params = 8 is in force; log:\n{}",
+        shim.log()
+    );
+    assert!(never_reexeced(shim.pid()), "log:\n{}", shim.log());
+    assert!(!shim.log().contains("re-exec"), "log:\n{}", shim.log());
+}
+
+/// GET / with only the first `n` of the usual meta-variables.
+fn get_body_of(shim: &Shim, n: usize) -> String {
+    let mut conn = shim.connect();
+    let params: Vec<_> = cgi_params("GET", "", 0).into_iter().take(n).collect();
+    request(&mut conn, &params, b"", false)
+        .complete_cgi()
+        .body_text()
+}
+
+#[test]
+fn issue12_a_new_executable_is_exec_d_with_the_worker_it_validated() {
+    let app = counting_app();
+    let site = TempDir::new("reload-handover");
+    let program = site.join("mysite.fcgi");
+    fs::copy(shim_bin(), &program).expect("copy binary");
+    let shim = Shim::launch(
+        site,
+        Launch {
+            settings: Some(counting_settings(&app, "")),
+            program: Some(program.clone()),
+            ..Launch::default()
+        },
+    );
+    let (_, first) = version_and_pid(&get_body(&shim));
+    assert!(never_reexeced(shim.pid()));
+    // A new executable by rename, and new code.
+    app.write("version.txt", "v2");
+    let fresh = shim.dir().join("fresh.tmp");
+    fs::copy(shim_bin(), &fresh).expect("copy binary");
+    fs::rename(&fresh, &program).expect("rename binary");
+    let (serving, _) = wait_for_version(&shim, "v2", "v1", first);
+    let exe = fs::read_link(format!("/proc/{}/exe", shim.pid())).expect("exe");
+    assert_eq!(exe, program, "runs the new file; log:\n{}", shim.log());
+    assert!(!never_reexeced(shim.pid()), "a new executable re-execs");
+    // The worker started and validated before the exec serves after it:
+    // one import for the new version.
+    assert_eq!(imports(&app), [first, serving], "log:\n{}", shim.log());
+    assert!(
+        shim.wait_for_log(
+            "serving with the worker started and validated before the re-exec",
+            LOG_WAIT
+        ),
+        "log:\n{}",
+        shim.log()
+    );
+    let workers = wait_until_gone(Duration::from_secs(3), || {
+        processes_matching(&app.path().display().to_string())
+            .into_iter()
+            .filter(|p| *p != serving)
+            .collect()
+    });
+    assert!(
+        workers.is_empty(),
+        "the old worker is still running: {workers:?}"
+    );
+}

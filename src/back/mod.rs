@@ -69,6 +69,48 @@ pub trait Back {
     fn app_started(&mut self) -> bool {
         true
     }
+
+    /// Where the start of a new application stands, without waiting: a
+    /// reload's new version replaces the serving one once this is
+    /// [`Startup::Ready`]. [`idle`](Self::idle) moves it on.
+    fn startup(&mut self) -> Startup {
+        Startup::Ready
+    }
+
+    /// Start stopping without waiting (a reload replaced this back): the
+    /// processes are asked to end; [`stopped`](Self::stopped) says when
+    /// they have. By default, [`shutdown`](Self::shutdown) at once.
+    fn begin_stop(&mut self) {
+        self.shutdown();
+    }
+
+    /// After [`begin_stop`](Self::begin_stop): have all its processes
+    /// exited (reaped)?
+    fn stopped(&mut self) -> bool {
+        true
+    }
+
+    /// Before a re-exec into a new executable: make the started
+    /// application survive it, and name it in the variable returned (the
+    /// new image adopts it instead of starting its own). `None`: nothing to
+    /// hand over (a `cgi` program runs per request).
+    fn hand_over(&mut self) -> Option<(&'static str, String)> {
+        None
+    }
+
+    /// The re-exec after [`hand_over`](Self::hand_over) failed: we keep
+    /// the application (its fds close-on-exec again).
+    fn keep_after_failed_exec(&mut self) {}
+}
+
+/// Where a new application's start stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    Starting,
+    /// Started (for `wsgi`: imported, its warm-up passed).
+    Ready,
+    /// It cannot start: why, in one line.
+    Failed(String),
 }
 
 /// Build the back the settings ask for.
@@ -76,6 +118,15 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
+    }
+}
+
+/// Build the back for a reload's new version: started at once beside the
+/// serving one; its start failures are the reload's to report.
+pub fn candidate_from_config(config: &Config) -> Box<dyn Back> {
+    match &config.app {
+        AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
+        AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::candidate(wsgi.clone(), config.limits)),
     }
 }
 

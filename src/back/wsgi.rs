@@ -9,18 +9,21 @@
 //! could not be spawned (a missing interpreter) while idle, streaming the body to the
 //! worker and the response back chunk by chunk without blocking the front, the
 //! per-request timeout (504, fresh worker), a worker dying mid-request (502),
-//! and logging the worker's stderr (wsgi.errors) line by line. Every request
+//! and logging the worker's stderr (wsgi.errors) line by line; a reload's
+//! candidate (its start moved on without waiting, [`Back::startup`]) and
+//! handing a ready worker over across a re-exec (`FCGI_SHIM_WSGI_WORKER`:
+//! its pid and pipe fds) and adopting it in the new image. Every request
 //! passes the front: the worker speaks only these frames, never FastCGI.
 //! Must not: spawn, restart or stop the worker itself (that is
 //! `supervise::Supervisor`), or know the front's protocol.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use super::stderr_lines::StderrLines;
-use super::{Back, Context, Outcome, Ready, finish_with_error};
+use super::{Back, Context, Outcome, Ready, Startup, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
 use crate::request::{self, Exchange, HeadError, InputEvent, ResponseHead, ScriptName};
 use crate::supervise::{self, Descendants, DescribeExit, SpawnSpec, StartError, Supervisor};
@@ -71,6 +74,12 @@ pub struct WsgiBack {
     /// The new worker imported the application and is answering the
     /// warm-up requests (`warmup`); it is not ready until they passed.
     warming: Option<Warming>,
+    /// How the last worker ended before it was ready, for [`Back::startup`].
+    died_starting: Option<String>,
+    /// A reload's new version (or `check --start-app`): its start failures
+    /// are logged by the reload that refuses it (debug level here), not as
+    /// 503s of a site that keeps serving its previous version.
+    candidate: bool,
 }
 
 /// Why no worker is ready.
@@ -127,52 +136,107 @@ enum Frame<'a> {
 /// with its innermost frame, or how the worker ended).
 pub fn preflight(config: WsgiConfig, limits: Limits) -> Result<(), String> {
     let deadline = Instant::now() + config.start_timeout;
-    let mut back = WsgiBack::new(config, limits);
+    let mut back = WsgiBack::candidate(config, limits);
     let result = loop {
-        if let Some(why) = back.failure_text() {
-            break Err(why);
-        }
-        let state = back.sup.worker().map(|w| (w.ready, w.process.try_wait()));
-        match state {
-            Some((true, _)) => break Ok(()),
-            Some((false, Some(status))) => {
-                // Its last words may be the import error.
-                back.idle_handshake();
-                if let Some(why) = back.failure_text() {
-                    break Err(why);
-                }
-                let stderr = back.stderr_summary();
-                break Err(format!(
-                    "{}: the worker {} during start-up; {stderr}",
-                    back.label,
-                    DescribeExit(status)
-                ));
-            }
-            None if back.sup.failures() > 0 => {
-                let why = back
-                    .deployment_problems()
-                    .map(|why| format!(": {why}"))
-                    .unwrap_or_default();
-                break Err(format!(
-                    "{}: the worker could not be started{why}",
-                    back.label
-                ));
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            break Err(format!(
-                "{}: the worker did not start within {:.1}s (start_timeout){}",
-                back.label,
-                back.config.start_timeout.as_secs_f64(),
-                back.warming_note()
-            ));
+        match back.startup() {
+            Startup::Ready => break Ok(()),
+            Startup::Failed(why) => break Err(why),
+            Startup::Starting if Instant::now() >= deadline => break Err(back.start_timed_out()),
+            Startup::Starting => {}
         }
         std::thread::sleep(Duration::from_millis(10));
         back.idle();
     };
     back.shutdown();
     result
+}
+
+/// Names the ready worker an image hands over across its re-exec:
+/// `PID:STDIN:STDOUT:STDERR:ADAPTER` (the fds of our ends of its pipes, the
+/// FNV-1a hash of the adapter it runs, in hex).
+pub const HANDOVER_ENV: &str = "FCGI_SHIM_WSGI_WORKER";
+
+/// The worker named in [`HANDOVER_ENV`] (the variable is removed), if it
+/// runs the adapter this image has and is still alive; otherwise it is
+/// ended (a new worker is started as usual: one more import).
+fn take_handed_worker() -> Option<supervise::Worker> {
+    let value = std::env::var(HANDOVER_ENV).ok()?;
+    crate::sys::forget_env(HANDOVER_ENV);
+    let fields: Vec<&str> = value.split(':').collect();
+    let [pid, stdin, stdout, stderr, adapter] = fields[..] else {
+        log::warn!("wsgi: {HANDOVER_ENV}={value:?} is not a handed-over worker; ignored");
+        return None;
+    };
+    let pid: u32 = pid.parse().ok()?;
+    let fds: Vec<i32> = [stdin, stdout, stderr]
+        .iter()
+        .filter_map(|fd| fd.parse().ok())
+        .collect();
+    let pipes = match fds[..] {
+        [a, b, c] => (|| {
+            Ok::<_, io::Error>(supervise::Stdio3 {
+                stdin: crate::sys::adopt_handed_fd(a)?.into(),
+                stdout: crate::sys::adopt_handed_fd(b)?.into(),
+                stderr: crate::sys::adopt_handed_fd(c)?.into(),
+            })
+        })(),
+        _ => Err(io::Error::other("not three fds")),
+    };
+    let pipes = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!(
+                "wsgi: the worker handed over across the re-exec is unusable ({e}); ending it"
+            );
+            crate::sys::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            crate::sys::reap(pid, true);
+            return None;
+        }
+    };
+    let (mut process, pipes) = supervise::Process::adopt(pid, pipes);
+    if adapter != adapter_hash() {
+        log::info!(
+            "wsgi: the worker handed over across the re-exec runs another version of the \
+             adapter; starting a new one"
+        );
+        process.kill();
+        return None;
+    }
+    if process.try_wait().is_some() {
+        return None;
+    }
+    for fd in [
+        pipes.stdin.as_fd(),
+        pipes.stdout.as_fd(),
+        pipes.stderr.as_fd(),
+    ] {
+        if crate::sys::set_nonblocking(fd).is_err() {
+            process.kill();
+            return None;
+        }
+    }
+    Some(supervise::Worker {
+        process,
+        pipes,
+        ready: true,
+        started: Instant::now(),
+        served: 0,
+    })
+}
+
+/// A handed-over worker that no `wsgi` back took (the new image's settings
+/// name another kind): ended, so that nothing outlives its use.
+pub fn end_unclaimed_handover() {
+    if std::env::var_os(HANDOVER_ENV).is_none() {
+        return;
+    }
+    if let Some(mut w) = take_handed_worker() {
+        w.process.kill();
+    }
+}
+
+fn adapter_hash() -> String {
+    format!("{:016x}", crate::last_good::fnv1a(ADAPTER.as_bytes()))
 }
 
 /// Where a new worker's start-up stands.
@@ -205,6 +269,16 @@ impl WsgiBack {
     /// Builds the back and starts the worker at once, so that the first
     /// request does not pay for the application's imports.
     pub fn new(config: WsgiConfig, limits: Limits) -> WsgiBack {
+        WsgiBack::start(config, limits, false)
+    }
+
+    /// A reload's new version: started at once beside the serving one,
+    /// which it replaces when [`Back::startup`] says it is ready.
+    pub fn candidate(config: WsgiConfig, limits: Limits) -> WsgiBack {
+        WsgiBack::start(config, limits, true)
+    }
+
+    fn start(config: WsgiConfig, limits: Limits, candidate: bool) -> WsgiBack {
         let label = format!("{}:{}", config.module, config.attribute);
         let mut args: Vec<OsString> = vec![
             "-c".into(),
@@ -235,24 +309,104 @@ impl WsgiBack {
             inherit_fds: Vec::new(),
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
+        // The worker our image before a re-exec started and validated, if
+        // it handed one over (never to a candidate: `check`, a reload).
+        let handed = if candidate {
+            None
+        } else {
+            take_handed_worker()
+        };
+        let greeted = handed.as_ref().map(|w| w.process.pid());
+        let sup = match handed {
+            Some(worker) => {
+                log::info!(
+                    "wsgi: {label}: serving with the worker started and validated before the \
+                     re-exec (pid {})",
+                    worker.process.pid()
+                );
+                Supervisor::with_worker(spec, config.max_requests, worker)
+            }
+            None => Supervisor::new(spec, config.max_requests),
+        };
         let mut back = WsgiBack {
-            sup: Supervisor::new(spec, config.max_requests),
+            sup,
             config,
             limits,
             label,
-            greeted: None,
+            greeted,
             to_worker: Vec::new(),
             from_worker: Vec::new(),
             scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
             stderr_lines,
             start_failure: None,
             warming: None,
+            died_starting: None,
+            candidate,
         };
         match back.sup.start() {
             Ok(_) => back.greet(),
             Err(e) => back.start_failed(&e),
         }
         back
+    }
+
+    /// Where the start of the first worker stands, without waiting: ready
+    /// (imported, warm-up passed), still starting, or why it failed (the
+    /// Python error with its innermost frame, a failed warm-up, how the
+    /// worker ended, or why it could not be spawned). Call
+    /// [`Back::idle`] between two looks to move it on.
+    fn start_state(&mut self) -> Startup {
+        if let Some(why) = self.failure_text() {
+            return Startup::Failed(why);
+        }
+        let state = self.sup.worker().map(|w| (w.ready, w.process.try_wait()));
+        match state {
+            Some((true, _)) => Startup::Ready,
+            Some((false, Some(status))) => {
+                // Its last words may be the import error.
+                self.idle_handshake();
+                if let Some(why) = self.failure_text() {
+                    return Startup::Failed(why);
+                }
+                let stderr = self.stderr_summary();
+                Startup::Failed(format!(
+                    "{}: the worker {} during start-up; {stderr}",
+                    self.label,
+                    DescribeExit(status)
+                ))
+            }
+            _ if self.sup.failures() > 0 => Startup::Failed(match self.died_starting.take() {
+                Some(death) => death,
+                None => {
+                    let why = self
+                        .deployment_problems()
+                        .map(|why| format!(": {why}"))
+                        .unwrap_or_default();
+                    format!("{}: the worker could not be started{why}", self.label)
+                }
+            }),
+            _ => Startup::Starting,
+        }
+    }
+
+    /// Why a start that is still going after `start_timeout` failed.
+    pub fn start_timed_out(&self) -> String {
+        format!(
+            "{}: the worker did not start within {:.1}s (start_timeout){}",
+            self.label,
+            self.config.start_timeout.as_secs_f64(),
+            self.warming_note()
+        )
+    }
+
+    /// How a start failure is logged: an error for the serving back, debug
+    /// for a candidate (the reload that refuses it says why, once).
+    fn start_level(&self) -> log::Level {
+        if self.candidate {
+            log::Level::Debug
+        } else {
+            log::Level::Error
+        }
     }
 
     /// A failed start, for `check --start-app`: the import error or the
@@ -282,7 +436,8 @@ impl WsgiBack {
             // request and idle tick would say it again.
             StartError::Spawn(e) => {
                 if let Some(n) = crate::log::once_a_minute(&format!("wsgi: spawn: {e}")) {
-                    log::error!(
+                    log::log!(
+                        self.start_level(),
                         "wsgi: {}: cannot start {}: {e}{}{}",
                         self.label,
                         self.sup.name(),
@@ -697,7 +852,8 @@ impl WsgiBack {
     }
 
     fn broken_start(&mut self) -> Started {
-        log::error!(
+        log::log!(
+            self.start_level(),
             "wsgi: {}: the worker broke the protocol during start-up{} (503)",
             self.label,
             self.warming_note()
@@ -718,7 +874,8 @@ impl WsgiBack {
             summary.push_str(&why);
         }
         self.sup.failed();
-        log::error!(
+        log::log!(
+            self.start_level(),
             "wsgi: cannot import {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
             self.label,
             self.backoff_seconds()
@@ -816,7 +973,8 @@ impl WsgiBack {
         summary.push_str("; ");
         summary.push_str(&stderr);
         self.sup.failed();
-        log::error!(
+        log::log!(
+            self.start_level(),
             "wsgi: {}: {summary} (503 until fixed; next try in {:.1}s at the earliest)",
             self.label,
             self.backoff_seconds()
@@ -1099,10 +1257,23 @@ impl WsgiBack {
     fn worker_ended(&mut self, during: &str, after: &str) {
         let how = self.describe_death();
         let stderr = self.stderr_summary();
-        log::error!(
+        let starting = self.sup.worker().is_some_and(|w| !w.ready);
+        let level = if starting {
+            self.start_level()
+        } else {
+            log::Level::Error
+        };
+        log::log!(
+            level,
             "wsgi: {}: the worker {how} {during}; {stderr}{after}",
             self.label
         );
+        if starting {
+            self.died_starting = Some(format!(
+                "{}: the worker {how} during start-up; {stderr}",
+                self.label
+            ));
+        }
         self.sup.failed();
     }
 
@@ -1345,6 +1516,47 @@ fn escape_html(text: &str) -> String {
 impl Back for WsgiBack {
     fn app_started(&mut self) -> bool {
         self.sup.worker().is_some_and(|w| w.ready)
+    }
+
+    fn startup(&mut self) -> Startup {
+        self.start_state()
+    }
+
+    /// The worker's pipes are closed and it gets SIGTERM (the adapter ends
+    /// its group); reaped by [`stopped`](Back::stopped) later.
+    fn begin_stop(&mut self) {
+        self.sup.retire();
+    }
+
+    fn stopped(&mut self) -> bool {
+        self.sup.all_exited()
+    }
+
+    fn hand_over(&mut self) -> Option<(&'static str, String)> {
+        let w = self.sup.worker().filter(|w| w.ready)?;
+        let p = &w.pipes;
+        let fds = [p.stdin.as_fd(), p.stdout.as_fd(), p.stderr.as_fd()];
+        let kept = fds.iter().try_for_each(|fd| crate::sys::clear_cloexec(*fd));
+        let [a, b, c] = fds.map(|fd| fd.as_raw_fd());
+        let value = format!("{}:{a}:{b}:{c}:{}", w.process.pid(), adapter_hash());
+        if let Err(e) = kept {
+            log::warn!(
+                "wsgi: {}: cannot keep the worker across exec ({e})",
+                self.label
+            );
+            self.keep_after_failed_exec();
+            return None;
+        }
+        Some((HANDOVER_ENV, value))
+    }
+
+    fn keep_after_failed_exec(&mut self) {
+        if let Some(w) = self.sup.worker() {
+            let p = &w.pipes;
+            for fd in [p.stdin.as_fd(), p.stdout.as_fd(), p.stderr.as_fd()] {
+                let _ = crate::sys::set_cloexec(fd);
+            }
+        }
     }
 
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {

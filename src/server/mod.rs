@@ -5,7 +5,10 @@
 //! request per process at a time); reacting to stop signals between requests;
 //! asking `reload` whether anything changed before each request and on the
 //! idle tick (its inotify fd is in the poll before each accept, so that asking
-//! costs nothing while nothing changed), and restarting in place when it did.
+//! costs nothing while nothing changed; every 20 ms while a new version
+//! starts), and taking the new version when it is ready: the new back
+//! serves the next connection and the old one is stopped (between
+//! connections: nothing of it is in flight), or a re-exec in place.
 //! Must not: parse protocols or run applications itself.
 //!
 //! `fcgi-shim serve` adds its pools beside `run_single`: [`worker`] (the
@@ -27,12 +30,15 @@ use crate::back::{Back, Context, Outcome, finish_with_error};
 use crate::config::{FrontProtocol, Limits};
 use crate::front::{ajp, fastcgi, scgi};
 use crate::launch::{self, ListenerSource};
-use crate::reload::{self, Reloader, Verdict};
+use crate::reload::{self, NewVersion, Reloader, Verdict};
 use crate::request::Exchange;
 use crate::sys::{self, Conn, SignalPipe};
 
 /// How often the idle loop wakes up even when nothing happens.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often it wakes while a reload's new version starts (its readiness
+/// is seen within this).
+const RELOAD_TICK: Duration = Duration::from_millis(20);
 
 /// Serve FastCGI connections from `listener` one at a time until a stop
 /// signal; then stop the application's processes. Never returns early on its
@@ -41,19 +47,22 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// started as was replaced and no request came for a minute, so the web
 /// server has moved on to the new file's processes.
 ///
-/// With a `reloader`, a valid change to the watched files re-execs the
-/// process in place before the next connection is accepted: the connections
-/// waiting in the listen backlog are served by the new version.
+/// With a `reloader`, a valid change to the watched files starts the new
+/// version beside the serving one; once it is ready it serves the next
+/// connection (a changed executable: the process re-execs in place before
+/// the next connection is accepted). The connections waiting in the listen
+/// backlog are served by the new version.
 pub fn run_single(
     listener: OwnedFd,
     source: ListenerSource,
-    back: &mut dyn Back,
-    limits: Limits,
+    back: &mut Box<dyn Back>,
+    mut limits: Limits,
     signals: &SignalPipe,
     mut reloader: Option<&mut Reloader>,
 ) {
     keep_fd_in_reserve();
     let mut last_request = Instant::now();
+    let mut replaced = Replaced::default();
     while !sys::stop_requested() {
         let (incoming, signalled, woke) = {
             // The reloader's inotify fd, when it has one: readable when a
@@ -65,7 +74,12 @@ pub fn run_single(
                 PollFd::new(wake.unwrap_or(signals.fd()), PollFlags::POLLIN),
             ];
             let polled = if wake.is_some() { 3 } else { 2 };
-            match poll(&mut fds[..polled], sys::poll_timeout(IDLE_TICK)) {
+            let tick = if reloader.as_deref().is_some_and(Reloader::busy) || replaced.pending() {
+                RELOAD_TICK
+            } else {
+                IDLE_TICK
+            };
+            match poll(&mut fds[..polled], sys::poll_timeout(tick)) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -81,18 +95,27 @@ pub fn run_single(
             signals.drain();
             continue;
         }
+        replaced.stop_when(false);
         if let Some(r) = reloader.as_deref_mut() {
-            if r.check_polled(woke) == Verdict::Reload {
-                restart(r, &listener, source, back);
-            }
-            let replaced = !incoming && r.should_exit_when_idle();
-            if replaced && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
+            let verdict = r.check_polled(woke, incoming);
+            take(
+                verdict,
+                r,
+                &listener,
+                source,
+                back,
+                &mut limits,
+                &mut replaced,
+            );
+            let moved_on = !incoming && r.should_exit_when_idle();
+            if moved_on && last_request.elapsed() >= reload::REPLACED_IDLE_EXIT {
                 log::info!(
                     "{} was replaced and no request came for {} s: exiting (the web server \
                      starts the new file's processes)",
                     r.started_file().display(),
                     reload::REPLACED_IDLE_EXIT.as_secs()
                 );
+                r.abandon();
                 back.shutdown();
                 return;
             }
@@ -110,27 +133,34 @@ pub fn run_single(
             signals,
             stop_deadline: None,
         };
-        let mut reload_due = false;
+        let mut due = Verdict::Same;
         // The front's poll does not include the inotify fd: `check`
-        // reads it (one read that finds nothing, usually).
+        // reads it (one read that finds nothing, usually). A verdict to act
+        // on ends the kept-alive connection; it is taken after it.
         let mut between_requests = || {
-            if let Some(r) = reloader.as_deref_mut() {
-                reload_due = reload_due || r.check() == Verdict::Reload;
+            if let Some(r) = reloader.as_deref_mut()
+                && due.is_same()
+            {
+                due = r.check();
             }
-            reload_due
+            !due.is_same()
         };
         fastcgi::serve_connection(
             conn,
-            back,
+            back.as_mut(),
             &mut ctx,
             limits,
             Some(listener.as_fd()),
             &mut between_requests,
         );
         last_request = Instant::now();
-        if reload_due && let Some(r) = reloader.as_deref_mut() {
-            restart(r, &listener, source, back);
+        if let Some(r) = reloader.as_deref_mut() {
+            take(due, r, &listener, source, back, &mut limits, &mut replaced);
         }
+    }
+    replaced.stop_when(true);
+    if let Some(r) = reloader {
+        r.abandon();
     }
     let signal = sys::last_signal();
     let name = nix::sys::signal::Signal::try_from(signal)
@@ -140,28 +170,106 @@ pub fn run_single(
     back.shutdown();
 }
 
-/// Stop the application and re-exec in place. Returns only if exec failed;
-/// then the old version goes on serving (its processes start again on demand).
-fn restart(
+/// Act on what the reloader found: switch to the new version's back (the
+/// previous one is held in `replaced` until it is stopped: we are between
+/// connections, nothing of it is in flight), or re-exec.
+fn take(
+    verdict: Verdict,
+    reloader: &mut Reloader,
+    listener: &OwnedFd,
+    source: ListenerSource,
+    back: &mut Box<dyn Back>,
+    limits: &mut Limits,
+    replaced: &mut Replaced,
+) {
+    let (new, reexec) = match verdict {
+        Verdict::Same => return,
+        Verdict::Switch(new) => (new, false),
+        Verdict::Reexec(new) => (new, true),
+    };
+    let NewVersion {
+        config,
+        back: fresh,
+    } = *new;
+    replaced.hold(std::mem::replace(back, fresh));
+    *limits = config.limits;
+    if let Err(e) = crate::log::configure(&config.site, &config.log.target, config.log.level) {
+        log::error!("{e}; logging to stderr instead");
+    }
+    if reexec {
+        replaced.stop_when(true);
+        reexec_with(reloader, listener, source, back.as_mut());
+    }
+}
+
+/// How long the processes of the back a reload replaced have to exit
+/// after they were asked to, before they are stopped for good (SIGKILL).
+const STOP_REPLACED_WITHIN: Duration = Duration::from_secs(2);
+
+/// The back a reload replaced (nothing of it in flight: the switch happens
+/// between connections). Its processes are asked to end at once, without
+/// waiting; it is dropped once they have, or stopped for good after
+/// `STOP_REPLACED_WITHIN`: no request of the new version waits for the old
+/// worker to exit.
+#[derive(Default)]
+struct Replaced(Option<(Box<dyn Back>, Instant)>);
+
+impl Replaced {
+    fn pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn hold(&mut self, mut previous: Box<dyn Back>) {
+        self.stop_when(true);
+        previous.begin_stop();
+        self.0 = Some((previous, Instant::now()));
+    }
+
+    /// Drop it if its processes have exited; stop it now if `now`, or if
+    /// they took too long.
+    fn stop_when(&mut self, now: bool) {
+        let Some((previous, since)) = &mut self.0 else {
+            return;
+        };
+        let late = now || since.elapsed() >= STOP_REPLACED_WITHIN;
+        if !previous.stopped() && !late {
+            return;
+        }
+        if let Some((mut previous, since)) = self.0.take() {
+            previous.shutdown();
+            log::debug!(
+                "reload: the previous version is stopped ({:.0} ms after the switch)",
+                since.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
+/// Re-exec in place into the new executable, handing it `back`'s started
+/// application (the previous version is stopped already). Returns only if
+/// exec failed; then `back` goes on serving from this image.
+fn reexec_with(
     reloader: &mut Reloader,
     listener: &OwnedFd,
     source: ListenerSource,
     back: &mut dyn Back,
 ) {
-    back.shutdown();
     crate::supervise::release_guard();
-    let env = match launch::prepare_reexec(listener.as_fd(), Some(source)) {
+    let mut env = match launch::prepare_reexec(listener.as_fd(), Some(source)) {
         Ok(env) => env,
         Err(e) => {
             log::error!(
-                "reload: cannot keep the listening socket across exec ({e}); not reloading"
+                "reload: cannot keep the listening socket across exec ({e}); the new version \
+                 serves from the previous executable"
             );
             reloader.exec_failed(e.to_string());
             return;
         }
     };
+    env.extend(back.hand_over());
     let err = reloader.exec(&env);
-    log::error!("reload: exec failed ({err}); still serving the previous version");
+    back.keep_after_failed_exec();
+    log::error!("reload: exec failed ({err}); the new version serves from the previous executable");
     reloader.exec_failed(err.to_string());
 }
 
