@@ -36,14 +36,16 @@ use apache_support::{
 /// and gunicorn take a second or two on a busy 2-core machine).
 const FIRST_ANSWER: Duration = Duration::from_secs(60);
 
-/// A program the test needs: its path, or a failure naming the package.
+/// A program the test needs, found in PATH (an absolute path, as the
+/// settings want it), or a failure naming the package to install.
 fn need(program: &str, package: &str) -> PathBuf {
-    let path = Path::new(program);
-    assert!(
-        path.is_file(),
-        "{program} is missing: apt-get install {package} (.ci/run installs it)"
-    );
-    path.to_path_buf()
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_absolute() && p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{program} is not installed: apt-get install {package} (.ci/run installs it)")
+        })
 }
 
 /// A program of the test virtualenv (gunicorn), beside its python.
@@ -294,7 +296,7 @@ fn node_app(version: &str) -> String {
 fn node_settings(server_js: &Path) -> String {
     format!(
         "[app]\nkind = \"http\"\ncommand = [\"{}\", \"{}\"]\n",
-        need("/usr/bin/node", "nodejs").display(),
+        need("node", "nodejs").display(),
         server_js.display()
     )
 }
@@ -463,8 +465,8 @@ fn express_app_from_npm_serves_a_page() {
     let Some(mut world) = World::new() else {
         return;
     };
-    let node = need("/usr/bin/node", "nodejs");
-    let npm = need("/usr/bin/npm", "npm");
+    let node = need("node", "nodejs");
+    let npm = need("npm", "npm");
     let dir = mkdir_world_readable(&world.apps.join("express"));
     let app_js = world.app_file("express/app.js", EXPRESS_APP);
     run(
@@ -536,7 +538,7 @@ WSGIServer(application, bindAddress=sys.argv[1]).run()\n";
 
 /// Builds apps/go/main.go with `go build`, its caches in the temp dir.
 fn build_go_app(world: &World) -> PathBuf {
-    let go = need("/usr/bin/go", "golang-go");
+    let go = need("go", "golang-go");
     let main_go = world.app_file("go/main.go", GO_APP);
     let binary = world.apps.join("go/goapp");
     let cache = world.dir.mkdir("go-cache");
@@ -563,7 +565,7 @@ fn gunicorn_puma_go_and_scgi_each_serve_a_page() {
     };
     let gunicorn = venv_program("gunicorn");
     let python = venv_program("python");
-    let puma = need("/usr/bin/puma", "puma ruby-rack");
+    let puma = need("puma", "puma ruby-rack");
     let tag = world.dir.path().display().to_string();
 
     world.app_file("guni/hello.py", GUNICORN_APP);
@@ -661,10 +663,10 @@ fn php_cgi_page_post_form_and_touch_reload() {
     let Some(mut world) = World::new() else {
         return;
     };
-    need("/usr/bin/php-cgi", "php-cgi");
+    let installed = need("php-cgi", "php-cgi");
     // Through a link in the temp dir, so the process list shows whose it is.
     let php_cgi = world.dir.mkdir("bin").join("php-cgi");
-    std::os::unix::fs::symlink("/usr/bin/php-cgi", &php_cgi).expect("link php-cgi");
+    std::os::unix::fs::symlink(&installed, &php_cgi).expect("link php-cgi");
     let index = world.app_file("php/index.php", PHP_PAGE);
     let site = world.site("", &php_settings(&php_cgi, &index, "one"));
     world.start("");
