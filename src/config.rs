@@ -19,6 +19,12 @@ use toml::Spanned;
 
 use crate::log::LogTarget;
 
+mod server;
+pub use server::{
+    DEFAULT_SERVER_REQUEST_TIMEOUT, DEFAULT_SERVER_START_TIMEOUT, Listen, PORT_PLACEHOLDER,
+    SOCKET_PLACEHOLDER, ServerConfig, ServerKind,
+};
+
 /// Environment variable naming the settings file when neither argv[1] nor a
 /// sibling `.toml` file gives one.
 pub const CONFIG_ENV: &str = "FCGI_SHIM_CONFIG";
@@ -26,17 +32,25 @@ pub const CONFIG_ENV: &str = "FCGI_SHIM_CONFIG";
 // ---------------------------------------------------------------------------
 // Stage 1: what the user wrote.
 
+/// The whole file; `A` is the `[app]` table of one kind (the file is read
+/// once for `kind` with [`RawKind`], then again with that kind's keys).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSettings {
+struct RawSettings<A> {
     /// Extra files whose change restarts the site (reload).
     watch: Option<Spanned<Vec<String>>>,
-    app: Option<Spanned<RawApp>>,
+    app: Option<Spanned<A>>,
     log: Option<RawLog>,
     limits: Option<RawLimits>,
     /// `fcgi-shim serve` settings (runfcgi's names); validated in the
     /// "Standalone server" block below.
     server: Option<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+/// Only the kind of `[app]`, whatever else it holds.
+#[derive(Deserialize)]
+struct RawKind {
+    kind: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +185,8 @@ pub struct Config {
 pub enum AppConfig {
     Cgi(CgiConfig),
     Wsgi(WsgiConfig),
+    /// `http`, `fastcgi`, `scgi`: a server program the shim starts.
+    Server(ServerConfig),
 }
 
 /// Which program a `cgi` application runs.
@@ -608,7 +624,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     if text.len() > MAX_SETTINGS_BYTES {
         return Err(src.error(None, too_big()));
     }
-    let raw: RawSettings = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let probe: RawSettings<RawKind> = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let base = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         // Only when the working directory is unknown (absolute() failed).
@@ -616,13 +632,56 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let site = site_of(path);
 
-    let app = raw.app.ok_or_else(|| {
-        src.error(
+    let Some(kind) = probe.app.map(|a| a.into_inner().kind) else {
+        return Err(src.error(
             None,
             "missing [app] table: say which application to run, e.g. [app] kind = \"cgi\"".into(),
-        )
-    })?;
-    let app = validate_app(&src, &base, app.into_inner())?;
+        ));
+    };
+    // The file again, with the keys of that kind only.
+    fn reparse<A: serde::de::DeserializeOwned>(
+        src: &Source<'_>,
+    ) -> Result<(A, RawSettings<RawKind>), ConfigError> {
+        let raw: RawSettings<A> = toml::from_str(src.text).map_err(|e| src.toml_error(&e))?;
+        let app = raw.app.map(Spanned::into_inner);
+        let rest = RawSettings {
+            watch: raw.watch,
+            app: None,
+            log: raw.log,
+            limits: raw.limits,
+            server: raw.server,
+        };
+        // Invariant: the probe parse found [app].
+        app.map(|a| (a, rest))
+            .ok_or_else(|| src.error(None, "missing [app] table".into()))
+    }
+    let (app, raw) = match kind.get_ref().as_str() {
+        "http" => {
+            let (app, rest) = reparse(&src)?;
+            (
+                AppConfig::Server(server::validate_http(&src, &base, app)?),
+                rest,
+            )
+        }
+        "fastcgi" => {
+            let (app, rest) = reparse(&src)?;
+            (
+                AppConfig::Server(server::validate_fastcgi(&src, &base, app)?),
+                rest,
+            )
+        }
+        "scgi" => {
+            let (app, rest) = reparse(&src)?;
+            (
+                AppConfig::Server(server::validate_scgi(&src, &base, app)?),
+                rest,
+            )
+        }
+        _ => {
+            let (app, rest) = reparse::<RawApp>(&src)?;
+            (validate_app(&src, &base, app)?, rest)
+        }
+    };
     let log = validate_log(&src, &base, raw.log)?;
     let limits = validate_limits(&src, raw.limits)?;
     let watch = validate_watch(&src, &base, raw.watch)?;
@@ -660,7 +719,7 @@ fn validate_watch(
         .collect()
 }
 
-const APP_KINDS: &[&str] = &["cgi", "wsgi"];
+const APP_KINDS: &[&str] = &["cgi", "wsgi", "http", "fastcgi", "scgi"];
 
 fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig, ConfigError> {
     match raw.kind.get_ref().as_str() {
@@ -1029,42 +1088,12 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
             python_path.push(dir);
         }
     }
-    let workdir = match raw.workdir {
-        Some(w) => {
-            let dir = resolve(base, w.get_ref());
-            check_directory(&dir, "the workdir").map_err(|e| src.at(w.span(), e))?;
-            dir
-        }
-        None => base.to_path_buf(),
-    };
-    let max_requests = match raw.max_requests {
-        None => 0,
-        Some(m) => u64::try_from(*m.get_ref())
-            .map_err(|_| src.at(m.span(), "must be a whole number, 0 or more (0 = never)"))?,
-    };
-    let positive = |value: Option<Spanned<Seconds>>, default| match value {
-        Some(t) if t.get_ref().0.is_zero() => Err(src.at(t.span(), "must be more than 0")),
-        Some(t) => Ok(t.get_ref().0),
-        None => Ok(default),
-    };
-    let start_timeout = positive(raw.start_timeout, DEFAULT_WSGI_START_TIMEOUT)?;
-    let request_timeout = positive(raw.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT)?;
-    let script_name = match raw.script_name {
-        None => crate::request::ScriptName::Auto,
-        Some(s) if s.get_ref() == "auto" => crate::request::ScriptName::Auto,
-        Some(s) if s.get_ref().is_empty() || s.get_ref().starts_with('/') => {
-            crate::request::ScriptName::Fixed(s.get_ref().trim_end_matches('/').to_string())
-        }
-        Some(s) => {
-            return Err(src.at(
-                s.span(),
-                format!(
-                    "\"{}\" is neither \"auto\" nor a path prefix starting with / (or \"\" for a site at the root)",
-                    s.get_ref()
-                ),
-            ));
-        }
-    };
+    let workdir = validate_workdir(src, base, raw.workdir)?;
+    let max_requests = validate_max_requests(src, raw.max_requests)?;
+    let start_timeout = positive_duration(src, raw.start_timeout, DEFAULT_WSGI_START_TIMEOUT)?;
+    let request_timeout =
+        positive_duration(src, raw.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT)?;
+    let script_name = parse_script_name(src, raw.script_name)?;
     let warmup = match raw.warmup {
         None => Vec::new(),
         Some(w) => {
@@ -1074,7 +1103,7 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
                 OneOrMany::Many(list) => list,
             };
             for path in &paths {
-                check_warmup_path(path).map_err(|e| src.at(span.clone(), e))?;
+                check_request_path(path).map_err(|e| src.at(span.clone(), e))?;
             }
             paths
         }
@@ -1095,12 +1124,73 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
     }))
 }
 
-/// A warm-up target: a path from the site's root (what PATH_INFO will be),
-/// optionally with a query; no spaces or control characters.
-fn check_warmup_path(path: &str) -> Result<(), String> {
+/// `workdir`: a directory (default: the settings file's) (wsgi, server kinds).
+fn validate_workdir(
+    src: &Source<'_>,
+    base: &Path,
+    raw: Option<Spanned<String>>,
+) -> Result<PathBuf, ConfigError> {
+    match raw {
+        Some(w) => {
+            let dir = resolve(base, w.get_ref());
+            check_directory(&dir, "the workdir").map_err(|e| src.at(w.span(), e))?;
+            Ok(dir)
+        }
+        None => Ok(base.to_path_buf()),
+    }
+}
+
+/// `max_requests`: 0 or more, 0 (the default) = never recycle.
+fn validate_max_requests(src: &Source<'_>, raw: Option<Spanned<i64>>) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(0),
+        Some(m) => u64::try_from(*m.get_ref())
+            .map_err(|_| src.at(m.span(), "must be a whole number, 0 or more (0 = never)")),
+    }
+}
+
+/// A timeout that must be more than 0.
+fn positive_duration(
+    src: &Source<'_>,
+    raw: Option<Spanned<Seconds>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match raw {
+        Some(t) if t.get_ref().0.is_zero() => Err(src.at(t.span(), "must be more than 0")),
+        Some(t) => Ok(t.get_ref().0),
+        None => Ok(default),
+    }
+}
+
+/// `script_name = "auto" | "/prefix" | ""` (wsgi, http).
+fn parse_script_name(
+    src: &Source<'_>,
+    raw: Option<Spanned<String>>,
+) -> Result<crate::request::ScriptName, ConfigError> {
+    Ok(match raw {
+        None => crate::request::ScriptName::Auto,
+        Some(s) if s.get_ref() == "auto" => crate::request::ScriptName::Auto,
+        Some(s) if s.get_ref().is_empty() || s.get_ref().starts_with('/') => {
+            crate::request::ScriptName::Fixed(s.get_ref().trim_end_matches('/').to_string())
+        }
+        Some(s) => {
+            return Err(src.at(
+                s.span(),
+                format!(
+                    "\"{}\" is neither \"auto\" nor a path prefix starting with / (or \"\" for a site at the root)",
+                    s.get_ref()
+                ),
+            ));
+        }
+    })
+}
+
+/// A request the shim makes itself (`warmup`, `ready_path`): a path from
+/// the site's root, optionally with a query; no spaces or control characters.
+fn check_request_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!(
-            "\"{path}\" is not a path: a warm-up request is a path starting with /, e.g. warmup = \"/\""
+            "\"{path}\" is not a path: it must start with /, e.g. \"/\""
         ));
     }
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -13,12 +13,12 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -41,6 +41,9 @@ pub struct SpawnSpec {
     pub descendants: Descendants,
     /// Fds of ours (3 or above) the process inherits under the same numbers.
     pub inherit_fds: Vec<RawFd>,
+    /// A listening socket given as the process's fd 0 (how mod_fcgid starts
+    /// a FastCGI program) instead of a pipe: its [`Stdio3::stdin`] is `None`.
+    pub stdin_socket: Option<Arc<OwnedFd>>,
 }
 
 /// What makes sure an application's whole process group ends with us, even
@@ -67,7 +70,8 @@ pub struct Process {
 
 /// The pipes of a freshly spawned process.
 pub struct Stdio3 {
-    pub stdin: ChildStdin,
+    /// `None` when the process was given a socket on fd 0.
+    pub stdin: Option<ChildStdin>,
     pub stdout: ChildStdout,
     pub stderr: ChildStderr,
 }
@@ -80,9 +84,12 @@ impl Process {
             .args(&spec.args)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        match &spec.stdin_socket {
+            Some(socket) => command.stdin(Stdio::from(socket.try_clone()?)),
+            None => command.stdin(Stdio::piped()),
+        };
         if let Some(dir) = &spec.workdir {
             command.current_dir(dir);
         }
@@ -107,10 +114,9 @@ impl Process {
         if guarded {
             guard_watch(pgid);
         }
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            // Invariant: all three were configured as piped above.
+        let stdin = child.stdin.take();
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            // Invariant: both were configured as piped above.
             let mut p = Process {
                 child,
                 pgid,
@@ -424,6 +430,9 @@ pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a process being replaced gets after SIGTERM before SIGKILL.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
+/// What [`Supervisor::set_before_spawn`] takes.
+pub type BeforeSpawn = Box<dyn FnMut(&mut SpawnSpec) -> io::Result<()>>;
+
 /// The running process of a [`Supervisor`], with its pipes.
 pub struct Worker {
     pub process: Process,
@@ -451,6 +460,9 @@ pub enum StartError {
 /// out are reaped without blocking the request at hand.
 pub struct Supervisor {
     spec: SpawnSpec,
+    /// Called with the spec before each spawn (a server program gets a fresh
+    /// private address each time: see `back::server`).
+    before_spawn: Option<BeforeSpawn>,
     max_requests: u64,
     current: Option<Worker>,
     failures: u32,
@@ -463,12 +475,18 @@ impl Supervisor {
     pub fn new(spec: SpawnSpec, max_requests: u64) -> Supervisor {
         Supervisor {
             spec,
+            before_spawn: None,
             max_requests,
             current: None,
             failures: 0,
             next_start: None,
             retiring: Vec::new(),
         }
+    }
+
+    /// Call `hook` on the spec before each spawn; an error is a failed start.
+    pub fn set_before_spawn(&mut self, hook: BeforeSpawn) {
+        self.before_spawn = Some(hook);
     }
 
     /// The running worker, if any.
@@ -488,15 +506,32 @@ impl Supervisor {
             if let Some(at) = self.next_start.filter(|at| *at > Instant::now()) {
                 return Err(StartError::Backoff(at));
             }
-            let (process, pipes) = Process::spawn(&self.spec).map_err(|e| {
+            if let Some(hook) = &mut self.before_spawn
+                && let Err(e) = hook(&mut self.spec)
+            {
+                self.note_failure();
+                return Err(StartError::Spawn(e));
+            }
+            let spawned = Process::spawn(&self.spec);
+            // A socket for fd 0 belongs to that process alone: with our copy
+            // closed, a connection after it exited is refused, not left waiting.
+            // (A `before_spawn` hook gives the next process its own.)
+            if self.before_spawn.is_some() {
+                self.spec.stdin_socket = None;
+            }
+            let (process, pipes) = spawned.map_err(|e| {
                 self.note_failure();
                 StartError::Spawn(e)
             })?;
+            let stdin = pipes.stdin.as_ref().map(AsFd::as_fd);
             for fd in [
-                pipes.stdin.as_fd(),
-                pipes.stdout.as_fd(),
-                pipes.stderr.as_fd(),
-            ] {
+                stdin,
+                Some(pipes.stdout.as_fd()),
+                Some(pipes.stderr.as_fd()),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 sys::set_nonblocking(fd).map_err(StartError::Spawn)?;
             }
             self.current = Some(Worker {

@@ -233,6 +233,7 @@ impl WsgiBack {
             // The adapter ends its process group when we go (see its end_group).
             descendants: Descendants::LeaderEndsGroup,
             inherit_fds: Vec::new(),
+            stdin_socket: None,
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
         let mut back = WsgiBack {
@@ -332,7 +333,10 @@ impl WsgiBack {
         };
         let mut written = 0;
         while written < self.to_worker.len() {
-            match w.pipes.stdin.write(&self.to_worker[written..]) {
+            let Some(stdin) = &mut w.pipes.stdin else {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            };
+            match stdin.write(&self.to_worker[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -358,7 +362,7 @@ impl WsgiBack {
             return Err(io::Error::other("no worker"));
         };
         let p = &w.pipes;
-        let stdin = pending_in.then(|| p.stdin.as_fd());
+        let stdin = p.stdin.as_ref().filter(|_| pending_in).map(AsFd::as_fd);
         let stdout = want_stdout.then(|| p.stdout.as_fd());
         super::poll_round(
             ex,
@@ -1229,7 +1233,7 @@ fn push_request_frame(out: &mut Vec<u8>, req: &request::Request, mode: &ScriptNa
 /// server would send for a visitor at localhost, plus `WARMUP_HEADER`.
 /// PATH_INFO is derived from REQUEST_URI (percent-decoded) as for a real
 /// request that comes without one.
-fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
+pub(crate) fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
     let query = target.split_once('?').map_or("", |(_, q)| q);
     let prefix = match mode {
         ScriptName::Fixed(prefix) => prefix.as_str(),
@@ -1251,12 +1255,7 @@ fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
         ("REMOTE_PORT", "0"),
         (WARMUP_HEADER, "1"),
     ];
-    request::Request::new(
-        pairs
-            .iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect(),
-    )
+    request::Request::from_strs(&pairs)
 }
 
 /// The first non-empty lines of a response body (and its HTML `<title>`
