@@ -86,10 +86,11 @@ fn run(cmd: &mut Command, what: &str) {
 /// A temp dir with the web root `www/` and the applications' code in
 /// `apps/`, and the Apache serving `www/`.
 struct World {
+    // Declared first: dropped (stopped) before the temp dir is removed.
+    apache: Option<ApacheInstance>,
     dir: TempDir,
     www: PathBuf,
     apps: PathBuf,
-    apache: Option<ApacheInstance>,
 }
 
 impl World {
@@ -101,10 +102,10 @@ impl World {
         let www = dir.mkdir("www");
         let apps = dir.mkdir("apps");
         Some(World {
+            apache: None,
             dir,
             www,
             apps,
-            apache: None,
         })
     }
 
@@ -506,10 +507,13 @@ fn express_app_from_npm_serves_a_page() {
 
 const GUNICORN_APP: &str = "def application(environ, start_response):\n    \
     start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
-    return [('gunicorn %s %s' % (environ['PATH_INFO'], environ['QUERY_STRING'])).encode()]\n";
+    return [('gunicorn %s %s %s' % (environ['SCRIPT_NAME'], environ['PATH_INFO'], \
+    environ['QUERY_STRING'])).encode()]\n";
 
-const RACK_APP: &str = "run lambda { |env|\n  \
-    [200, { 'content-type' => 'text/plain' }, [\"rack #{env['PATH_INFO']} #{env['QUERY_STRING']}\"]]\n}\n";
+/// Mounted at the site's prefix, as shim-templates/rails.fcgi says to.
+const RACK_APP: &str = "map '/rack' do\n  run lambda { |env|\n    \
+    [200, { 'content-type' => 'text/plain' }, \
+    [\"rack #{env['SCRIPT_NAME']} #{env['PATH_INFO']} #{env['QUERY_STRING']}\"]]\n  }\nend\n";
 
 const GO_APP: &str = r#"package main
 
@@ -533,7 +537,8 @@ func main() {
 const SCGI_APP: &str = "import sys\nfrom flup.server.scgi import WSGIServer\n\n\
 def application(environ, start_response):\n    \
     start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
-    return [('scgi %s %s' % (environ['PATH_INFO'], environ['QUERY_STRING'])).encode()]\n\n\
+    return [('scgi %s %s %s' % (environ['SCRIPT_NAME'], environ['PATH_INFO'], \
+    environ['QUERY_STRING'])).encode()]\n\n\
 WSGIServer(application, bindAddress=sys.argv[1]).run()\n";
 
 /// Builds apps/go/main.go with `go build`, its caches in the temp dir.
@@ -559,12 +564,11 @@ fn build_go_app(world: &World) -> PathBuf {
 }
 
 #[test]
-fn gunicorn_puma_go_and_scgi_each_serve_a_page() {
+fn gunicorn_puma_and_go_each_serve_a_page() {
     let Some(mut world) = World::new() else {
         return;
     };
     let gunicorn = venv_program("gunicorn");
-    let python = venv_program("python");
     let puma = need("puma", "puma ruby-rack");
     let tag = world.dir.path().display().to_string();
 
@@ -573,7 +577,8 @@ fn gunicorn_puma_go_and_scgi_each_serve_a_page() {
         "guni",
         &format!(
             "[app]\nkind = \"http\"\ncommand = [\"{}\", \"--chdir\", \"{}\", \"--workers\", \"1\", \
-             \"-b\", \"unix:{{socket}}\", \"hello:application\"]\n",
+             \"-b\", \"unix:{{socket}}\", \"hello:application\"]\n\
+             env = {{ SCRIPT_NAME = \"/guni\" }}\n",
             gunicorn.display(),
             world.apps.join("guni").display()
         ),
@@ -597,25 +602,18 @@ fn gunicorn_puma_go_and_scgi_each_serve_a_page() {
             goapp.display()
         ),
     );
-    let scgi_py = world.app_file("scgi/app.py", SCGI_APP);
-    world.site(
-        "scgi",
-        &format!(
-            "[app]\nkind = \"scgi\"\ncommand = [\"{}\", \"{}\", \"{{socket}}\"]\n",
-            python.display(),
-            scgi_py.display()
-        ),
-    );
     world.start("");
 
     // Each site, all of them checked before the verdict.
     let mut wrong = Vec::new();
     let deadline = Instant::now() + FIRST_ANSWER;
     for (path, want) in [
-        ("/guni/p/q?a=1", "gunicorn /p/q a=1"),
-        ("/rack/r/s?b=2", "rack /r/s b=2"),
+        // gunicorn takes the prefix from its SCRIPT_NAME environment
+        // variable (shim-templates/gunicorn.fcgi), Rack from `map`; Go sees
+        // the whole path.
+        ("/guni/p/q?a=1", "gunicorn /guni /p/q a=1"),
+        ("/rack/r/s?b=2", "rack /rack /r/s b=2"),
         ("/go/g/h?c=3", "go GET /go/g/h?c=3"),
-        ("/scgi/t/u?d=4", "scgi /t/u d=4"),
     ] {
         let r = loop {
             let r = world.get(path);
@@ -635,6 +633,36 @@ fn gunicorn_puma_go_and_scgi_each_serve_a_page() {
         wrong.is_empty(),
         "{}\n{}",
         wrong.join("\n"),
+        world.apache().logs_for_humans()
+    );
+    world.finish();
+}
+
+/// flup's SCGI WSGIServer on `{socket}`: the site in /scgi/ answers, and
+/// the application sees the prefix the visitor used as SCRIPT_NAME (what
+/// url_for builds on), never mysite.fcgi.
+#[test]
+fn flup_scgi_server_serves_a_page_with_the_site_prefix() {
+    let Some(mut world) = World::new() else {
+        return;
+    };
+    let python = venv_program("python");
+    let scgi_py = world.app_file("scgi/app.py", SCGI_APP);
+    world.site(
+        "scgi",
+        &format!(
+            "[app]\nkind = \"scgi\"\ncommand = [\"{}\", \"{}\", \"{{socket}}\"]\n",
+            python.display(),
+            scgi_py.display()
+        ),
+    );
+    world.start("");
+    let r = world.first_200("/scgi/t/u?d=4");
+    assert_eq!(
+        r.text(),
+        "scgi /scgi /t/u d=4",
+        "{}\n{}",
+        r.summary(),
         world.apache().logs_for_humans()
     );
     world.finish();
