@@ -148,3 +148,14 @@ def stop_apache(apache):
         except subprocess.TimeoutExpired:
             apache.kill()
             apache.wait()
+
+
+def kill_leftovers(needle):
+    """Waits up to 10 s for processes mentioning `needle` (a temp dir) to end,
+    then SIGKILLs those left, by pid."""
+    for _ in range(100):
+        if not processes_under(needle):
+            break
+        time.sleep(0.1)
+    for pid in processes_under(needle):
+        os.kill(pid, signal.SIGKILL)

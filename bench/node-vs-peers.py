@@ -33,8 +33,8 @@ import sys
 import tempfile
 import time
 
-from apache_bench import (APACHE, REPO, free_port, processes_under, rss_kib, say, start_apache,
-                          stop_apache, write, wrk)
+from apache_bench import (APACHE, REPO, free_port, kill_leftovers, processes_under, rss_kib, say,
+                          start_apache, stop_apache, write, wrk)
 
 PASSENGER = "/usr/lib/apache2/modules/mod_passenger.so"
 MODULES = "/usr/lib/apache2/modules"
@@ -146,11 +146,11 @@ def main():
                 time.sleep(0.5)
         for _ in range(10):
             wrk(urls["shim"], 2, 2 * processes)
-            if len(processes_under(www + "/mysite.fcgi")) >= processes:
+            if len(shims(www)) >= processes:
                 break
         wrk(urls["passenger"], 2, 2 * processes)
         say("shim: %d mod_fcgid processes; passenger: %d node processes; proxy: 1 node process" % (
-            len(processes_under(www + "/mysite.fcgi")), len(passenger_nodes(app))))
+            len(shims(www)), len(passenger_nodes(app))))
 
         results = {name: [] for name in names}
         for r in range(args.rounds):
@@ -176,12 +176,7 @@ def main():
         if proxied is not None:
             proxied.send_signal(signal.SIGTERM)
             proxied.wait(10)
-        for _ in range(100):
-            if not processes_under(tmp):
-                break
-            time.sleep(0.1)
-        for pid in processes_under(tmp):
-            os.kill(pid, signal.SIGKILL)
+        kill_leftovers(tmp)
         if not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -212,6 +207,19 @@ def main():
         print("WARNING: %d non-2xx responses" % bad)
     if errors:
         print("shim warnings/errors in Apache's log:\n" + "\n".join(errors[:10]))
+
+
+def shims(www):
+    """The shim processes mod_fcgid runs for the site (not their process-group guards)."""
+    found = []
+    for pid in processes_under(www + "/mysite.fcgi"):
+        try:
+            with open("/proc/%d/comm" % pid) as f:
+                if f.read().strip() != "fcgi-shim-guard":
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
 
 
 def passenger_nodes(app):

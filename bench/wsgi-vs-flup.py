@@ -28,15 +28,14 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from apache_bench import (APACHE, REPO, children, free_port, processes_under, rss_kib, say,
-                          start_apache, stop_apache, write, wrk)
+from apache_bench import (APACHE, REPO, children, free_port, kill_leftovers, processes_under,
+                          rss_kib, say, start_apache, stop_apache, write, wrk)
 
 
 def main():
@@ -170,12 +169,7 @@ def main():
             shutil.copy(state + "/access.log", os.environ["BENCH_KEEP_LOGS"] + ".access.log")
     finally:
         stop_apache(apache)
-        for _ in range(100):
-            if not processes_under(tmp):
-                break
-            time.sleep(0.1)
-        for pid in processes_under(tmp):
-            os.kill(pid, signal.SIGKILL)
+        kill_leftovers(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {site: {k: statistics.median(x[k] for x in rows) for k in ("rps", "p50", "p99")}
