@@ -92,6 +92,11 @@ pub trait Wire {
     fn reusable(&self) -> bool {
         false
     }
+    /// Is the sending half of the connection closed once the whole request
+    /// went out (SCGI: an application reading `wsgi.input` to its end)?
+    fn half_close(&self) -> bool {
+        false
+    }
 }
 
 /// A fresh [`Wire`] for one request.
@@ -136,6 +141,13 @@ enum Stream {
 }
 
 impl Stream {
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+
     fn connect(addr: &Address) -> io::Result<Stream> {
         let stream = match addr {
             Address::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
@@ -667,6 +679,7 @@ impl ServerBack {
             out: Vec::new(),
             input: Vec::new(),
             body_done: false,
+            half_closed: false,
             head_seen: false,
             eof: false,
             scratch: vec![0; CHUNK].into_boxed_slice(),
@@ -788,6 +801,10 @@ impl ServerBack {
                 if !r.out.is_empty() || !more {
                     break;
                 }
+            }
+            if r.body_done && r.out.is_empty() && !r.half_closed && wire.half_close() {
+                conn.shutdown_write();
+                r.half_closed = true;
             }
             // The answer, as far as it came.
             if self.forward(r, wire, ex)? {
@@ -918,6 +935,7 @@ struct Relay {
     /// Answer bytes not yet decoded.
     input: Vec<u8>,
     body_done: bool,
+    half_closed: bool,
     head_seen: bool,
     eof: bool,
     scratch: Box<[u8]>,
