@@ -389,17 +389,7 @@ impl ServerBack {
             return Err(());
         }
         match self.sup.start() {
-            Ok(w) => {
-                let pid = w.process.pid();
-                if self.current.as_ref().is_none_or(|(p, _)| *p != pid) {
-                    let addr = self.spawned_at.borrow().clone();
-                    let Some(addr) = addr else { return Err(()) };
-                    self.current = Some((pid, addr));
-                    self.idle_conn = None;
-                    self.output.clear();
-                }
-                Ok(())
-            }
+            Ok(_) => self.sync_current(),
             Err(StartError::Backoff(_)) => Err(()),
             Err(StartError::Spawn(e)) => {
                 if let Some(n) = crate::log::once_a_minute(&format!("{}: spawn: {e}", self.label)) {
@@ -418,6 +408,23 @@ impl ServerBack {
                 Err(())
             }
         }
+    }
+
+    /// A process the supervisor started on its own (recycling after
+    /// `max_requests`) is the current one from now on: its address, no
+    /// kept connection to the one before. Err: it has no address.
+    fn sync_current(&mut self) -> Result<(), ()> {
+        let Some(pid) = self.sup.worker().map(|w| w.process.pid()) else {
+            return Ok(());
+        };
+        if self.current.as_ref().is_none_or(|(p, _)| *p != pid) {
+            let addr = self.spawned_at.borrow().clone();
+            let Some(addr) = addr else { return Err(()) };
+            self.current = Some((pid, addr));
+            self.idle_conn = None;
+            self.output.clear();
+        }
+        Ok(())
     }
 
     /// Read what the program wrote to stdout and stderr (log lines).
@@ -477,6 +484,9 @@ impl ServerBack {
     /// Move the start-up on without waiting long: ready once the address
     /// accepts connections (and `ready_path` answered 2xx).
     fn advance_startup(&mut self, started: Instant) -> Startup {
+        if self.sync_current().is_err() {
+            return Startup::Failed("it has no address".into());
+        }
         if self.check_exited("during start-up") {
             let why = self.output.summary().replacen("stderr:", "output:", 1);
             return Startup::Failed(format!("it exited during start-up; {why}"));
