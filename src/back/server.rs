@@ -383,14 +383,15 @@ impl ServerBack {
     }
 
     /// The running process (a new one when none runs and the backoff
-    /// allows). Err: none can be had now (logged).
-    fn start(&mut self) -> Result<(), ()> {
+    /// allows). Err: none can be had now: `Some(when)` the backoff allows
+    /// the next start, `None` it cannot be started (logged).
+    fn start(&mut self) -> Result<(), Option<Instant>> {
         if self.dir.is_none() {
-            return Err(());
+            return Err(None);
         }
         match self.sup.start() {
-            Ok(_) => self.sync_current(),
-            Err(StartError::Backoff(_)) => Err(()),
+            Ok(_) => self.sync_current().map_err(|()| None),
+            Err(StartError::Backoff(at)) => Err(Some(at)),
             Err(StartError::Spawn(e)) => {
                 if let Some(n) = crate::log::once_a_minute(&format!("{}: spawn: {e}", self.label)) {
                     let why = crate::deploy::explain_start_failure(
@@ -405,7 +406,7 @@ impl ServerBack {
                     );
                 }
                 self.start_failure = Some(format!("cannot start it: {e}"));
-                Err(())
+                Err(None)
             }
         }
     }
@@ -487,7 +488,16 @@ impl ServerBack {
         if self.sync_current().is_err() {
             return Startup::Failed("it has no address".into());
         }
-        if self.check_exited("during start-up") {
+        let served = self.sup.worker().is_some_and(|w| w.ready);
+        if self.check_exited(if served {
+            "while idle"
+        } else {
+            "during start-up"
+        }) {
+            if served {
+                // Not this start's fault: another one is on its way.
+                return Startup::Waiting;
+            }
             let why = self.output.summary().replacen("stderr:", "output:", 1);
             return Startup::Failed(format!("it exited during start-up; {why}"));
         }
@@ -583,9 +593,16 @@ impl ServerBack {
             {
                 return Err(finish_with_error(ex, 503, "The server is restarting."));
             }
-            if self.start().is_err() {
+            match self.start() {
+                Ok(()) => {}
+                // After a process that served died (kill -9, OOM): the next
+                // one is started as soon as the backoff allows.
+                Err(Some(at)) if self.start_failure.is_none() && at < deadline => {
+                    self.wait_a_tick(ctx);
+                    continue;
+                }
                 // A failed start waits out its backoff; a request does not.
-                return Err(self.unavailable(ex));
+                Err(_) => return Err(self.unavailable(ex)),
             }
             let started = self.sup.worker().map_or(begun, |w| w.started);
             match self.advance_startup(started) {
