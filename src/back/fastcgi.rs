@@ -3,7 +3,8 @@
 //! (`front::fastcgi::codec`). The driver and the process are `back::server`'s.
 //!
 //! Owns: re-framing the request (BEGIN_REQUEST as a responder, the params
-//! with `params = {...}` set or replaced, STDIN records as the body
+//! with `params = {...}` set or replaced (and PATH_TRANSLATED left out when
+//! they set SCRIPT_FILENAME), STDIN records as the body
 //! arrives) and the answer (STDOUT records: a CGI response head, parsed by
 //! [`CgiHeadParser`], then body bytes passed on as each record comes;
 //! STDERR records as log lines; END_REQUEST ends it).
@@ -40,8 +41,14 @@ impl Wire for FastcgiWire {
         codec::encode_begin_request(out, REQUEST_ID, Role::Responder, false);
         let mut pairs = Vec::new();
         let params = &self.params;
+        let set = |name: &[u8]| params.iter().any(|(n, _)| n.as_bytes() == name);
+        // A SCRIPT_FILENAME of ours (php-cgi's front controller) makes the web
+        // server's PATH_TRANSLATED (its file for PATH_INFO) wrong: php-cgi
+        // would look for that file ("No input file specified.").
+        let drop_translated = set(b"SCRIPT_FILENAME") && !set(b"PATH_TRANSLATED");
         request::for_each_application_meta_variable(req, &ScriptName::AsReceived, |n, v| {
-            if !params.iter().any(|(name, _)| name.as_bytes() == n) {
+            let stale = drop_translated && n == b"PATH_TRANSLATED";
+            if !set(n) && !stale {
                 codec::encode_name_value(&mut pairs, n, v);
             }
         });
@@ -107,6 +114,7 @@ mod tests {
             (b"SCRIPT_FILENAME".to_vec(), b"/web/mysite.fcgi".to_vec()),
             (b"REQUEST_METHOD".to_vec(), b"POST".to_vec()),
             (b"HTTP_PROXY".to_vec(), b"evil".to_vec()),
+            (b"PATH_TRANSLATED".to_vec(), b"/web/x.php".to_vec()),
         ]);
         let mut out = Vec::new();
         w.begin(&req, false, &mut out).unwrap();

@@ -6,7 +6,9 @@
 //! Owns: the request head (CONTENT_LENGTH, which SCGI needs before the
 //! body: the web server's, or 0 for a body known to be empty; otherwise
 //! 411) and the answer: a CGI response head parsed by [`CgiHeadParser`],
-//! then body bytes until the server closes the connection.
+//! then body bytes until the server closes the connection. Our sending
+//! half is closed after the body, for applications that read their input
+//! to its end.
 //! Must not: read or write sockets, or buffer a body.
 
 use super::server::{Event, Refusal, Wire};
@@ -55,6 +57,10 @@ impl Wire for ScgiWire {
     }
 
     fn end(&mut self, _out: &mut Vec<u8>) {}
+
+    fn half_close(&self) -> bool {
+        true
+    }
 
     fn decode(&mut self, input: &[u8], eof: bool) -> Result<(usize, Event), String> {
         let Some(parser) = &mut self.head else {

@@ -92,6 +92,11 @@ pub trait Wire {
     fn reusable(&self) -> bool {
         false
     }
+    /// Is the sending half of the connection closed once the whole request
+    /// went out (SCGI: an application reading `wsgi.input` to its end)?
+    fn half_close(&self) -> bool {
+        false
+    }
 }
 
 /// A fresh [`Wire`] for one request.
@@ -136,6 +141,13 @@ enum Stream {
 }
 
 impl Stream {
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+
     fn connect(addr: &Address) -> io::Result<Stream> {
         let stream = match addr {
             Address::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
@@ -371,24 +383,15 @@ impl ServerBack {
     }
 
     /// The running process (a new one when none runs and the backoff
-    /// allows). Err: none can be had now (logged).
-    fn start(&mut self) -> Result<(), ()> {
+    /// allows). Err: none can be had now: `Some(when)` the backoff allows
+    /// the next start, `None` it cannot be started (logged).
+    fn start(&mut self) -> Result<(), Option<Instant>> {
         if self.dir.is_none() {
-            return Err(());
+            return Err(None);
         }
         match self.sup.start() {
-            Ok(w) => {
-                let pid = w.process.pid();
-                if self.current.as_ref().is_none_or(|(p, _)| *p != pid) {
-                    let addr = self.spawned_at.borrow().clone();
-                    let Some(addr) = addr else { return Err(()) };
-                    self.current = Some((pid, addr));
-                    self.idle_conn = None;
-                    self.output.clear();
-                }
-                Ok(())
-            }
-            Err(StartError::Backoff(_)) => Err(()),
+            Ok(_) => self.sync_current().map_err(|()| None),
+            Err(StartError::Backoff(at)) => Err(Some(at)),
             Err(StartError::Spawn(e)) => {
                 if let Some(n) = crate::log::once_a_minute(&format!("{}: spawn: {e}", self.label)) {
                     let why = crate::deploy::explain_start_failure(
@@ -403,9 +406,26 @@ impl ServerBack {
                     );
                 }
                 self.start_failure = Some(format!("cannot start it: {e}"));
-                Err(())
+                Err(None)
             }
         }
+    }
+
+    /// A process the supervisor started on its own (recycling after
+    /// `max_requests`) is the current one from now on: its address, no
+    /// kept connection to the one before. Err: it has no address.
+    fn sync_current(&mut self) -> Result<(), ()> {
+        let Some(pid) = self.sup.worker().map(|w| w.process.pid()) else {
+            return Ok(());
+        };
+        if self.current.as_ref().is_none_or(|(p, _)| *p != pid) {
+            let addr = self.spawned_at.borrow().clone();
+            let Some(addr) = addr else { return Err(()) };
+            self.current = Some((pid, addr));
+            self.idle_conn = None;
+            self.output.clear();
+        }
+        Ok(())
     }
 
     /// Read what the program wrote to stdout and stderr (log lines).
@@ -465,7 +485,19 @@ impl ServerBack {
     /// Move the start-up on without waiting long: ready once the address
     /// accepts connections (and `ready_path` answered 2xx).
     fn advance_startup(&mut self, started: Instant) -> Startup {
-        if self.check_exited("during start-up") {
+        if self.sync_current().is_err() {
+            return Startup::Failed("it has no address".into());
+        }
+        let served = self.sup.worker().is_some_and(|w| w.ready);
+        if self.check_exited(if served {
+            "while idle"
+        } else {
+            "during start-up"
+        }) {
+            if served {
+                // Not this start's fault: another one is on its way.
+                return Startup::Waiting;
+            }
             let why = self.output.summary().replacen("stderr:", "output:", 1);
             return Startup::Failed(format!("it exited during start-up; {why}"));
         }
@@ -561,9 +593,16 @@ impl ServerBack {
             {
                 return Err(finish_with_error(ex, 503, "The server is restarting."));
             }
-            if self.start().is_err() {
+            match self.start() {
+                Ok(()) => {}
+                // After a process that served died (kill -9, OOM): the next
+                // one is started as soon as the backoff allows.
+                Err(Some(at)) if self.start_failure.is_none() && at < deadline => {
+                    self.wait_a_tick(ctx);
+                    continue;
+                }
                 // A failed start waits out its backoff; a request does not.
-                return Err(self.unavailable(ex));
+                Err(_) => return Err(self.unavailable(ex)),
             }
             let started = self.sup.worker().map_or(begun, |w| w.started);
             match self.advance_startup(started) {
@@ -667,6 +706,7 @@ impl ServerBack {
             out: Vec::new(),
             input: Vec::new(),
             body_done: false,
+            half_closed: false,
             head_seen: false,
             eof: false,
             scratch: vec![0; CHUNK].into_boxed_slice(),
@@ -788,6 +828,10 @@ impl ServerBack {
                 if !r.out.is_empty() || !more {
                     break;
                 }
+            }
+            if r.body_done && r.out.is_empty() && !r.half_closed && wire.half_close() {
+                conn.shutdown_write();
+                r.half_closed = true;
             }
             // The answer, as far as it came.
             if self.forward(r, wire, ex)? {
@@ -918,6 +962,7 @@ struct Relay {
     /// Answer bytes not yet decoded.
     input: Vec<u8>,
     body_done: bool,
+    half_closed: bool,
     head_seen: bool,
     eof: bool,
     scratch: Box<[u8]>,
