@@ -282,7 +282,29 @@ impl std::error::Error for ConfigError {}
 struct Source<'a> {
     path: &'a Path,
     text: &'a str,
+    /// The keys of `[app]` for its kind (once known), when its raw struct
+    /// holds more (cgi and wsgi share [`RawApp`]): an unknown-key error
+    /// lists only these.
+    app_keys: Option<&'static [&'static str]>,
 }
+
+/// The `[app]` keys of kind = "cgi".
+const CGI_KEYS: &[&str] = &["kind", "command", "root", "timeout", "workdir", "env"];
+/// The `[app]` keys of kind = "wsgi".
+const WSGI_KEYS: &[&str] = &[
+    "kind",
+    "module",
+    "python",
+    "python_path",
+    "workdir",
+    "env",
+    "max_requests",
+    "start_timeout",
+    "request_timeout",
+    "script_name",
+    "debug",
+    "warmup",
+];
 
 impl Source<'_> {
     fn error(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
@@ -332,8 +354,11 @@ impl Source<'_> {
             );
             return self.error(span, text);
         }
-        if let Some((unknown, expected)) = parse_unknown_field(&message) {
+        if let Some((unknown, mut expected)) = parse_unknown_field(&message) {
             let table = span.as_ref().and_then(|s| table_at(self.text, s.start));
+            if let Some(keys) = self.app_keys.filter(|_| table.as_deref() == Some("app")) {
+                expected.retain(|k| keys.contains(&k.as_str()));
+            }
             let within = table.map(|t| format!(" in [{t}]")).unwrap_or_default();
             let mut text = format!("unknown key `{unknown}`{within}");
             if let Some(best) = nearest(&unknown, &expected) {
@@ -620,7 +645,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     // reachable from a path someone typed). Absolute, not canonical: a
     // symlinked web root keeps the name the user gave it.
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let src = Source { path, text };
+    let mut src = Source {
+        path,
+        text,
+        app_keys: None,
+    };
     if text.len() > MAX_SETTINGS_BYTES {
         return Err(src.error(None, too_big()));
     }
@@ -637,6 +666,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             None,
             "missing [app] table: say which application to run, e.g. [app] kind = \"cgi\"".into(),
         ));
+    };
+    src.app_keys = match kind.get_ref().as_str() {
+        "cgi" => Some(CGI_KEYS),
+        "wsgi" => Some(WSGI_KEYS),
+        _ => None,
     };
     // The file again, with the keys of that kind only.
     fn reparse<A: serde::de::DeserializeOwned>(
@@ -1887,6 +1921,29 @@ mod tests {
             ),
             "{text}"
         );
+        // Only the keys of the kind given (issue 16 item 5).
+        assert!(
+            text.ends_with("(valid keys: kind, command, root, timeout, workdir, env)"),
+            "{text}"
+        );
+        let e = err("[app]\nkind = \"wsgi\"\nmodule = \"a\"\nmodul = 1\n");
+        assert!(!e.message.contains("root"), "{e}");
+        assert!(e.message.contains("python_path"), "{e}");
+        for (kind, key, wanted, other) in [
+            ("http", "params", "ready_path", "module"),
+            ("fastcgi", "ready_path", "params", "script_name"),
+            ("scgi", "params", "request_timeout", "ready_path"),
+        ] {
+            let e = err(&format!(
+                "[app]\nkind = \"{kind}\"\ncommand = [\"/bin/cat\"]\n{key} = 1\n"
+            ));
+            assert_eq!(e.position, Some((4, 1)), "{e}");
+            assert!(e.message.contains(&format!("unknown key `{key}`")), "{e}");
+            assert!(
+                e.message.contains(wanted) && !e.message.contains(other),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -248,3 +248,72 @@ fn listen_of(argv: &[String], kind: &ServerKind) -> Result<Listen, String> {
         (false, false) => Ok(Listen::Port),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppConfig, parse};
+
+    fn server(text: &str) -> Result<ServerConfig, ConfigError> {
+        parse(Path::new("/tmp/mysite.fcgi"), text).map(|c| match c.app {
+            AppConfig::Server(s) => s,
+            other => panic!("not a server program: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn defaults_and_addresses() {
+        let s = server("[app]\nkind = \"http\"\ncommand = [\"node\", \"app.js\"]\n").unwrap();
+        assert_eq!(s.listen, Listen::Port);
+        assert_eq!(s.workdir, PathBuf::from("/tmp"));
+        assert_eq!(
+            (s.max_requests, s.start_timeout),
+            (0, DEFAULT_SERVER_START_TIMEOUT)
+        );
+        assert_eq!(s.request_timeout, DEFAULT_SERVER_REQUEST_TIMEOUT);
+        assert_eq!(
+            s.kind,
+            ServerKind::Http {
+                ready_path: None,
+                script_name: ScriptName::Auto
+            }
+        );
+        let s =
+            server("[app]\nkind = \"http\"\ncommand = [\"gunicorn\", \"-b\", \"unix:{socket}\"]\n")
+                .unwrap();
+        assert_eq!(s.listen, Listen::Socket);
+        let s = server(
+            "[app]\nkind = \"fastcgi\"\ncommand = [\"php-cgi\"]\nparams = { SCRIPT_FILENAME = \"/x/index.php\" }\nmax_requests = 500\n",
+        )
+        .unwrap();
+        assert_eq!(s.listen, Listen::Stdin);
+        assert_eq!(s.max_requests, 500);
+        assert_eq!(
+            s.kind,
+            ServerKind::Fastcgi {
+                params: vec![("SCRIPT_FILENAME".into(), "/x/index.php".into())]
+            }
+        );
+        let s =
+            server("[app]\nkind = \"scgi\"\ncommand = [\"py\", \"--port\", \"{port}\"]\n").unwrap();
+        assert_eq!((s.listen, s.kind), (Listen::Port, ServerKind::Scgi));
+    }
+
+    #[test]
+    fn errors_name_place_and_key() {
+        let e = server("[app]\nkind = \"http\"\n").unwrap_err();
+        assert!(e.message.contains("needs `command"), "{e}");
+        let e = server("[app]\nkind = \"http\"\ncommand = [\"a\", \"{socket}\", \"{port}\"]\n")
+            .unwrap_err();
+        assert_eq!(e.position, Some((3, 11)), "{e}");
+        assert!(e.message.contains("not both"), "{e}");
+        let e = server("[app]\nkind = \"http\"\ncommand = [\"a\"]\nready_path = \"health\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("key `ready_path`"), "{e}");
+        let e =
+            server("[app]\nkind = \"scgi\"\ncommand = [\"a\"]\nrequest_timeout = 0\n").unwrap_err();
+        assert!(e.message.contains("must be more than 0"), "{e}");
+        let e = server("[app]\nkind = \"fastcgi\"\ncommand = [\"./missing\"]\n").unwrap_err();
+        assert!(e.message.contains("key `command`"), "{e}");
+    }
+}
