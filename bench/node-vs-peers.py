@@ -21,6 +21,10 @@ Standard library only:
   bench/node-vs-peers.py [--rounds 6] [--seconds 3] [--connections 4]
                          [--processes N] [--passenger-processes 2]
                          [--apache htaccess|lean] [--shim target/release/fcgi-shim]
+
+BENCH_HOLD=SECONDS keeps the warmed-up sites up that long before measuring
+(for strace, perf or a CPU split; it prints the URLs); BENCH_KEEP_TMP=1 keeps
+the temp dir with the three Apaches' logs.
 """
 
 import argparse
@@ -152,6 +156,11 @@ def main():
         say("shim: %d mod_fcgid processes; passenger: %d node processes; proxy: 1 node process" % (
             len(shims(www)), len(passenger_nodes(app))))
 
+        if os.environ.get("BENCH_HOLD"):
+            # For profiling: keep the warmed-up sites up that many seconds.
+            say("holding for %s s: %s (temp dir %s)" % (
+                os.environ["BENCH_HOLD"], " ".join("%s=%s" % kv for kv in urls.items()), tmp))
+            time.sleep(float(os.environ["BENCH_HOLD"]))
         results = {name: [] for name in names}
         for r in range(args.rounds):
             for name in names[r % 3:] + names[:r % 3]:
