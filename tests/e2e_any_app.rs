@@ -302,13 +302,46 @@ fn node_settings(server_js: &Path) -> String {
     )
 }
 
+/// shim-templates/node.fcgi edited as its comments say, in the shebang
+/// form: the file Apache runs is the settings, its first line names the shim.
+fn node_template(world: &World, server_js: &Path) -> String {
+    let shim = world.dir.mkdir("bin").join("fcgi-shim");
+    apache_support::copy_file(Path::new(env!("CARGO_BIN_EXE_fcgi-shim")), &shim, 0o755);
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim-templates/node.fcgi");
+    let text = fs::read_to_string(template).expect("shim-templates/node.fcgi");
+    let app_dir = server_js.parent().expect("the app's directory");
+    let node = need("node", "nodejs").display().to_string();
+    let edited = text
+        .replacen(
+            "#!/home/USER/bin/fcgi-shim",
+            &format!("#!{}", shim.display()),
+            1,
+        )
+        .replace("/usr/bin/node", &node)
+        .replace("/home/USER/myapp", &app_dir.display().to_string());
+    let command = format!("\ncommand = [\"{node}\", \"{}\"]\n", server_js.display());
+    assert!(
+        edited.starts_with(&format!("#!{}\n", shim.display())) && edited.contains(&command),
+        "shim-templates/node.fcgi changed; update this test:\n{edited}"
+    );
+    edited
+}
+
 #[test]
 fn node_http_server_query_post_cookies_stream_redirect_and_respawn() {
     let Some(mut world) = World::new() else {
         return;
     };
     let server_js = world.app_file("node/server.js", &node_app("one"));
-    world.site("", &node_settings(&server_js));
+    // The root site: shim-templates/node.fcgi in the shebang form; /sub: a
+    // copy of the binary + mysite.toml.
+    let root = world.site("", "");
+    fs::remove_file(root.join("mysite.toml")).expect("rm mysite.toml");
+    write_file(
+        &root.join("mysite.fcgi"),
+        node_template(&world, &server_js),
+        0o755,
+    );
     world.site("sub", &node_settings(&server_js));
     world.start("");
     let apache = world.apache();
