@@ -116,11 +116,15 @@ fn http_requests_go_through_as_the_visitor_sent_them() {
     let r = send(&shim, &visit("GET", "/env", "x=1&y=%20", 0), b"");
     assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
     assert_eq!(field(&r, "method"), "GET");
-    assert_eq!(field(&r, "target"), "/site/env?x=1&y=%20");
+    // The site's prefix is taken off (a server mounted there) and said in X-Forwarded-Prefix.
+    assert_eq!(field(&r, "target"), "/env?x=1&y=%20");
     assert_eq!(field(&r, "h:host"), "localhost");
     assert_eq!(field(&r, "h:x-forwarded-for"), "127.0.0.1");
     assert_eq!(field(&r, "h:x-forwarded-proto"), "http");
     assert_eq!(field(&r, "h:x-forwarded-prefix"), "/site");
+    // A redirect to the server's /env is one to the site's.
+    let r = get(&shim, "/redirect");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/site/env")));
     // 1 MiB body, byte for byte.
     let blob: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     let r = send(&shim, &visit("POST", "/env", "", blob.len()), &blob);
@@ -291,7 +295,7 @@ fn http_node_when_installed() {
     let r = send(&shim, &visit("GET", "/hello", "x=1", 0), b"");
     assert_eq!(r.status, 200, "{}", shim.log());
     assert!(
-        r.body_text().starts_with("NODE GET /site/hello?x=1"),
+        r.body_text().starts_with("NODE GET /hello?x=1"),
         "{}",
         r.body_text()
     );
