@@ -53,6 +53,8 @@ const HOP_BY_HOP: &[&str] = &[
 
 pub struct HttpWire {
     script_name: ScriptName,
+    /// Take the prefix off the request-target (and put it back on redirects).
+    strip_prefix: bool,
     max_head: usize,
     /// The request was HEAD: the answer has no body whatever it says.
     head_request: bool,
@@ -84,9 +86,15 @@ enum State {
 }
 
 impl HttpWire {
-    pub fn new(script_name: ScriptName, max_head: usize, head_request: bool) -> HttpWire {
+    pub fn new(
+        script_name: ScriptName,
+        strip_prefix: bool,
+        max_head: usize,
+        head_request: bool,
+    ) -> HttpWire {
         HttpWire {
             script_name,
+            strip_prefix,
             max_head,
             head_request,
             chunked_body: false,
@@ -339,7 +347,7 @@ impl Wire for HttpWire {
         let prefix = request::presented_script_name(req, &self.script_name)
             .or_else(|| req.get("SCRIPT_NAME").map(str::to_string))
             .unwrap_or_default();
-        let target = request_target(req, &prefix)?;
+        let target = request_target(req, if self.strip_prefix { &prefix } else { "" })?;
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
@@ -418,7 +426,9 @@ impl Wire for HttpWire {
             header(b"X-Forwarded-Prefix", prefix.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        self.prefix = prefix;
+        if self.strip_prefix {
+            self.prefix = prefix;
+        }
         Ok(())
     }
 
@@ -566,7 +576,7 @@ mod tests {
     use super::*;
 
     fn wire() -> HttpWire {
-        HttpWire::new(ScriptName::Auto, 65536, false)
+        HttpWire::new(ScriptName::Auto, true, 65536, false)
     }
 
     fn req(pairs: &[(&str, &str)]) -> Request {
@@ -770,15 +780,25 @@ mod tests {
             );
         }
         // A site at the root (or script_name = ""): the whole path, as it came.
-        let mut w = HttpWire::new(ScriptName::Fixed(String::new()), 65536, false);
+        let mut w = HttpWire::new(ScriptName::Fixed(String::new()), true, 65536, false);
         let mut out = Vec::new();
         w.begin(&req(&pairs), true, &mut out).unwrap();
         assert!(out.starts_with(b"GET /blog/a HTTP/1.1\r\n"));
+        // strip_prefix = false: the whole path, the prefix said, redirects as they are.
+        let mut w = HttpWire::new(ScriptName::Auto, false, 65536, false);
+        let mut out = Vec::new();
+        w.begin(&req(&pairs), true, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /blog/a HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Prefix: /blog\r\n"), "{text}");
+        let input = b"HTTP/1.1 302 Found\r\nLocation: /login\r\n\r\n";
+        let (head, _, _) = decode_all(&mut w, input, 9).unwrap();
+        assert_eq!(head.unwrap().header("Location"), Some(&b"/login"[..]));
     }
 
     #[test]
     fn a_head_request_has_no_body() {
-        let mut w = HttpWire::new(ScriptName::Auto, 65536, true);
+        let mut w = HttpWire::new(ScriptName::Auto, true, 65536, true);
         let input = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
         let (head, body, ended) = decode_all(&mut w, input, 3).unwrap();
         assert!(ended && body.is_empty());
@@ -808,7 +828,7 @@ mod tests {
             );
         }
         let big = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(100));
-        let mut w = HttpWire::new(ScriptName::Auto, 64, false);
+        let mut w = HttpWire::new(ScriptName::Auto, true, 64, false);
         assert!(decode_all(&mut w, big.as_bytes(), 7).is_err());
     }
 }

@@ -102,8 +102,13 @@ pub trait Wire {
 /// A fresh [`Wire`] for one request.
 fn wire_for(kind: &ServerKind, limits: &Limits, head_request: bool) -> Box<dyn Wire> {
     match kind {
-        ServerKind::Http { script_name, .. } => Box::new(super::http::HttpWire::new(
+        ServerKind::Http {
+            script_name,
+            strip_prefix,
+            ..
+        } => Box::new(super::http::HttpWire::new(
             script_name.clone(),
+            *strip_prefix,
             limits.max_response_head_bytes,
             head_request,
         )),
@@ -516,6 +521,7 @@ impl ServerBack {
         if let ServerKind::Http {
             ready_path: Some(path),
             script_name,
+            ..
         } = &self.config.kind
         {
             let deadline = started + self.config.start_timeout;
