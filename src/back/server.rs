@@ -463,7 +463,16 @@ impl ServerBack {
     fn output_summary(&mut self) -> String {
         self.drain_output();
         self.output.flush();
-        self.output.summary().replacen("stderr:", "output:", 1)
+        self.output_tail()
+    }
+
+    /// "output: last | lines" (its stdout and stderr), or "no output".
+    fn output_tail(&self) -> String {
+        let summary = self.output.summary();
+        match summary.strip_prefix("stderr:") {
+            Some(lines) => format!("output:{lines}"),
+            None => "no output".into(),
+        }
     }
 
     /// Has the current process exited? Handles it if so: a clean exit
@@ -507,7 +516,7 @@ impl ServerBack {
                 // Not this start's fault: another one is on its way.
                 return Startup::Waiting;
             }
-            let why = self.output.summary().replacen("stderr:", "output:", 1);
+            let why = self.output_tail();
             return Startup::Failed(format!("it exited during start-up; {why}"));
         }
         let Some(w) = self.sup.worker() else {

@@ -76,6 +76,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200 if ready else 503, b"health")
         body = self.body()
         lines = ["method=" + self.command, "target=" + self.path, "pid=%d" % os.getpid(),
+                 "greeting=" + os.environ.get("GREETING", ""),
                  "length=%d" % len(body), "sha256=" + hashlib.sha256(body).hexdigest()]
         lines += ["h:%s=%s" % (k.lower(), v) for k, v in self.headers.items()]
         self.send(200, ("\n".join(lines) + "\n").encode(), [("Content-Type", "text/plain")])
