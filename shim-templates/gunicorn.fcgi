@@ -10,7 +10,8 @@
 # by its path) and relays every request to it over HTTP/1.1.
 # --forwarded-allow-ips="*": only the shim can reach that socket, so
 # gunicorn may trust its X-Forwarded-Proto (request.is_secure() in Django).
-# For a site in a subdirectory (/blog): env SCRIPT_NAME = "/blog".
+# For a site in a subdirectory (/blog): strip_prefix = false and env
+# SCRIPT_NAME = "/blog" (gunicorn strips it and gives it to the app).
 # uvicorn instead: command = ["/home/USER/venv/bin/uvicorn", "--uds", "{socket}",
 #   "--proxy-headers", "--forwarded-allow-ips", "*", "myproject.asgi:application"]
 

@@ -11,7 +11,9 @@
 # (or give "{socket}" as an argument and listen on that unix socket path).
 # The URL the visitor used is in X-Forwarded-Proto / -Host / -Prefix; with
 # Express, app.set('trust proxy', 'loopback') makes req.protocol and
-# req.hostname use them.
+# req.hostname use them. In a subdirectory (/blog) the server gets the path
+# without it (/users for /blog/users) and its redirects to /login reach the
+# visitor as /blog/login; strip_prefix = false passes the whole path.
 
 # `touch mysite.fcgi` restarts the site: a new server is started and must
 # accept connections before the old one stops. More files to watch,

@@ -8,9 +8,9 @@
 # The shim starts Puma on a private unix socket ("{socket}" below is
 # replaced by its path) and relays every request to it over HTTP/1.1. Rails
 # builds URLs from X-Forwarded-Proto and X-Forwarded-Host, which the shim
-# sends. For a site in a subdirectory (/blog), wrap the app in config.ru:
+# sends. For a site in a subdirectory (/blog): strip_prefix = false, and
+# mount the app at it in config.ru:
 #   map "/blog" do run Rails.application end
-# and set env RAILS_RELATIVE_URL_ROOT = "/blog".
 
 # `touch mysite.fcgi` (or tmp/restart.txt, below) restarts the site: a new
 # Puma is started and must accept connections before the old one stops.

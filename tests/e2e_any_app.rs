@@ -631,7 +631,7 @@ fn gunicorn_puma_and_go_each_serve_a_page() {
         &format!(
             "[app]\nkind = \"http\"\ncommand = [\"{}\", \"--chdir\", \"{}\", \"--workers\", \"1\", \
              \"-b\", \"unix:{{socket}}\", \"hello:application\"]\n\
-             env = {{ SCRIPT_NAME = \"/guni\" }}\n",
+             strip_prefix = false\nenv = {{ SCRIPT_NAME = \"/guni\" }}\n",
             gunicorn.display(),
             world.apps.join("guni").display()
         ),
@@ -642,7 +642,7 @@ fn gunicorn_puma_and_go_each_serve_a_page() {
         "rack",
         &format!(
             "[app]\nkind = \"http\"\ncommand = [\"{}\", \"--tag\", \"{tag}\", \"-e\", \"production\", \
-             \"-b\", \"unix://{{socket}}\", \"{}\"]\n",
+             \"-b\", \"unix://{{socket}}\", \"{}\"]\nstrip_prefix = false\n",
             puma.display(),
             config_ru.display()
         ),
@@ -661,12 +661,12 @@ fn gunicorn_puma_and_go_each_serve_a_page() {
     let mut wrong = Vec::new();
     let deadline = Instant::now() + FIRST_ANSWER;
     for (path, want) in [
-        // gunicorn takes the prefix from its SCRIPT_NAME environment
-        // variable (shim-templates/gunicorn.fcgi), Rack from `map`; Go sees
-        // the whole path.
+        // With strip_prefix = false, gunicorn takes the prefix from its
+        // SCRIPT_NAME environment variable and Rack from `map` (as the
+        // README says); Go gets the path without the prefix (the default).
         ("/guni/p/q?a=1", "gunicorn /guni /p/q a=1"),
         ("/rack/r/s?b=2", "rack /rack /r/s b=2"),
-        ("/go/g/h?c=3", "go GET /go/g/h?c=3"),
+        ("/go/g/h?c=3", "go GET /g/h?c=3"),
     ] {
         let r = loop {
             let r = world.get(path);

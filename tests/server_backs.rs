@@ -116,11 +116,15 @@ fn http_requests_go_through_as_the_visitor_sent_them() {
     let r = send(&shim, &visit("GET", "/env", "x=1&y=%20", 0), b"");
     assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
     assert_eq!(field(&r, "method"), "GET");
-    assert_eq!(field(&r, "target"), "/site/env?x=1&y=%20");
+    // The site's prefix is taken off (a server mounted there) and said in X-Forwarded-Prefix.
+    assert_eq!(field(&r, "target"), "/env?x=1&y=%20");
     assert_eq!(field(&r, "h:host"), "localhost");
     assert_eq!(field(&r, "h:x-forwarded-for"), "127.0.0.1");
     assert_eq!(field(&r, "h:x-forwarded-proto"), "http");
     assert_eq!(field(&r, "h:x-forwarded-prefix"), "/site");
+    // A redirect to the server's /env is one to the site's.
+    let r = get(&shim, "/redirect");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/site/env")));
     // 1 MiB body, byte for byte.
     let blob: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
     let r = send(&shim, &visit("POST", "/env", "", blob.len()), &blob);
@@ -271,6 +275,56 @@ fn http_ready_path_must_answer_2xx() {
     stop_leaving_nothing(shim, "http_app.py");
 }
 
+/// Moves mtime forward so the change shows on coarse timestamps.
+fn touch_forward(path: &Path, secs: u64) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn http_touch_reloads_only_a_version_that_becomes_ready() {
+    let app = apps().join("http_app.py");
+    let version = |greeting: &str, program: &str| {
+        settings(
+            "http",
+            &[program, app.to_str().unwrap()],
+            &format!("env = {{ GREETING = \"{greeting}\" }}\nstart_timeout = 3\n"),
+        )
+    };
+    let shim = Shim::start(&version("one", "/usr/bin/python3"));
+    let first = get(&shim, "/env");
+    assert_eq!(field(&first, "greeting"), "one", "{}", shim.log());
+    let file = shim.dir().join("testsite.toml");
+    std::fs::write(&file, version("two", "/usr/bin/python3")).unwrap();
+    touch_forward(&file, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let r = get(&shim, "/env");
+        assert_eq!(r.status, 200, "{}", shim.log());
+        if field(&r, "greeting") == "two" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {}", shim.log());
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(field(&second, "pid"), field(&first, "pid"));
+    // A version whose server never becomes ready is refused; "two" keeps serving.
+    std::fs::write(&file, version("three", "/bin/false")).unwrap();
+    touch_forward(&file, 2);
+    assert!(
+        shim.wait_for_log(
+            "still serving the previous version",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        shim.log()
+    );
+    let r = get(&shim, "/env");
+    assert_eq!(field(&r, "greeting"), "two", "{}", shim.log());
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
 #[test]
 fn http_node_when_installed() {
     if !Path::new("/usr/bin/node").exists() {
@@ -291,7 +345,7 @@ fn http_node_when_installed() {
     let r = send(&shim, &visit("GET", "/hello", "x=1", 0), b"");
     assert_eq!(r.status, 200, "{}", shim.log());
     assert!(
-        r.body_text().starts_with("NODE GET /site/hello?x=1"),
+        r.body_text().starts_with("NODE GET /hello?x=1"),
         "{}",
         r.body_text()
     );

@@ -2,8 +2,10 @@
 //! sans-I/O (the driver and the process are `back::server`'s).
 //!
 //! Owns: the request head made from the meta-variables (method, the
-//! original REQUEST_URI, headers from HTTP_*, Content-Length or chunked
-//! body, X-Forwarded-For / -Proto / -Host / -Prefix), and the response:
+//! original REQUEST_URI with the site's prefix taken off, headers from
+//! HTTP_*, Content-Length or chunked body, X-Forwarded-For / -Proto / -Host
+//! / -Prefix), and the response (a redirect to a path outside the prefix
+//! gets it put back, like ProxyPassReverse):
 //! status line and headers parsed by `httparse`, hop-by-hop headers dropped,
 //! the rest validated by [`ResponseHead`]; the body framed by
 //! Content-Length, chunked or until close; whether the connection may carry
@@ -51,6 +53,8 @@ const HOP_BY_HOP: &[&str] = &[
 
 pub struct HttpWire {
     script_name: ScriptName,
+    /// Take the prefix off the request-target (and put it back on redirects).
+    strip_prefix: bool,
     max_head: usize,
     /// The request was HEAD: the answer has no body whatever it says.
     head_request: bool,
@@ -59,6 +63,9 @@ pub struct HttpWire {
     state: State,
     /// The connection may be used again after this answer.
     keep_alive: bool,
+    /// The site's prefix taken off the request-target ("" at the root):
+    /// put back on a redirect to a path outside it.
+    prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,15 +86,36 @@ enum State {
 }
 
 impl HttpWire {
-    pub fn new(script_name: ScriptName, max_head: usize, head_request: bool) -> HttpWire {
+    pub fn new(
+        script_name: ScriptName,
+        strip_prefix: bool,
+        max_head: usize,
+        head_request: bool,
+    ) -> HttpWire {
         HttpWire {
             script_name,
+            strip_prefix,
             max_head,
             head_request,
             chunked_body: false,
             state: State::Head,
             keep_alive: false,
+            prefix: String::new(),
         }
+    }
+
+    /// A redirect to a path of the server's ("/login") is one to the site's
+    /// ("/blog/login") for the visitor, as Apache's ProxyPassReverse does;
+    /// a Location already under the prefix, or a URL, is left as it is.
+    fn with_prefix(&self, location: &[u8]) -> Option<Vec<u8>> {
+        let p = self.prefix.as_bytes();
+        let under = location.strip_prefix(p).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(b"/") || rest.starts_with(b"?")
+        });
+        if p.is_empty() || !location.starts_with(b"/") || location.starts_with(b"//") || under {
+            return None;
+        }
+        Some([p, location].concat())
     }
 
     fn decode_head(&mut self, input: &[u8]) -> Result<(usize, Event), String> {
@@ -178,7 +206,11 @@ impl HttpWire {
             if lower == "content-length" && encoded {
                 continue;
             }
-            head.push_header(h.name.as_bytes(), h.value)
+            let value = match lower.as_str() {
+                "location" => self.with_prefix(h.value),
+                _ => None,
+            };
+            head.push_header(h.name.as_bytes(), value.as_deref().unwrap_or(h.value))
                 .map_err(|e| format!("invalid response: {e}"))?;
         }
         if encoded && length.is_some() {
@@ -312,7 +344,10 @@ impl Wire for HttpWire {
         if method.is_empty() || !method.bytes().all(request::is_token_byte) {
             return Err(Refusal(400, format!("invalid method {method:?}")));
         }
-        let target = request_target(req)?;
+        let prefix = request::presented_script_name(req, &self.script_name)
+            .or_else(|| req.get("SCRIPT_NAME").map(str::to_string))
+            .unwrap_or_default();
+        let target = request_target(req, if self.strip_prefix { &prefix } else { "" })?;
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
@@ -387,13 +422,13 @@ impl Wire for HttpWire {
             || req.get("REQUEST_SCHEME") == Some("https");
         header(b"X-Forwarded-Proto", if https { b"https" } else { b"http" });
         header(b"X-Forwarded-Host", host.as_bytes());
-        let prefix = request::presented_script_name(req, &self.script_name)
-            .or_else(|| req.get("SCRIPT_NAME").map(str::to_string))
-            .unwrap_or_default();
         if !prefix.is_empty() {
             header(b"X-Forwarded-Prefix", prefix.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+        if self.strip_prefix {
+            self.prefix = prefix;
+        }
         Ok(())
     }
 
@@ -433,17 +468,19 @@ impl Wire for HttpWire {
     }
 }
 
-/// The request-target: the original REQUEST_URI, or SCRIPT_NAME + PATH_INFO
-/// (+ ?QUERY_STRING) when the web server sent none.
-fn request_target(req: &Request) -> Result<String, Refusal> {
+/// The request-target: the original REQUEST_URI (or PATH_INFO and
+/// QUERY_STRING when the web server sent none) with the site's `prefix`
+/// taken off, as a server mounted there expects (X-Forwarded-Prefix says it).
+fn request_target(req: &Request, prefix: &str) -> Result<String, Refusal> {
     let target = match req.get("REQUEST_URI").filter(|u| !u.is_empty()) {
-        Some(uri) => uri.to_string(),
+        Some(uri) => match uri.strip_prefix(prefix) {
+            Some(rest) if !prefix.is_empty() && rest.is_empty() => "/".to_string(),
+            Some(rest) if !prefix.is_empty() && rest.starts_with('?') => format!("/{rest}"),
+            Some(rest) if !prefix.is_empty() && rest.starts_with('/') => rest.to_string(),
+            _ => uri.to_string(),
+        },
         None => {
-            let mut t = format!(
-                "{}{}",
-                req.get("SCRIPT_NAME").unwrap_or(""),
-                req.get("PATH_INFO").unwrap_or("")
-            );
+            let mut t = req.get("PATH_INFO").unwrap_or("").to_string();
             if t.is_empty() {
                 t.push('/');
             }
@@ -539,7 +576,7 @@ mod tests {
     use super::*;
 
     fn wire() -> HttpWire {
-        HttpWire::new(ScriptName::Auto, 65536, false)
+        HttpWire::new(ScriptName::Auto, true, 65536, false)
     }
 
     fn req(pairs: &[(&str, &str)]) -> Request {
@@ -577,7 +614,7 @@ mod tests {
             false,
         );
         assert!(
-            text.starts_with("POST /node/up?x=1 HTTP/1.1\r\nHost: example.org\r\n"),
+            text.starts_with("POST /up?x=1 HTTP/1.1\r\nHost: example.org\r\n"),
             "{text}"
         );
         for line in [
@@ -699,8 +736,69 @@ mod tests {
     }
 
     #[test]
+    fn the_prefix_is_taken_off_and_put_back_on_redirects() {
+        let site = [
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/blog/mysite.fcgi"),
+            ("PATH_INFO", "/a"),
+        ];
+        for (uri, target) in [
+            ("/blog/a?x=1", "/a?x=1"),
+            ("/blog", "/"),
+            ("/blog?x", "/?x"),
+            ("/blogger", "/blogger"),
+            ("/blog/mysite.fcgi/a", "/a"),
+        ] {
+            let mut pairs = site.to_vec();
+            pairs.push(("REQUEST_URI", uri));
+            let mut w = wire();
+            let mut out = Vec::new();
+            w.begin(&req(&pairs), true, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.starts_with(&format!("GET {target} HTTP/1.1\r\n")),
+                "{uri}: {text}"
+            );
+        }
+        let mut pairs = site.to_vec();
+        pairs.push(("REQUEST_URI", "/blog/a"));
+        for (location, sent) in [
+            ("/login", "/blog/login"),
+            ("/blog/x", "/blog/x"),
+            ("/blog", "/blog"),
+            ("https://example.org/x", "https://example.org/x"),
+            ("//cdn/x", "//cdn/x"),
+        ] {
+            let mut w = wire();
+            w.begin(&req(&pairs), true, &mut Vec::new()).unwrap();
+            let input = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\n\r\n");
+            let (head, _, _) = decode_all(&mut w, input.as_bytes(), 9).unwrap();
+            assert_eq!(
+                head.unwrap().header("Location"),
+                Some(sent.as_bytes()),
+                "{location}"
+            );
+        }
+        // A site at the root (or script_name = ""): the whole path, as it came.
+        let mut w = HttpWire::new(ScriptName::Fixed(String::new()), true, 65536, false);
+        let mut out = Vec::new();
+        w.begin(&req(&pairs), true, &mut out).unwrap();
+        assert!(out.starts_with(b"GET /blog/a HTTP/1.1\r\n"));
+        // strip_prefix = false: the whole path, the prefix said, redirects as they are.
+        let mut w = HttpWire::new(ScriptName::Auto, false, 65536, false);
+        let mut out = Vec::new();
+        w.begin(&req(&pairs), true, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /blog/a HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Prefix: /blog\r\n"), "{text}");
+        let input = b"HTTP/1.1 302 Found\r\nLocation: /login\r\n\r\n";
+        let (head, _, _) = decode_all(&mut w, input, 9).unwrap();
+        assert_eq!(head.unwrap().header("Location"), Some(&b"/login"[..]));
+    }
+
+    #[test]
     fn a_head_request_has_no_body() {
-        let mut w = HttpWire::new(ScriptName::Auto, 65536, true);
+        let mut w = HttpWire::new(ScriptName::Auto, true, 65536, true);
         let input = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
         let (head, body, ended) = decode_all(&mut w, input, 3).unwrap();
         assert!(ended && body.is_empty());
@@ -730,7 +828,7 @@ mod tests {
             );
         }
         let big = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(100));
-        let mut w = HttpWire::new(ScriptName::Auto, 64, false);
+        let mut w = HttpWire::new(ScriptName::Auto, true, 64, false);
         assert!(decode_all(&mut w, big.as_bytes(), 7).is_err());
     }
 }

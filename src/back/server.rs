@@ -102,8 +102,13 @@ pub trait Wire {
 /// A fresh [`Wire`] for one request.
 fn wire_for(kind: &ServerKind, limits: &Limits, head_request: bool) -> Box<dyn Wire> {
     match kind {
-        ServerKind::Http { script_name, .. } => Box::new(super::http::HttpWire::new(
+        ServerKind::Http {
+            script_name,
+            strip_prefix,
+            ..
+        } => Box::new(super::http::HttpWire::new(
             script_name.clone(),
+            *strip_prefix,
             limits.max_response_head_bytes,
             head_request,
         )),
@@ -310,6 +315,9 @@ pub struct ServerBack {
     start_failure: Option<String>,
     /// Has a process ever become ready (the settings are good)?
     ever_ready: bool,
+    /// What one read of the application's answer goes into (kept: no
+    /// 64 KiB to zero per request).
+    scratch: Box<[u8]>,
     /// Removed last (the sockets are in it).
     dir: Option<PrivateDir>,
 }
@@ -376,6 +384,7 @@ impl ServerBack {
             idle_conn: None,
             start_failure: None,
             ever_ready: false,
+            scratch: vec![0; CHUNK].into_boxed_slice(),
             dir,
         };
         let _ = back.start();
@@ -454,7 +463,16 @@ impl ServerBack {
     fn output_summary(&mut self) -> String {
         self.drain_output();
         self.output.flush();
-        self.output.summary().replacen("stderr:", "output:", 1)
+        self.output_tail()
+    }
+
+    /// "output: last | lines" (its stdout and stderr), or "no output".
+    fn output_tail(&self) -> String {
+        let summary = self.output.summary();
+        match summary.strip_prefix("stderr:") {
+            Some(lines) => format!("output:{lines}"),
+            None => "no output".into(),
+        }
     }
 
     /// Has the current process exited? Handles it if so: a clean exit
@@ -498,7 +516,7 @@ impl ServerBack {
                 // Not this start's fault: another one is on its way.
                 return Startup::Waiting;
             }
-            let why = self.output.summary().replacen("stderr:", "output:", 1);
+            let why = self.output_tail();
             return Startup::Failed(format!("it exited during start-up; {why}"));
         }
         let Some(w) = self.sup.worker() else {
@@ -516,6 +534,7 @@ impl ServerBack {
         if let ServerKind::Http {
             ready_path: Some(path),
             script_name,
+            ..
         } = &self.config.kind
         {
             let deadline = started + self.config.start_timeout;
@@ -662,23 +681,24 @@ impl ServerBack {
     }
 
     /// A connection to the ready process: the kept one, or a new one.
-    fn connection(&mut self) -> io::Result<Stream> {
+    /// A connection to the ready process: the kept one (true), or a new one.
+    fn connection(&mut self) -> io::Result<(Stream, bool)> {
         if let Some(conn) = self.idle_conn.take()
             && conn.still_idle()
         {
-            return Ok(conn);
+            return Ok((conn, true));
         }
         let Some((_, addr)) = &self.current else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        Stream::connect(addr)
+        Stream::connect(addr).map(|c| (c, false))
     }
 
     /// One request through a connection: `None` when nothing of it reached
     /// the application and it may go to a new process (the old one was
     /// found gone).
     fn relay(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Option<Outcome> {
-        let mut conn = match self.connection() {
+        let (mut conn, reused) = match self.connection() {
             Ok(c) => c,
             Err(e) => {
                 // Exited (php-cgi after its last request)? Then another may take it.
@@ -709,7 +729,7 @@ impl ServerBack {
             half_closed: false,
             head_seen: false,
             eof: false,
-            scratch: vec![0; CHUNK].into_boxed_slice(),
+            scratch: std::mem::take(&mut self.scratch),
         };
         // Records the front already holds (the end of an empty body).
         while ex.input_pending() && !ex.body_finished() {
@@ -730,6 +750,7 @@ impl ServerBack {
         }
         let deadline = Instant::now() + self.config.request_timeout;
         let result = self.drive(&mut relay, &mut *wire, &mut conn, ex, ctx, deadline);
+        self.scratch = std::mem::take(&mut relay.scratch);
         match result {
             Ok(()) => {
                 if !relay.body_done {
@@ -756,6 +777,17 @@ impl ServerBack {
                 Some(finish_with_error(ex, 504, ""))
             }
             Err(Failure::Stopping) => Some(finish_with_error(ex, 503, "The server is restarting.")),
+            // A kept connection the server closed just as the request went
+            // out (its keep-alive timeout): a request without a body is
+            // sent again on a new one.
+            Err(Failure::App(_)) if reused && body_empty && !relay.head_seen && relay.eof => {
+                log::debug!(
+                    "{}: a kept connection was closed; sending again",
+                    self.label
+                );
+                self.idle_conn = None;
+                None
+            }
             Err(Failure::App(why)) => {
                 let died = self
                     .sup
@@ -970,6 +1002,10 @@ struct Relay {
 
 impl Relay {
     fn read(&mut self, conn: &mut Stream) -> io::Result<()> {
+        // (Empty only if a request before ended without giving it back.)
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; CHUNK].into_boxed_slice();
+        }
         loop {
             match conn.read(&mut self.scratch) {
                 Ok(0) => {

@@ -70,6 +70,8 @@ raw_server_app!(
         ready_path: Option<Spanned<String>>,
         /// The prefix sent as `X-Forwarded-Prefix` ("auto": the one the shim computes).
         script_name: Option<Spanned<String>>,
+        /// Take the prefix off the request path (default) or pass the whole path.
+        strip_prefix: Option<Spanned<bool>>,
     }
 );
 
@@ -118,6 +120,9 @@ pub enum ServerKind {
     Http {
         ready_path: Option<String>,
         script_name: ScriptName,
+        /// The server is mounted at the prefix: it gets the path without it
+        /// (and its redirects get it back). `false`: the whole path.
+        strip_prefix: bool,
     },
     Fastcgi {
         params: Vec<(String, String)>,
@@ -163,6 +168,7 @@ pub(super) fn validate_http(
     let kind = ServerKind::Http {
         ready_path,
         script_name,
+        strip_prefix: raw.strip_prefix.take().is_none_or(|s| *s.get_ref()),
     };
     validate_common(src, base, raw.common(), kind)
 }
@@ -275,7 +281,8 @@ mod tests {
             s.kind,
             ServerKind::Http {
                 ready_path: None,
-                script_name: ScriptName::Auto
+                script_name: ScriptName::Auto,
+                strip_prefix: true,
             }
         );
         let s =

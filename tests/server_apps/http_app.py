@@ -3,7 +3,7 @@
 Listens on 127.0.0.1:$PORT, or on the unix socket named by argv[1].
 Routes: /env (what arrived: method, target, headers, body length and sha256,
 pid), /cookies (two Set-Cookie), /chunked (three chunks 0.3 s apart),
-/garbage (not HTTP), /sleep (10 s), /die (exits mid-request), /health
+/redirect (302 to /env), /garbage (not HTTP), /sleep (10 s), /die (exits mid-request), /health
 (503 until the file named by $READY_FILE exists, then 200)."""
 import hashlib
 import http.server
@@ -59,6 +59,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if path.endswith("/redirect"):
+            return self.send(302, b"", [("Location", "/env")])
         if path.endswith("/garbage"):
             self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")
             self.close_connection = True
@@ -74,6 +76,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send(200 if ready else 503, b"health")
         body = self.body()
         lines = ["method=" + self.command, "target=" + self.path, "pid=%d" % os.getpid(),
+                 "greeting=" + os.environ.get("GREETING", ""),
                  "length=%d" % len(body), "sha256=" + hashlib.sha256(body).hexdigest()]
         lines += ["h:%s=%s" % (k.lower(), v) for k, v in self.headers.items()]
         self.send(200, ("\n".join(lines) + "\n").encode(), [("Content-Type", "text/plain")])
