@@ -192,14 +192,35 @@ impl World {
         self.get_until(path, FIRST_ANSWER, &[503], |r| r.status == 200)
     }
 
-    /// Stops Apache: nothing of any application (processes naming the temp
-    /// dir) may be left.
+    /// Stops Apache: nothing of any application may be left, neither a
+    /// process naming the temp dir nor a shim's private socket directory
+    /// (`/tmp/fcgi-shim-<shim pid>-<n>`).
     fn finish(mut self) {
         let needles = [
             self.dir.path().display().to_string(),
             self.apache().dir().display().to_string(),
         ];
         stop_leaving_nothing(self.apache.as_mut().expect("Apache started"), &needles);
+        let log = self.apache().error_log();
+        let shims: std::collections::BTreeSet<&str> = log
+            .split("[fcgi-shim mysite ")
+            .skip(1)
+            .filter_map(|rest| rest.split(']').next())
+            .collect();
+        let left: Vec<String> = fs::read_dir("/tmp")
+            .expect("read /tmp")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| {
+                shims
+                    .iter()
+                    .any(|pid| name.starts_with(&format!("fcgi-shim-{pid}-")))
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "private directories of stopped shims left in /tmp: {left:?}"
+        );
     }
 }
 
