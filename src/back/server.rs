@@ -244,6 +244,11 @@ fn prepare_spawn(
     spec: &mut SpawnSpec,
 ) -> io::Result<Address> {
     let sock = dir.join(format!("app-{generation}.sock"));
+    // Made again after a shutdown removed it (a reload whose exec failed).
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     // Sockets of processes before (they are gone or on their way out).
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -1086,6 +1091,10 @@ impl Back for ServerBack {
         self.idle_conn = None;
         self.sup.stop(STOP_GRACE);
         self.current = None;
+        // The shim may exit or re-exec without dropping us.
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(&dir.0);
+        }
     }
 
     fn app_started(&mut self) -> bool {
