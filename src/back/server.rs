@@ -377,7 +377,7 @@ impl ServerBack {
                 Ok(())
             }));
         }
-        let output = StderrLines::new(label.clone(), OUTPUT_TAIL_LINES);
+        let output = StderrLines::for_server_output(label.clone(), OUTPUT_TAIL_LINES);
         let mut back = ServerBack {
             config,
             limits,
@@ -468,16 +468,7 @@ impl ServerBack {
     fn output_summary(&mut self) -> String {
         self.drain_output();
         self.output.flush();
-        self.output_tail()
-    }
-
-    /// "output: last | lines" (its stdout and stderr), or "no output".
-    fn output_tail(&self) -> String {
-        let summary = self.output.summary();
-        match summary.strip_prefix("stderr:") {
-            Some(lines) => format!("output:{lines}"),
-            None => "no output".into(),
-        }
+        self.output.summary()
     }
 
     /// Has the current process exited? Handles it if so: a clean exit
@@ -521,7 +512,7 @@ impl ServerBack {
                 // Not this start's fault: another one is on its way.
                 return Startup::Waiting;
             }
-            let why = self.output_tail();
+            let why = self.output.summary();
             return Startup::Failed(format!("it exited during start-up; {why}"));
         }
         let Some(w) = self.sup.worker() else {
