@@ -1,7 +1,7 @@
 //! The server-program kinds (issue 16) against the real binary, spoken to by
 //! the test FastCGI client (`tests/common/`): `http` with a python3
 //! `http.server` application (tests/server_apps/http_app.py) on `{port}`
-//! and `{socket}`, and node when installed; `fastcgi` with php-cgi;
+//! and `{socket}`, and node when installed; `fastcgi` with php-cgi and flup;
 //! `scgi` with flup (the test venv). Each test checks what a visitor or the
 //! log would show: status, headers, bytes, pids, and that no process of
 //! the application is left after the shim stops.
@@ -400,7 +400,7 @@ fn fastcgi_php_cgi_with_params_and_its_own_request_limit() {
 }
 
 #[test]
-fn scgi_with_flup() {
+fn scgi_and_fastcgi_with_flup() {
     let python = std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let has_flup = std::process::Command::new(&python)
         .args(["-c", "import flup.server.scgi"])
@@ -431,6 +431,17 @@ fn scgi_with_flup() {
         .count();
     assert_eq!(cookies, 2);
     stop_leaving_nothing(shim, "scgi_app.py");
+    // flup's FastCGI server on the socket the shim gives it as fd 0.
+    let app = apps().join("fcgi_app.py");
+    let shim = Shim::start(&settings("fastcgi", &[&python, app.to_str().unwrap()], ""));
+    let r = get(&shim, "/f/g");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(
+        r.body_text().starts_with("FLUP FCGI /f/g pid="),
+        "{}",
+        r.body_text()
+    );
+    stop_leaving_nothing(shim, "fcgi_app.py");
 }
 
 #[test]

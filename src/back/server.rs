@@ -244,6 +244,11 @@ fn prepare_spawn(
     spec: &mut SpawnSpec,
 ) -> io::Result<Address> {
     let sock = dir.join(format!("app-{generation}.sock"));
+    // Made again after a shutdown removed it (a reload whose exec failed).
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     // Sockets of processes before (they are gone or on their way out).
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -372,7 +377,7 @@ impl ServerBack {
                 Ok(())
             }));
         }
-        let output = StderrLines::new(label.clone(), OUTPUT_TAIL_LINES);
+        let output = StderrLines::for_server_output(label.clone(), OUTPUT_TAIL_LINES);
         let mut back = ServerBack {
             config,
             limits,
@@ -463,16 +468,7 @@ impl ServerBack {
     fn output_summary(&mut self) -> String {
         self.drain_output();
         self.output.flush();
-        self.output_tail()
-    }
-
-    /// "output: last | lines" (its stdout and stderr), or "no output".
-    fn output_tail(&self) -> String {
-        let summary = self.output.summary();
-        match summary.strip_prefix("stderr:") {
-            Some(lines) => format!("output:{lines}"),
-            None => "no output".into(),
-        }
+        self.output.summary()
     }
 
     /// Has the current process exited? Handles it if so: a clean exit
@@ -516,7 +512,7 @@ impl ServerBack {
                 // Not this start's fault: another one is on its way.
                 return Startup::Waiting;
             }
-            let why = self.output_tail();
+            let why = self.output.summary();
             return Startup::Failed(format!("it exited during start-up; {why}"));
         }
         let Some(w) = self.sup.worker() else {
@@ -1086,6 +1082,10 @@ impl Back for ServerBack {
         self.idle_conn = None;
         self.sup.stop(STOP_GRACE);
         self.current = None;
+        // The shim may exit or re-exec without dropping us.
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(&dir.0);
+        }
     }
 
     fn app_started(&mut self) -> bool {

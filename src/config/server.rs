@@ -14,9 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{
-    ConfigError, Seconds, Source, check_executable, parse_script_name, positive_duration, resolve,
-};
+use super::{ConfigError, Seconds, Source, parse_script_name, positive_duration};
 use crate::request::ScriptName;
 
 /// Default time a server program may take to accept connections (and answer `ready_path`).
@@ -213,18 +211,8 @@ fn validate_common(
         ));
     };
     let span = command.span();
-    let mut argv = command.into_inner();
-    let Some(first) = argv.first_mut() else {
-        return Err(src.at(
-            span,
-            "must name a program: command = [\"/path/to/server\", \"args\"...]",
-        ));
-    };
-    if first.contains('/') {
-        *first = resolve(base, first).to_string_lossy().into_owned();
-        check_executable(Path::new(first)).map_err(|e| src.at(span.clone(), e))?;
-    }
-    let listen = listen_of(&argv, &kind).map_err(|e| src.at(span.clone(), e))?;
+    let argv = super::validate_command(src, base, command, "server")?;
+    let listen = listen_of(&argv, &kind).map_err(|e| src.at(span, e))?;
     let workdir = super::validate_workdir(src, base, raw.workdir)?;
     let max_requests = super::validate_max_requests(src, raw.max_requests)?;
     let start_timeout = positive_duration(src, raw.start_timeout, DEFAULT_SERVER_START_TIMEOUT)?;
