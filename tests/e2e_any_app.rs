@@ -120,6 +120,15 @@ impl World {
         dir
     }
 
+    /// A site in `www/<sub>` in the shebang form: `mysite.fcgi` is the
+    /// settings text, its first line naming the shim.
+    fn shebang_site(&self, sub: &str, text: &str) -> PathBuf {
+        let dir = self.site(sub, "");
+        fs::remove_file(dir.join("mysite.toml")).expect("rm mysite.toml");
+        write_file(&dir.join("mysite.fcgi"), text, 0o755);
+        dir
+    }
+
     /// Writes `apps/<name>`.
     fn app_file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.apps.join(name);
@@ -323,29 +332,51 @@ fn node_settings(server_js: &Path) -> String {
     )
 }
 
-/// shim-templates/node.fcgi edited as its comments say, in the shebang
-/// form: the file Apache runs is the settings, its first line names the shim.
-fn node_template(world: &World, server_js: &Path) -> String {
-    let shim = world.dir.mkdir("bin").join("fcgi-shim");
-    apache_support::copy_file(Path::new(env!("CARGO_BIN_EXE_fcgi-shim")), &shim, 0o755);
-    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim-templates/node.fcgi");
-    let text = fs::read_to_string(template).expect("shim-templates/node.fcgi");
-    let app_dir = server_js.parent().expect("the app's directory");
-    let node = need("node", "nodejs").display().to_string();
-    let edited = text
-        .replacen(
-            "#!/home/USER/bin/fcgi-shim",
-            &format!("#!{}", shim.display()),
-            1,
-        )
-        .replace("/usr/bin/node", &node)
-        .replace("/home/USER/myapp", &app_dir.display().to_string());
-    let command = format!("\ncommand = [\"{node}\", \"{}\"]\n", server_js.display());
+/// shim-templates/`name` edited as its comments say, in the shebang form
+/// (the file Apache runs is the settings, its first line names a copy of
+/// the shim): each (from, to) replaced, and each `want` line must then be
+/// in it (else the template changed under the test).
+fn template(world: &World, name: &str, edits: &[(&str, String)], want: &[String]) -> String {
+    let shim = world.dir.path().join("bin/fcgi-shim");
+    if !shim.exists() {
+        mkdir_world_readable(&world.dir.path().join("bin"));
+        apache_support::copy_file(Path::new(env!("CARGO_BIN_EXE_fcgi-shim")), &shim, 0o755);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shim-templates")
+        .join(name);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let shebang = format!("#!{}\n", shim.display());
+    let edited = edits.iter().fold(
+        text.replacen("#!/home/USER/bin/fcgi-shim\n", &shebang, 1),
+        |t, (from, to)| t.replace(from, to),
+    );
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|line| !edited.contains(&format!("\n{line}\n")))
+        .collect();
     assert!(
-        edited.starts_with(&format!("#!{}\n", shim.display())) && edited.contains(&command),
-        "shim-templates/node.fcgi changed; update this test:\n{edited}"
+        edited.starts_with(&shebang) && missing.is_empty(),
+        "shim-templates/{name} changed ({missing:?} not in it); update this test:\n{edited}"
     );
     edited
+}
+
+fn node_template(world: &World, server_js: &Path) -> String {
+    let node = need("node", "nodejs").display().to_string();
+    let app_dir = server_js.parent().expect("the app's directory");
+    template(
+        world,
+        "node.fcgi",
+        &[
+            ("/usr/bin/node", node.clone()),
+            ("/home/USER/myapp", app_dir.display().to_string()),
+        ],
+        &[format!(
+            "command = [\"{node}\", \"{}\"]",
+            server_js.display()
+        )],
+    )
 }
 
 #[test]
@@ -356,13 +387,7 @@ fn node_http_server_query_post_cookies_stream_redirect_and_respawn() {
     let server_js = world.app_file("node/server.js", &node_app("one"));
     // The root site: shim-templates/node.fcgi in the shebang form; /sub: a
     // copy of the binary + mysite.toml.
-    let root = world.site("", "");
-    fs::remove_file(root.join("mysite.toml")).expect("rm mysite.toml");
-    write_file(
-        &root.join("mysite.fcgi"),
-        node_template(&world, &server_js),
-        0o755,
-    );
+    world.shebang_site("", &node_template(&world, &server_js));
     world.site("sub", &node_settings(&server_js));
     world.start("");
     let apache = world.apache();
@@ -646,17 +671,40 @@ fn gunicorn_puma_and_go_each_serve_a_page() {
     let puma = need("puma", "puma ruby-rack");
     let tag = world.dir.path().display().to_string();
 
+    // shim-templates/gunicorn.fcgi, in /guni/ as its comments say
+    // (strip_prefix = false, SCRIPT_NAME); --chdir names the temp dir in
+    // gunicorn's command line, for the process list at the end.
     world.app_file("guni/hello.py", GUNICORN_APP);
-    world.site(
-        "guni",
-        &format!(
-            "[app]\nkind = \"http\"\ncommand = [\"{}\", \"--chdir\", \"{}\", \"--workers\", \"1\", \
-             \"-b\", \"unix:{{socket}}\", \"hello:application\"]\n\
-             strip_prefix = false\nenv = {{ SCRIPT_NAME = \"/guni\" }}\n",
-            gunicorn.display(),
-            world.apps.join("guni").display()
-        ),
+    let guni_dir = world.apps.join("guni").display().to_string();
+    let gunicorn = gunicorn.display().to_string();
+    let guni_site = template(
+        &world,
+        "gunicorn.fcgi",
+        &[
+            ("/home/USER/venv/bin/gunicorn", gunicorn.clone()),
+            (
+                "\"--workers\", \"2\"",
+                format!("\"--chdir\", \"{guni_dir}\", \"--workers\", \"2\""),
+            ),
+            (
+                "myproject.wsgi:application",
+                "hello:application".to_string(),
+            ),
+            ("/home/USER/myproject", guni_dir.clone()),
+            (
+                "env = { DJANGO_SETTINGS_MODULE = \"myproject.settings\" }",
+                "strip_prefix = false\nenv = { SCRIPT_NAME = \"/guni\" }".to_string(),
+            ),
+        ],
+        &[
+            format!(
+                "command = [\"{gunicorn}\", \"--chdir\", \"{guni_dir}\", \"--workers\", \"2\", \
+                 \"--bind\", \"unix:{{socket}}\", \"--forwarded-allow-ips\", \"*\", \"hello:application\"]"
+            ),
+            "strip_prefix = false".to_string(),
+        ],
     );
+    world.shebang_site("guni", &guni_site);
     let config_ru = world.app_file("rack/config.ru", RACK_APP);
     // --tag: Puma renames its process; the tag keeps the temp dir in it.
     world.site(
@@ -668,14 +716,22 @@ fn gunicorn_puma_and_go_each_serve_a_page() {
             config_ru.display()
         ),
     );
+    // shim-templates/go.fcgi, as its comments say.
     let goapp = build_go_app(&world);
-    world.site(
-        "go",
-        &format!(
-            "[app]\nkind = \"http\"\ncommand = [\"{}\"]\n",
-            goapp.display()
-        ),
+    let go_dir = goapp.parent().expect("apps/go").display().to_string();
+    let go_site = template(
+        &world,
+        "go.fcgi",
+        &[
+            ("/home/USER/myapp/myapp", goapp.display().to_string()),
+            ("/home/USER/myapp", go_dir.clone()),
+        ],
+        &[
+            format!("command = [\"{}\"]", goapp.display()),
+            format!("workdir = \"{go_dir}\""),
+        ],
     );
+    world.shebang_site("go", &go_site);
     world.start("");
 
     // Each site, all of them checked before the verdict.
@@ -751,12 +807,25 @@ echo 'php ' . getenv('GREETING') . ' uri=' . $_SERVER['REQUEST_URI'] . ' pid=' .
 echo '<form method="post" action="' . htmlspecialchars($_SERVER['REQUEST_URI']) . '">' . "\n";
 "#;
 
-fn php_settings(php_cgi: &Path, index: &Path, greeting: &str) -> String {
-    format!(
-        "[app]\nkind = \"fastcgi\"\ncommand = [\"{}\"]\n\
-         params = {{ SCRIPT_FILENAME = \"{}\" }}\nenv = {{ GREETING = \"{greeting}\" }}\n",
-        php_cgi.display(),
-        index.display()
+/// shim-templates/php.fcgi, with `GREETING` in its env.
+fn php_template(world: &World, php_cgi: &Path, index: &Path, greeting: &str) -> String {
+    let app_dir = index.parent().expect("apps/php").display().to_string();
+    template(
+        world,
+        "php.fcgi",
+        &[
+            ("/usr/bin/php-cgi", php_cgi.display().to_string()),
+            ("/home/USER/myapp", app_dir.clone()),
+            (
+                "# env = { APP_ENV = \"production\" }",
+                format!("env = {{ GREETING = \"{greeting}\" }}"),
+            ),
+        ],
+        &[
+            format!("command = [\"{}\"]", php_cgi.display()),
+            format!("params = {{ SCRIPT_FILENAME = \"{}\" }}", index.display()),
+            format!("env = {{ GREETING = \"{greeting}\" }}"),
+        ],
     )
 }
 
@@ -770,7 +839,7 @@ fn php_cgi_page_post_form_and_touch_reload() {
     let php_cgi = world.dir.mkdir("bin").join("php-cgi");
     std::os::unix::fs::symlink(&installed, &php_cgi).expect("link php-cgi");
     let index = world.app_file("php/index.php", PHP_PAGE);
-    let site = world.site("", &php_settings(&php_cgi, &index, "one"));
+    let site = world.shebang_site("", &php_template(&world, &php_cgi, &index, "one"));
     world.start("");
 
     let r = world.first_200("/some/page?x=1");
@@ -798,9 +867,9 @@ fn php_cgi_page_post_form_and_touch_reload() {
 
     // An edit of the settings, then touch: a new php-cgi with the new env.
     write_file(
-        &site.join("mysite.toml"),
-        php_settings(&php_cgi, &index, "two"),
-        0o644,
+        &site.join("mysite.fcgi"),
+        php_template(&world, &php_cgi, &index, "two"),
+        0o755,
     );
     touch(&site.join("mysite.fcgi"));
     let r = world.get_until("/after-touch", FIRST_ANSWER, &[], |r| {
