@@ -195,6 +195,17 @@ pub enum AppConfig {
     Server(ServerConfig),
 }
 
+impl AppConfig {
+    /// How long the application may take to start (None: it runs per request).
+    pub fn start_timeout(&self) -> Option<Duration> {
+        match self {
+            AppConfig::Cgi(_) => None,
+            AppConfig::Wsgi(w) => Some(w.start_timeout),
+            AppConfig::Server(s) => Some(s.start_timeout),
+        }
+    }
+}
+
 /// Which program a `cgi` application runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgiProgram {

@@ -35,8 +35,11 @@ pub const ORIGIN_ENV: &str = "FCGI_SHIM_ORIGIN";
 const SETTLE: Duration = Duration::from_millis(50);
 /// How long to wait for a file that keeps changing before deferring.
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
-/// How long validating a new version may take.
+/// How long validating a new version may take at least (more when the
+/// application's `start_timeout` is longer: see `Reloader::validate_timeout`).
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a check may take beyond the application's `start_timeout`.
+const VALIDATE_MARGIN: Duration = Duration::from_secs(5);
 /// A rejected version is logged again this often while it stays broken.
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
 /// An old process (its file was replaced) exits after this long without a request.
@@ -146,6 +149,9 @@ pub struct Reloader {
     /// When the last stat pass that left nothing to look at again began;
     /// `None` makes the next check stat.
     quiet_since: Option<Instant>,
+    /// How long the new version's `check --start-app` may take: its
+    /// application may take `start_timeout` to become ready (a Rails server).
+    validate_timeout: Duration,
 }
 
 impl Reloader {
@@ -179,6 +185,11 @@ impl Reloader {
             exit_when_replaced: false,
             hint: None,
             quiet_since: None,
+            validate_timeout: config
+                .and_then(|c| c.app.start_timeout())
+                .map_or(VALIDATE_TIMEOUT, |t| {
+                    (t + VALIDATE_MARGIN).max(VALIDATE_TIMEOUT)
+                }),
         }
     }
 
@@ -365,7 +376,7 @@ impl Reloader {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Rejected(format!("cannot run {}: {e}", program.display())))?;
-        let deadline = Instant::now() + VALIDATE_TIMEOUT;
+        let deadline = Instant::now() + self.validate_timeout;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -378,7 +389,7 @@ impl Reloader {
                     return Err(Rejected(format!(
                         "{} check did not finish within {} s (or we are stopping)",
                         program.display(),
-                        VALIDATE_TIMEOUT.as_secs()
+                        self.validate_timeout.as_secs()
                     )));
                 }
             }
