@@ -298,6 +298,13 @@ pub fn end_orphans(ended: &[u32]) {
                     continue;
                 }
                 live += 1;
+                // A member of a group just ended that re-parented to us on
+                // its way out (a shell between fork and exec): it got its
+                // SIGKILL with the group; no warning, it did not escape.
+                if ended.contains(&c.pgid) {
+                    sys::signal_process(c.pid, Signal::SIGKILL);
+                    continue;
+                }
                 let first_seen = !seen.contains(&c.pid);
                 if first_seen {
                     log::warn!(
