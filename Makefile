@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= $(HOME)/.local
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: all build test lint check install demo fuzz fuzz-check clean bench bench-touch static dist
+.PHONY: all build test lint check install demo fuzz fuzz-check clean bench bench-node bench-touch static dist
 
 all: build
 
@@ -71,10 +71,17 @@ dist: static
 demo:
 	@./scripts/demo.sh || [ $$? -eq 130 ]
 
-# fcgi-shim vs flup behind the same private Apache + mod_fcgid (wrk; not part of `make test`).
-# ARGS go to every run, e.g. make bench ARGS="--apache lean --rounds 4".
+# fcgi-shim vs flup behind the same private Apache + mod_fcgid (wrk; not part of `make test`),
+# then bench-node. ARGS go to every wsgi run, e.g. make bench ARGS="--apache lean --rounds 4".
 bench:
 	./bench/wsgi-vs-flup.sh $(ARGS)
+	$(MAKE) bench-node
+
+# A Node.js app through the shim (kind = "http", Apache + mod_fcgid) vs Passenger vs Apache
+# mod_proxy_http, interleaved rounds (about 90 s). Needs nodejs, wrk, libapache2-mod-passenger.
+# NODE_ARGS, e.g. make bench-node NODE_ARGS="--connections 8 --apache lean".
+bench-node: build
+	python3 bench/node-vs-peers.py $(NODE_ARGS)
 
 # What one `touch mysite.fcgi` costs (touch -> new code, the slowest request
 # during the switch, imports per touch) with 1 and 4 mod_fcgid processes,

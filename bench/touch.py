@@ -59,7 +59,7 @@ SLEEP = "time.sleep(%s)\ndjango_application = None"
 DJANGO = "from djsite.wsgi import application as django_application"
 
 
-from benchlib import free_port, say, start_apache, stop_apache, write  # noqa: E402  (beside this file)
+from apache_bench import free_port, say, start_apache, stop_apache, write  # noqa: E402  (beside this file)
 
 
 def get(port, path, timeout=30):

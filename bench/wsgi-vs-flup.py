@@ -28,88 +28,14 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-from benchlib import APACHE, free_port, say, start_apache, stop_apache, write  # noqa: E402  (beside this file)
-
-
-def processes_under(needle):
-    """pid -> cmdline of live processes whose command line or exe mentions needle."""
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % name, "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            try:
-                exe = os.readlink("/proc/%s/exe" % name)
-            except OSError:
-                exe = ""
-            with open("/proc/%s/stat" % name) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (needle in cmd or needle in exe):
-            found[int(name)] = cmd
-    return found
-
-
-def rss_kib(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def children(pid):
-    kids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        kids.append(int(name))
-            except OSError:
-                pass
-    return kids
-
-
-def wrk(url, seconds, connections):
-    out = subprocess.run(
-        ["wrk", "-t%d" % min(2, connections), "-c%d" % connections, "-d%ds" % seconds, "--latency", url],
-        capture_output=True, text=True, timeout=seconds + 30,
-    ).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
-        raise RuntimeError("wrk printed no Requests/sec:\n" + out)
-
-    def pct(label):
-        mm = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % label, out, re.M)
-        value, unit = float(mm.group(1)), mm.group(2)
-        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {
-        "rps": float(m.group(1)),
-        "p50": pct("50"),
-        "p99": pct("99"),
-        "bad": int(errors.group(1)) if errors else 0,
-        "socket_errors": socket_errors.group(1) if socket_errors else "",
-    }
+from apache_bench import (APACHE, REPO, children, free_port, kill_leftovers, processes_under,
+                          rss_kib, say, start_apache, stop_apache, write, wrk)
 
 
 def main():
@@ -243,12 +169,7 @@ def main():
             shutil.copy(state + "/access.log", os.environ["BENCH_KEEP_LOGS"] + ".access.log")
     finally:
         stop_apache(apache)
-        for _ in range(100):
-            if not processes_under(tmp):
-                break
-            time.sleep(0.1)
-        for pid in processes_under(tmp):
-            os.kill(pid, signal.SIGKILL)
+        kill_leftovers(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {site: {k: statistics.median(x[k] for x in rows) for k in ("rps", "p50", "p99")}

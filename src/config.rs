@@ -1,7 +1,9 @@
 //! Settings: where they are found, what the user wrote, and what we validated.
 //!
 //! Owns: the two stages (raw serde structs with `deny_unknown_fields`, then a
-//! validated [`Config`] with real types), and errors that name
+//! validated [`Config`] with real types; `[app]` is read once for its
+//! `kind`, then with that kind's keys: `config/cgi.rs`, `config/wsgi.rs`,
+//! `config/server.rs` for http, fastcgi and scgi), and errors that name
 //! `file:line:column`, the table and the key, with a suggestion for a typo.
 //! Must not: start anything, or read anything but the settings file (a
 //! permission error is explained by `deploy`, which reads /etc/passwd).
@@ -19,6 +21,16 @@ use toml::Spanned;
 
 use crate::log::LogTarget;
 
+mod cgi;
+mod server;
+mod wsgi;
+pub use server::{
+    DEFAULT_SERVER_REQUEST_TIMEOUT, DEFAULT_SERVER_START_TIMEOUT, Listen, PORT_PLACEHOLDER,
+    SOCKET_PLACEHOLDER, ServerConfig, ServerKind,
+};
+pub use wsgi::{DEFAULT_WSGI_REQUEST_TIMEOUT, DEFAULT_WSGI_START_TIMEOUT, WsgiConfig};
+use wsgi::{reject_wsgi_keys, validate_wsgi};
+
 /// Environment variable naming the settings file when neither argv[1] nor a
 /// sibling `.toml` file gives one.
 pub const CONFIG_ENV: &str = "FCGI_SHIM_CONFIG";
@@ -26,17 +38,25 @@ pub const CONFIG_ENV: &str = "FCGI_SHIM_CONFIG";
 // ---------------------------------------------------------------------------
 // Stage 1: what the user wrote.
 
+/// The whole file; `A` is the `[app]` table of one kind (the file is read
+/// once for `kind` with [`RawKind`], then again with that kind's keys).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSettings {
+struct RawSettings<A> {
     /// Extra files whose change restarts the site (reload).
     watch: Option<Spanned<Vec<String>>>,
-    app: Option<Spanned<RawApp>>,
+    app: Option<Spanned<A>>,
     log: Option<RawLog>,
     limits: Option<RawLimits>,
     /// `fcgi-shim serve` settings (runfcgi's names); validated in the
     /// "Standalone server" block below.
     server: Option<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+/// Only the kind of `[app]`, whatever else it holds.
+#[derive(Deserialize)]
+struct RawKind {
+    kind: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +191,19 @@ pub struct Config {
 pub enum AppConfig {
     Cgi(CgiConfig),
     Wsgi(WsgiConfig),
+    /// `http`, `fastcgi`, `scgi`: a server program the shim starts.
+    Server(ServerConfig),
+}
+
+impl AppConfig {
+    /// How long the application may take to start (None: it runs per request).
+    pub fn start_timeout(&self) -> Option<Duration> {
+        match self {
+            AppConfig::Cgi(_) => None,
+            AppConfig::Wsgi(w) => Some(w.start_timeout),
+            AppConfig::Server(s) => Some(s.start_timeout),
+        }
+    }
 }
 
 /// Which program a `cgi` application runs.
@@ -266,7 +299,29 @@ impl std::error::Error for ConfigError {}
 struct Source<'a> {
     path: &'a Path,
     text: &'a str,
+    /// The keys of `[app]` for its kind (once known), when its raw struct
+    /// holds more (cgi and wsgi share [`RawApp`]): an unknown-key error
+    /// lists only these.
+    app_keys: Option<&'static [&'static str]>,
 }
+
+/// The `[app]` keys of kind = "cgi".
+const CGI_KEYS: &[&str] = &["kind", "command", "root", "timeout", "workdir", "env"];
+/// The `[app]` keys of kind = "wsgi".
+const WSGI_KEYS: &[&str] = &[
+    "kind",
+    "module",
+    "python",
+    "python_path",
+    "workdir",
+    "env",
+    "max_requests",
+    "start_timeout",
+    "request_timeout",
+    "script_name",
+    "debug",
+    "warmup",
+];
 
 impl Source<'_> {
     fn error(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
@@ -316,8 +371,11 @@ impl Source<'_> {
             );
             return self.error(span, text);
         }
-        if let Some((unknown, expected)) = parse_unknown_field(&message) {
+        if let Some((unknown, mut expected)) = parse_unknown_field(&message) {
             let table = span.as_ref().and_then(|s| table_at(self.text, s.start));
+            if let Some(keys) = self.app_keys.filter(|_| table.as_deref() == Some("app")) {
+                expected.retain(|k| keys.contains(&k.as_str()));
+            }
             let within = table.map(|t| format!(" in [{t}]")).unwrap_or_default();
             let mut text = format!("unknown key `{unknown}`{within}");
             if let Some(best) = nearest(&unknown, &expected) {
@@ -604,11 +662,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     // reachable from a path someone typed). Absolute, not canonical: a
     // symlinked web root keeps the name the user gave it.
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let src = Source { path, text };
+    let mut src = Source {
+        path,
+        text,
+        app_keys: None,
+    };
     if text.len() > MAX_SETTINGS_BYTES {
         return Err(src.error(None, too_big()));
     }
-    let raw: RawSettings = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
+    let probe: RawSettings<RawKind> = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     let base = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         // Only when the working directory is unknown (absolute() failed).
@@ -616,13 +678,61 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let site = site_of(path);
 
-    let app = raw.app.ok_or_else(|| {
-        src.error(
+    let Some(kind) = probe.app.map(|a| a.into_inner().kind) else {
+        return Err(src.error(
             None,
             "missing [app] table: say which application to run, e.g. [app] kind = \"cgi\"".into(),
-        )
-    })?;
-    let app = validate_app(&src, &base, app.into_inner())?;
+        ));
+    };
+    src.app_keys = match kind.get_ref().as_str() {
+        "cgi" => Some(CGI_KEYS),
+        "wsgi" => Some(WSGI_KEYS),
+        _ => None,
+    };
+    // The file again, with the keys of that kind only.
+    fn reparse<A: serde::de::DeserializeOwned>(
+        src: &Source<'_>,
+    ) -> Result<(A, RawSettings<RawKind>), ConfigError> {
+        let raw: RawSettings<A> = toml::from_str(src.text).map_err(|e| src.toml_error(&e))?;
+        let app = raw.app.map(Spanned::into_inner);
+        let rest = RawSettings {
+            watch: raw.watch,
+            app: None,
+            log: raw.log,
+            limits: raw.limits,
+            server: raw.server,
+        };
+        // Invariant: the probe parse found [app].
+        app.map(|a| (a, rest))
+            .ok_or_else(|| src.error(None, "missing [app] table".into()))
+    }
+    let (app, raw) = match kind.get_ref().as_str() {
+        "http" => {
+            let (app, rest) = reparse(&src)?;
+            (
+                AppConfig::Server(server::validate_http(&src, &base, app)?),
+                rest,
+            )
+        }
+        "fastcgi" => {
+            let (app, rest) = reparse(&src)?;
+            (
+                AppConfig::Server(server::validate_fastcgi(&src, &base, app)?),
+                rest,
+            )
+        }
+        "scgi" => {
+            let (app, rest) = reparse(&src)?;
+            (
+                AppConfig::Server(server::validate_scgi(&src, &base, app)?),
+                rest,
+            )
+        }
+        _ => {
+            let (app, rest) = reparse::<RawApp>(&src)?;
+            (validate_app(&src, &base, app)?, rest)
+        }
+    };
     let log = validate_log(&src, &base, raw.log)?;
     let limits = validate_limits(&src, raw.limits)?;
     let watch = validate_watch(&src, &base, raw.watch)?;
@@ -660,7 +770,7 @@ fn validate_watch(
         .collect()
 }
 
-const APP_KINDS: &[&str] = &["cgi", "wsgi"];
+const APP_KINDS: &[&str] = &["cgi", "wsgi", "http", "fastcgi", "scgi"];
 
 fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig, ConfigError> {
     match raw.kind.get_ref().as_str() {
@@ -682,56 +792,7 @@ fn validate_app(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig,
             ));
         }
     }
-    let program = match (raw.command, raw.root) {
-        (Some(_), Some(root)) => {
-            return Err(src.at(root.span(), "give either `command` or `root`, not both"));
-        }
-        (None, None) => {
-            return Err(src.error(
-                None,
-                "[app] kind = \"cgi\" needs `command = [\"/path/to/program\"]` or `root = \"/dir/of/cgi/programs\"`".into(),
-            ));
-        }
-        (Some(command), None) => {
-            let span = command.span();
-            let mut argv = command.into_inner();
-            let Some(first) = argv.first_mut() else {
-                return Err(src.at(
-                    span,
-                    "must name a program: command = [\"/path/to/program\", \"args\"...]",
-                ));
-            };
-            if first.contains('/') {
-                *first = resolve(base, first).to_string_lossy().into_owned();
-                check_executable(Path::new(first)).map_err(|e| src.at(span.clone(), e))?;
-            }
-            CgiProgram::Command(argv)
-        }
-        (None, Some(root)) => {
-            let dir = resolve(base, root.get_ref());
-            check_directory(&dir, "the CGI root directory").map_err(|e| src.at(root.span(), e))?;
-            CgiProgram::Root(dir)
-        }
-    };
-    let timeout = match raw.timeout {
-        Some(t) if t.get_ref().0.is_zero() => return Err(src.at(t.span(), "must be more than 0")),
-        Some(t) => t.get_ref().0,
-        None => DEFAULT_CGI_TIMEOUT,
-    };
-    let workdir = match raw.workdir {
-        Some(w) => {
-            let dir = resolve(base, w.get_ref());
-            check_directory(&dir, "the workdir").map_err(|e| src.at(w.span(), e))?;
-            Some(dir)
-        }
-        None => None,
-    };
-    Ok(AppConfig::Cgi(CgiConfig {
-        program,
-        timeout,
-        workdir,
-        env: raw.env.into_iter().collect(),
-    }))
+    cgi::validate_cgi(src, base, raw)
 }
 
 /// `dir` is a directory; when it cannot even be looked at, say why.
@@ -893,163 +954,75 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------
-// kind = "wsgi" (issue 3): a persistent Python worker running a WSGI application.
+// Keys several kinds share.
 
-/// Default time a WSGI worker may take to import the application.
-pub const DEFAULT_WSGI_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default time one WSGI request may take.
-pub const DEFAULT_WSGI_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone)]
-pub struct WsgiConfig {
-    /// The module to import, e.g. `myproject.wsgi`.
-    pub module: String,
-    /// The attribute of the module that is the application (`application`
-    /// unless the setting says `module:attr`); `attr()` calls a factory.
-    pub attribute: String,
-    /// The interpreter: a path, or a name looked up in PATH.
-    pub python: String,
-    /// Prepended to sys.path, in order.
-    pub python_path: Vec<PathBuf>,
-    /// The worker's working directory (default: the settings file's directory).
-    pub workdir: PathBuf,
-    /// Extra environment of the worker process (e.g. DJANGO_SETTINGS_MODULE).
-    pub env: Vec<(String, String)>,
-    /// Requests after which the worker is replaced; 0 = never.
-    pub max_requests: u64,
-    pub start_timeout: Duration,
-    pub request_timeout: Duration,
-    pub script_name: crate::request::ScriptName,
-    /// Show Python tracebacks on the 503 page when the application cannot start.
-    pub debug: bool,
-    /// Paths (with an optional `?query`) a new worker is sent as GETs before
-    /// it serves, at start and in a reload's `check --start-app`; a 5xx or no
-    /// answer within `start_timeout` is a failed start.
-    pub warmup: Vec<String>,
-}
-
-/// The keys only `kind = "wsgi"` takes, with their spans, for the error when
-/// another kind is given one.
-fn wsgi_keys(raw: &RawApp) -> Vec<(&'static str, Range<usize>)> {
-    let mut keys = Vec::new();
-    let mut add = |name, span: Option<Range<usize>>| {
-        if let Some(span) = span {
-            keys.push((name, span));
-        }
-    };
-    add("module", raw.module.as_ref().map(Spanned::span));
-    add("python", raw.python.as_ref().map(Spanned::span));
-    add("python_path", raw.python_path.as_ref().map(Spanned::span));
-    add("max_requests", raw.max_requests.as_ref().map(Spanned::span));
-    add(
-        "start_timeout",
-        raw.start_timeout.as_ref().map(Spanned::span),
-    );
-    add(
-        "request_timeout",
-        raw.request_timeout.as_ref().map(Spanned::span),
-    );
-    add("script_name", raw.script_name.as_ref().map(Spanned::span));
-    add("debug", raw.debug.as_ref().map(Spanned::span));
-    add("warmup", raw.warmup.as_ref().map(Spanned::span));
-    add("direct", raw.direct.as_ref().map(Spanned::span));
-    keys
-}
-
-fn reject_wsgi_keys(src: &Source<'_>, raw: &RawApp) -> Result<(), ConfigError> {
-    match wsgi_keys(raw).into_iter().next() {
-        Some((name, span)) => Err(src.at(
+/// `command = ["/path/program", "args"...]` (cgi, server kinds): the program
+/// resolved against `base` when it has a `/`, and then executable.
+fn validate_command(
+    src: &Source<'_>,
+    base: &Path,
+    command: Spanned<Vec<String>>,
+    what: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let span = command.span();
+    let mut argv = command.into_inner();
+    let Some(first) = argv.first_mut() else {
+        return Err(src.at(
             span,
-            format!(
-                "`{name}` is a setting of kind = \"wsgi\", not of kind = \"{}\"",
-                raw.kind.get_ref()
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig, ConfigError> {
-    if let Some(direct) = &raw.direct {
-        log::warn!(
-            "{}",
-            src.at(
-                direct.span(),
-                "`direct` is no longer used and is ignored: every request goes through \
-                 the shim to the worker; remove the line"
-            )
-        );
-    }
-    for (name, span) in [
-        ("command", raw.command.as_ref().map(Spanned::span)),
-        ("root", raw.root.as_ref().map(Spanned::span)),
-        ("timeout", raw.timeout.as_ref().map(Spanned::span)),
-    ] {
-        if let Some(span) = span {
-            let hint = if name == "timeout" {
-                " (use `request_timeout`)"
-            } else {
-                ""
-            };
-            return Err(src.at(
-                span,
-                format!("`{name}` is not a setting of kind = \"wsgi\"{hint}"),
-            ));
-        }
-    }
-    let Some(module) = raw.module else {
-        return Err(src.error(
-            None,
-            "[app] kind = \"wsgi\" needs `module`, e.g. module = \"myproject.wsgi:application\""
-                .into(),
+            format!("must name a program: command = [\"/path/to/{what}\", \"args\"...]"),
         ));
     };
-    let (module_name, attribute) =
-        parse_wsgi_module(module.get_ref()).map_err(|e| src.at(module.span(), e))?;
-    let python = match raw.python {
-        None => "python3".to_string(),
-        Some(p) if p.get_ref().is_empty() => {
-            return Err(src.at(p.span(), "must name a Python interpreter"));
-        }
-        // Not checked here: an interpreter that is missing (a virtualenv
-        // not made yet) is a start failure, retried with backoff until it
-        // appears, not a settings error that needs a touch. `check` reports
-        // it (deploy::app_problems).
-        Some(p) if p.get_ref().contains('/') => {
-            resolve(base, p.get_ref()).to_string_lossy().into_owned()
-        }
-        Some(p) => p.into_inner(),
-    };
-    let mut python_path = Vec::new();
-    if let Some(list) = raw.python_path {
-        for entry in list.get_ref() {
-            let dir = resolve(base, entry);
-            check_directory(&dir, "the python_path directory")
-                .map_err(|e| src.at(list.span(), e))?;
-            python_path.push(dir);
-        }
+    if first.contains('/') {
+        *first = resolve(base, first).to_string_lossy().into_owned();
+        check_executable(Path::new(first)).map_err(|e| src.at(span.clone(), e))?;
     }
-    let workdir = match raw.workdir {
+    Ok(argv)
+}
+
+/// `workdir`: a directory (default: the settings file's) (wsgi, server kinds).
+fn validate_workdir(
+    src: &Source<'_>,
+    base: &Path,
+    raw: Option<Spanned<String>>,
+) -> Result<PathBuf, ConfigError> {
+    match raw {
         Some(w) => {
             let dir = resolve(base, w.get_ref());
             check_directory(&dir, "the workdir").map_err(|e| src.at(w.span(), e))?;
-            dir
+            Ok(dir)
         }
-        None => base.to_path_buf(),
-    };
-    let max_requests = match raw.max_requests {
-        None => 0,
+        None => Ok(base.to_path_buf()),
+    }
+}
+
+/// `max_requests`: 0 or more, 0 (the default) = never recycle.
+fn validate_max_requests(src: &Source<'_>, raw: Option<Spanned<i64>>) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(0),
         Some(m) => u64::try_from(*m.get_ref())
-            .map_err(|_| src.at(m.span(), "must be a whole number, 0 or more (0 = never)"))?,
-    };
-    let positive = |value: Option<Spanned<Seconds>>, default| match value {
+            .map_err(|_| src.at(m.span(), "must be a whole number, 0 or more (0 = never)")),
+    }
+}
+
+/// A timeout that must be more than 0.
+fn positive_duration(
+    src: &Source<'_>,
+    raw: Option<Spanned<Seconds>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match raw {
         Some(t) if t.get_ref().0.is_zero() => Err(src.at(t.span(), "must be more than 0")),
         Some(t) => Ok(t.get_ref().0),
         None => Ok(default),
-    };
-    let start_timeout = positive(raw.start_timeout, DEFAULT_WSGI_START_TIMEOUT)?;
-    let request_timeout = positive(raw.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT)?;
-    let script_name = match raw.script_name {
+    }
+}
+
+/// `script_name = "auto" | "/prefix" | ""` (wsgi, http).
+fn parse_script_name(
+    src: &Source<'_>,
+    raw: Option<Spanned<String>>,
+) -> Result<crate::request::ScriptName, ConfigError> {
+    Ok(match raw {
         None => crate::request::ScriptName::Auto,
         Some(s) if s.get_ref() == "auto" => crate::request::ScriptName::Auto,
         Some(s) if s.get_ref().is_empty() || s.get_ref().starts_with('/') => {
@@ -1064,43 +1037,15 @@ fn validate_wsgi(src: &Source<'_>, base: &Path, raw: RawApp) -> Result<AppConfig
                 ),
             ));
         }
-    };
-    let warmup = match raw.warmup {
-        None => Vec::new(),
-        Some(w) => {
-            let span = w.span();
-            let paths = match w.into_inner() {
-                OneOrMany::One(p) => vec![p],
-                OneOrMany::Many(list) => list,
-            };
-            for path in &paths {
-                check_warmup_path(path).map_err(|e| src.at(span.clone(), e))?;
-            }
-            paths
-        }
-    };
-    Ok(AppConfig::Wsgi(WsgiConfig {
-        module: module_name,
-        attribute,
-        python,
-        python_path,
-        workdir,
-        env: raw.env.into_iter().collect(),
-        max_requests,
-        start_timeout,
-        request_timeout,
-        script_name,
-        debug: raw.debug.is_some_and(|d| *d.get_ref()),
-        warmup,
-    }))
+    })
 }
 
-/// A warm-up target: a path from the site's root (what PATH_INFO will be),
-/// optionally with a query; no spaces or control characters.
-fn check_warmup_path(path: &str) -> Result<(), String> {
+/// A request the shim makes itself (`warmup`, `ready_path`): a path from
+/// the site's root, optionally with a query; no spaces or control characters.
+fn check_request_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!(
-            "\"{path}\" is not a path: a warm-up request is a path starting with /, e.g. warmup = \"/\""
+            "\"{path}\" is not a path: it must start with /, e.g. \"/\""
         ));
     }
     if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -1109,156 +1054,6 @@ fn check_warmup_path(path: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// "pkg.mod:attr" → ("pkg.mod", "attr"); the attribute defaults to
-/// `application`, and may be `factory()` (called once at start).
-fn parse_wsgi_module(text: &str) -> Result<(String, String), String> {
-    let (module, attribute) = text.split_once(':').unwrap_or((text, "application"));
-    let identifier = |s: &str| {
-        s.chars()
-            .next()
-            .is_some_and(|c| c.is_alphabetic() || c == '_')
-            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
-    };
-    if module.is_empty() || !module.split('.').all(identifier) {
-        return Err(format!(
-            "\"{text}\" is not a Python module path: expected e.g. \"myproject.wsgi:application\""
-        ));
-    }
-    let bare = attribute.strip_suffix("()").unwrap_or(attribute);
-    if !bare.split('.').all(identifier) {
-        return Err(format!(
-            "\"{attribute}\" is not an attribute name: expected e.g. \"myproject.wsgi:application\" or \"app:create_app()\""
-        ));
-    }
-    Ok((module.to_string(), attribute.to_string()))
-}
-
-#[cfg(test)]
-mod wsgi_tests {
-    use super::*;
-    use crate::request::ScriptName;
-
-    fn wsgi(extra: &str) -> Result<WsgiConfig, ConfigError> {
-        let text = format!("[app]\nkind = \"wsgi\"\nmodule = \"myproject.wsgi\"\n{extra}");
-        parse(Path::new("/tmp/mysite.fcgi"), &text).map(|c| match c.app {
-            AppConfig::Wsgi(w) => w,
-            other => panic!("not wsgi: {other:?}"),
-        })
-    }
-
-    #[test]
-    fn defaults() {
-        let w = wsgi("").unwrap();
-        assert_eq!(
-            (w.module.as_str(), w.attribute.as_str()),
-            ("myproject.wsgi", "application")
-        );
-        assert_eq!(w.python, "python3");
-        assert_eq!(w.workdir, PathBuf::from("/tmp"));
-        assert_eq!(w.max_requests, 0);
-        assert_eq!(w.start_timeout, DEFAULT_WSGI_START_TIMEOUT);
-        assert_eq!(w.request_timeout, DEFAULT_WSGI_REQUEST_TIMEOUT);
-        assert_eq!(w.script_name, ScriptName::Auto);
-        assert!(!w.debug);
-        assert!(w.warmup.is_empty());
-    }
-
-    #[test]
-    fn warmup_one_or_many() {
-        assert_eq!(wsgi("warmup = \"/\"\n").unwrap().warmup, ["/"]);
-        assert_eq!(
-            wsgi("warmup = [\"/\", \"/health?full=1\"]\n")
-                .unwrap()
-                .warmup,
-            ["/", "/health?full=1"]
-        );
-    }
-
-    #[test]
-    fn a_missing_interpreter_is_no_settings_error() {
-        // Retried at start until it appears (issue 12 item 5); `check` says it.
-        let w = wsgi("python = \"venv/bin/python\"\n").unwrap();
-        assert_eq!(w.python, "/tmp/venv/bin/python");
-    }
-
-    #[test]
-    fn all_keys() {
-        let w = wsgi(
-            "python = \"/bin/sh\"\npython_path = [\".\"]\nworkdir = \"/\"\nmax_requests = 500\n\
-             start_timeout = \"2m\"\nrequest_timeout = 5\nscript_name = \"/blog/\"\ndebug = true\ndirect = false\n\
-             env = { DJANGO_SETTINGS_MODULE = \"myproject.settings\" }\n",
-        )
-        .unwrap();
-        assert_eq!(w.python, "/bin/sh");
-        assert_eq!(w.python_path, vec![PathBuf::from("/tmp/.")]);
-        assert_eq!(w.workdir, PathBuf::from("/"));
-        assert_eq!(w.max_requests, 500);
-        assert_eq!(w.start_timeout, Duration::from_secs(120));
-        assert_eq!(w.request_timeout, Duration::from_secs(5));
-        assert_eq!(w.script_name, ScriptName::Fixed("/blog".into()));
-        assert!(w.debug);
-        assert_eq!(
-            w.env,
-            vec![("DJANGO_SETTINGS_MODULE".into(), "myproject.settings".into())]
-        );
-        assert_eq!(
-            wsgi("script_name = \"\"\n").unwrap().script_name,
-            ScriptName::Fixed(String::new())
-        );
-    }
-
-    #[test]
-    fn module_forms() {
-        assert_eq!(
-            parse_wsgi_module("a.b:app").unwrap(),
-            ("a.b".into(), "app".into())
-        );
-        assert_eq!(
-            parse_wsgi_module("app:create_app()").unwrap(),
-            ("app".into(), "create_app()".into())
-        );
-        assert!(parse_wsgi_module("my-project.wsgi").is_err());
-        assert!(parse_wsgi_module("a:").is_err());
-        assert!(parse_wsgi_module(":app").is_err());
-    }
-
-    #[test]
-    fn errors_name_place_and_key() {
-        let e = wsgi("module_x = 1\n").unwrap_err();
-        assert_eq!(e.position, Some((4, 1)), "{e}");
-        let e = parse(
-            Path::new("/tmp/mysite.fcgi"),
-            "[app]\nkind = \"wsgi\"\nmodule = \"my-project.wsgi\"\n",
-        )
-        .unwrap_err();
-        assert_eq!(e.position, Some((3, 10)), "{e}");
-        assert!(e.message.contains("key `module`"), "{e}");
-        let e = wsgi("timeout = 3\n").unwrap_err();
-        assert!(e.message.contains("request_timeout"), "{e}");
-        let e = wsgi("script_name = \"blog\"\n").unwrap_err();
-        assert_eq!(e.position, Some((4, 15)), "{e}");
-        let e = wsgi("request_timeout = 0\n").unwrap_err();
-        assert!(e.message.contains("key `request_timeout`"), "{e}");
-        let e = wsgi("max_requests = -1\n").unwrap_err();
-        assert!(e.message.contains("key `max_requests`"), "{e}");
-        let e = wsgi("warmup = \"health\"\n").unwrap_err();
-        assert!(e.message.contains("key `warmup`"), "{e}");
-        let e = wsgi("warmup = [\"/\", \"/a b\"]\n").unwrap_err();
-        assert!(e.message.contains("\"/a b\""), "{e}");
-        let e = parse(Path::new("/tmp/x.toml"), "[app]\nkind = \"wsgi\"\n").unwrap_err();
-        assert!(e.message.contains("needs `module`"), "{e}");
-        let e = parse(
-            Path::new("/tmp/x.toml"),
-            "[app]\nkind = \"cgi\"\ncommand = [\"/bin/true\"]\nmodule = \"a\"\n",
-        )
-        .unwrap_err();
-        assert_eq!(e.position, Some((4, 10)), "{e}");
-        assert!(e.message.contains("kind = \"wsgi\""), "{e}");
-        let e = parse(Path::new("/tmp/x.toml"), "[app]\nkind = \"wsgj\"\n").unwrap_err();
-        assert!(e.message.contains("did you mean \"wsgi\"?"), "{e}");
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1797,6 +1592,29 @@ mod tests {
             ),
             "{text}"
         );
+        // Only the keys of the kind given (issue 16 item 5).
+        assert!(
+            text.ends_with("(valid keys: kind, command, root, timeout, workdir, env)"),
+            "{text}"
+        );
+        let e = err("[app]\nkind = \"wsgi\"\nmodule = \"a\"\nmodul = 1\n");
+        assert!(!e.message.contains("root"), "{e}");
+        assert!(e.message.contains("python_path"), "{e}");
+        for (kind, key, wanted, other) in [
+            ("http", "params", "ready_path", "module"),
+            ("fastcgi", "ready_path", "params", "script_name"),
+            ("scgi", "params", "request_timeout", "ready_path"),
+        ] {
+            let e = err(&format!(
+                "[app]\nkind = \"{kind}\"\ncommand = [\"/bin/cat\"]\n{key} = 1\n"
+            ));
+            assert_eq!(e.position, Some((4, 1)), "{e}");
+            assert!(e.message.contains(&format!("unknown key `{key}`")), "{e}");
+            assert!(
+                e.message.contains(wanted) && !e.message.contains(other),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -209,6 +209,12 @@ pub fn app_problems(app: &AppConfig) -> Vec<Problem> {
                 problems.extend(module_problem(w));
             }
         }
+        AppConfig::Server(server) => {
+            if let Some(first) = server.command.first().filter(|p| p.contains('/')) {
+                problems.extend(program_problems(Path::new(first), "the server program"));
+            }
+            problems.extend(access_problem(&server.workdir, Need::Enter, "the workdir"));
+        }
         AppConfig::Cgi(c) => {
             match &c.program {
                 CgiProgram::Command(argv) => {

@@ -47,8 +47,11 @@ pub const ORIGIN_ENV: &str = "FCGI_SHIM_ORIGIN";
 const SETTLE: Duration = Duration::from_millis(50);
 /// How long to wait for a file that keeps changing before deferring.
 const SETTLE_LIMIT: Duration = Duration::from_secs(1);
-/// How long validating a new version may take.
+/// How long validating a new version may take at least (more when the
+/// application's `start_timeout` is longer: see `Reloader::validate_timeout`).
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a check may take beyond the application's `start_timeout`.
+const VALIDATE_MARGIN: Duration = Duration::from_secs(5);
 /// A rejected version is logged again this often while it stays broken.
 const REPEAT_ERROR: Duration = Duration::from_secs(60);
 /// How long a process that noticed a change without a request waiting
@@ -232,6 +235,9 @@ pub struct Reloader {
     /// When the last stat pass that left nothing to look at again began;
     /// `None` makes the next check stat.
     quiet_since: Option<Instant>,
+    /// How long the new version's `check --start-app` may take: its
+    /// application may take `start_timeout` to become ready (a Rails server).
+    validate_timeout: Duration,
 }
 
 impl Reloader {
@@ -262,6 +268,11 @@ impl Reloader {
             exit_when_replaced: false,
             hint: None,
             quiet_since: None,
+            validate_timeout: config
+                .and_then(|c| c.app.start_timeout())
+                .map_or(VALIDATE_TIMEOUT, |t| {
+                    (t + VALIDATE_MARGIN).max(VALIDATE_TIMEOUT)
+                }),
         }
     }
 
@@ -597,6 +608,8 @@ impl Reloader {
         let back = crate::last_good::SaveWhenStarted::new(back, config.path.clone(), text);
         let limit = match &config.app {
             AppConfig::Wsgi(w) => w.start_timeout.min(VALIDATE_TIMEOUT),
+            // A server may take its whole start_timeout (a Rails boot).
+            AppConfig::Server(s) => s.start_timeout,
             AppConfig::Cgi(_) => VALIDATE_TIMEOUT,
         };
         self.phase = Phase::Starting(Box::new(Candidate {
@@ -859,7 +872,7 @@ impl Reloader {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Rejected(format!("cannot run {}: {e}", program.display())))?;
-        let deadline = Instant::now() + VALIDATE_TIMEOUT;
+        let deadline = Instant::now() + self.validate_timeout;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -872,7 +885,7 @@ impl Reloader {
                     return Err(Rejected(format!(
                         "{} check did not finish within {} s (or we are stopping)",
                         program.display(),
-                        VALIDATE_TIMEOUT.as_secs()
+                        self.validate_timeout.as_secs()
                     )));
                 }
             }

@@ -39,6 +39,16 @@ impl Request {
         Request { data, pairs }
     }
 
+    /// A request from text pairs (tests, and requests the shim makes itself).
+    pub fn from_strs(pairs: &[(&str, &str)]) -> Request {
+        Request::new(
+            pairs
+                .iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
     /// Where `pairs`, sub-slices of `data` (a decoder's output), lie in it:
     /// for [`Request::from_spans`]. `None` if one is not inside `data`.
     pub fn spans_in(data: &[u8], pairs: &[(&[u8], &[u8])]) -> Option<Vec<(Span, Span)>> {
@@ -453,7 +463,8 @@ fn parse_head(head: &[u8]) -> Result<ResponseHead, HeadError> {
     Ok(head)
 }
 
-fn is_token_byte(b: u8) -> bool {
+/// A tchar of RFC 9110 §5.6.2 (header names, methods).
+pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
@@ -676,12 +687,7 @@ mod script_name_tests {
     use super::*;
 
     fn req(pairs: &[(&str, &str)]) -> Request {
-        Request::new(
-            pairs
-                .iter()
-                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        Request::from_strs(pairs)
     }
 
     /// (what the web server sent, the SCRIPT_NAME the application must see)

@@ -14,12 +14,12 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -42,6 +42,9 @@ pub struct SpawnSpec {
     pub descendants: Descendants,
     /// Fds of ours (3 or above) the process inherits under the same numbers.
     pub inherit_fds: Vec<RawFd>,
+    /// A listening socket given as the process's fd 0 (how mod_fcgid starts
+    /// a FastCGI program) instead of a pipe: its [`Stdio3::stdin`] is `None`.
+    pub stdin_socket: Option<Arc<OwnedFd>>,
 }
 
 /// What makes sure an application's whole process group ends with us, even
@@ -69,9 +72,21 @@ pub struct Process {
 
 /// The pipes of a freshly spawned process.
 pub struct Stdio3 {
-    pub stdin: ChildStdin,
+    /// `None` when the process was given a socket on fd 0.
+    pub stdin: Option<ChildStdin>,
     pub stdout: ChildStdout,
     pub stderr: ChildStderr,
+}
+
+impl Stdio3 {
+    /// The pipes' fds: stdin (if piped), stdout, stderr.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let stdin = self.stdin.as_ref().map(AsFd::as_fd);
+        stdin
+            .into_iter()
+            .chain([self.stdout.as_fd(), self.stderr.as_fd()])
+            .collect()
+    }
 }
 
 impl Process {
@@ -82,9 +97,12 @@ impl Process {
             .args(&spec.args)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        match &spec.stdin_socket {
+            Some(socket) => command.stdin(Stdio::from(socket.try_clone()?)),
+            None => command.stdin(Stdio::piped()),
+        };
         if let Some(dir) = &spec.workdir {
             command.current_dir(dir);
         }
@@ -119,8 +137,8 @@ impl Process {
             status: None,
             guarded,
         };
-        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
-            // Invariant: all three were configured as piped above.
+        let (stdin, Some(stdout), Some(stderr)) = pipes else {
+            // Invariant: both were configured as piped above.
             let mut p = process;
             p.kill();
             return Err(io::Error::other("spawned process is missing a pipe"));
@@ -308,6 +326,13 @@ pub fn end_orphans(ended: &[u32]) {
                     continue;
                 }
                 live += 1;
+                // A member of a group just ended that re-parented to us on
+                // its way out (a shell between fork and exec): it got its
+                // SIGKILL with the group; no warning, it did not escape.
+                if ended.contains(&c.pgid) {
+                    sys::signal_process(c.pid, Signal::SIGKILL);
+                    continue;
+                }
                 let first_seen = !seen.contains(&c.pid);
                 if first_seen {
                     log::warn!(
@@ -440,6 +465,9 @@ pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a process being replaced gets after SIGTERM before SIGKILL.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
+/// What [`Supervisor::set_before_spawn`] takes.
+pub type BeforeSpawn = Box<dyn FnMut(&mut SpawnSpec) -> io::Result<()>>;
+
 /// The running process of a [`Supervisor`], with its pipes.
 pub struct Worker {
     pub process: Process,
@@ -467,6 +495,9 @@ pub enum StartError {
 /// out are reaped without blocking the request at hand.
 pub struct Supervisor {
     spec: SpawnSpec,
+    /// Called with the spec before each spawn (a server program gets a fresh
+    /// private address each time: see `back::server`).
+    before_spawn: Option<BeforeSpawn>,
     max_requests: u64,
     current: Option<Worker>,
     failures: u32,
@@ -479,6 +510,7 @@ impl Supervisor {
     pub fn new(spec: SpawnSpec, max_requests: u64) -> Supervisor {
         Supervisor {
             spec,
+            before_spawn: None,
             max_requests,
             current: None,
             failures: 0,
@@ -493,6 +525,11 @@ impl Supervisor {
         let mut sup = Supervisor::new(spec, max_requests);
         sup.current = Some(worker);
         sup
+    }
+
+    /// Call `hook` on the spec before each spawn; an error is a failed start.
+    pub fn set_before_spawn(&mut self, hook: BeforeSpawn) {
+        self.before_spawn = Some(hook);
     }
 
     /// The running worker, if any.
@@ -512,15 +549,24 @@ impl Supervisor {
             if let Some(at) = self.next_start.filter(|at| *at > Instant::now()) {
                 return Err(StartError::Backoff(at));
             }
-            let (process, pipes) = Process::spawn(&self.spec).map_err(|e| {
+            if let Some(hook) = &mut self.before_spawn
+                && let Err(e) = hook(&mut self.spec)
+            {
+                self.note_failure();
+                return Err(StartError::Spawn(e));
+            }
+            let spawned = Process::spawn(&self.spec);
+            // A socket for fd 0 belongs to that process alone: with our copy
+            // closed, a connection after it exited is refused, not left waiting.
+            // (A `before_spawn` hook gives the next process its own.)
+            if self.before_spawn.is_some() {
+                self.spec.stdin_socket = None;
+            }
+            let (process, pipes) = spawned.map_err(|e| {
                 self.note_failure();
                 StartError::Spawn(e)
             })?;
-            for fd in [
-                pipes.stdin.as_fd(),
-                pipes.stdout.as_fd(),
-                pipes.stderr.as_fd(),
-            ] {
+            for fd in pipes.fds() {
                 sys::set_nonblocking(fd).map_err(StartError::Spawn)?;
             }
             self.current = Some(Worker {

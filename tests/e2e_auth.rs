@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use apache_support::{
     ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, chmod, copy_file, copy_tree,
-    kill_processes_matching, mkdir_world_readable, wait_no_processes_matching, write_file,
+    mkdir_world_readable, stop_leaving_nothing, write_file,
 };
 
 /// The Apache modules Basic authentication needs beyond the harness's, as a
@@ -179,17 +179,7 @@ impl Site {
             self.dir.path().display().to_string(),
             self.apache.dir().display().to_string(),
         ];
-        let killed = self.apache.stop();
-        let mut left = Vec::new();
-        for needle in &needles {
-            left.extend(wait_no_processes_matching(needle, Duration::from_secs(2)));
-            kill_processes_matching(needle);
-        }
-        assert!(killed.is_empty(), "had to SIGKILL at shutdown: {killed:?}");
-        assert!(
-            left.is_empty(),
-            "still running after Apache stopped: {left:#?}"
-        );
+        stop_leaving_nothing(&mut self.apache, &needles);
     }
 }
 

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use apache_support::load::{assert_clean_load, spawn_wrk, wrk_result};
 use apache_support::{
     ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file, parent_pid,
     processes_matching, wait_no_processes_matching, write_file,
@@ -270,96 +271,11 @@ fn touch(path: &Path) {
     assert!(status.success(), "touch {} failed", path.display());
 }
 
-/// wrk's counts for one run.
-#[derive(Debug)]
-struct Load {
-    requests: u64,
-    non_2xx: u64,
-    socket_errors: String,
-    /// connect, read, write, timeout (from the "Socket errors" line).
-    errors: [u64; 4],
-    output: String,
-}
-
-/// wrk's --timeout.
-const WRK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs wrk with 8 connections against `url` for `secs` seconds.
-fn wrk(url: &str, secs: u64) -> Command {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t",
-        "2",
-        "-c",
-        "8",
-        "-d",
-        &format!("{secs}s"),
-        // A request waiting for mod_fcgid to start a process (it retries
-        // once a second) may take over 2 s, wrk's default: slow, not failed.
-        "--timeout",
-        &format!("{}s", WRK_TIMEOUT.as_secs()),
-        "--latency",
-        url,
-    ]);
-    cmd
-}
-
-fn wrk_result(output: std::process::Output) -> Load {
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let requests = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.to_string())
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    let non_2xx = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
-    let socket_errors = text
-        .lines()
-        .find(|l| l.contains("Socket errors"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let mut errors = [0u64; 4];
-    for (i, name) in ["connect ", "read ", "write ", "timeout "]
-        .iter()
-        .enumerate()
-    {
-        errors[i] = socket_errors
-            .split(name)
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-    }
-    Load {
-        requests,
-        non_2xx,
-        socket_errors,
-        errors,
-        output: format!("{text}{}", String::from_utf8_lossy(&output.stderr)),
-    }
-}
-
 /// Three seconds of wrk, not measured, so mod_fcgid has spawned its
 /// processes before the measured run.
 fn warm_up(site: &Site) {
     let child = spawn_wrk(&site.apache.url("/"), 3);
     let _ = child.wait_with_output();
-}
-
-fn spawn_wrk(url: &str, secs: u64) -> std::process::Child {
-    wrk(url, secs)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run wrk ({e}): apt-get install wrk"))
 }
 
 /// GET / in a loop for `length` (a connection each: Apache here does not
@@ -385,42 +301,6 @@ fn load_secs() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30)
-}
-
-/// The longest time (%D) Apache's access log gives any request.
-fn slowest_in_access_log(site: &Site) -> Duration {
-    site.apache
-        .access_log()
-        .lines()
-        .filter_map(|l| l.rsplit(' ').next()?.strip_suffix("us")?.parse().ok())
-        .max()
-        .map(Duration::from_micros)
-        .unwrap_or_default()
-}
-
-/// No non-2xx response, no connect, read or write error, no timeout. (This
-/// wrk counts a response as a timeout when its latency is past --timeout;
-/// Apache's slowest request is printed beside it: its %D covers everything
-/// the shim does.)
-fn assert_clean_load(load: &Load, site: &Site) {
-    assert!(load.requests > 0, "wrk made no requests:\n{}", load.output);
-    let [connect, read, write, timeout] = load.errors;
-    assert_eq!(
-        (load.non_2xx, connect, read, write),
-        (0, 0, 0, 0),
-        "failed requests under reload:\n{}\n{}",
-        load.output,
-        site.apache.logs_for_humans()
-    );
-    assert_eq!(
-        timeout,
-        0,
-        "wrk counted {timeout} request(s) slower than {WRK_TIMEOUT:?}; the slowest in Apache's \
-         access log took {:?}:\n{}\n{}",
-        slowest_in_access_log(site),
-        load.output,
-        site.apache.logs_for_humans()
-    );
 }
 
 #[test]
@@ -512,7 +392,7 @@ fn touch_under_load(kind: Kind) {
          {} non-2xx, socket errors: {:?}\n{}",
         load.requests, load.non_2xx, load.socket_errors, load.output
     );
-    assert_clean_load(&load, &site);
+    assert_clean_load(&load, &site.apache);
     assert!(
         restarts >= touches / 2,
         "only {restarts} restarts for {touches} touches"
@@ -734,7 +614,7 @@ fn processes_started_on_broken_settings_serve_the_last_good_version() {
         "broken + touch, wrk 8 connections: {} requests, {} non-2xx; shims {one_process:?} -> {started:?}",
         load.requests, load.non_2xx
     );
-    assert_clean_load(&load, &site);
+    assert_clean_load(&load, &site.apache);
     assert!(
         started.iter().any(|p| !one_process.contains(p)),
         "mod_fcgid started no new process: {started:?}"

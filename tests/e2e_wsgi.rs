@@ -13,14 +13,13 @@
 mod apache_support;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use apache_support::{
     ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, copy_file, copy_tree,
-    kill_processes_matching, mkdir_world_readable, wait_no_processes_matching, write_file,
+    install_site, mkdir_world_readable, read_until, stop_leaving_nothing, write_file,
 };
 
 /// The Python with Django, Flask and flup; panics with instructions if unset.
@@ -67,19 +66,7 @@ impl Site {
 
     /// mysite.fcgi (the binary), mysite.toml and the rewrite .htaccess in `dir`.
     fn install(&self, dir: &Path, settings: &str) {
-        mkdir_world_readable(dir);
-        write_file(
-            &dir.join(".htaccess"),
-            fs::read_to_string(repo_path("htaccess-examples/mod_fcgid.htaccess"))
-                .expect("read htaccess example"),
-            0o644,
-        );
-        copy_file(
-            Path::new(env!("CARGO_BIN_EXE_fcgi-shim")),
-            &dir.join("mysite.fcgi"),
-            0o755,
-        );
-        write_file(&dir.join("mysite.toml"), settings, 0o644);
+        install_site(dir, settings);
     }
 
     fn start(&mut self) {
@@ -133,22 +120,7 @@ impl Site {
             self.dir.path().display().to_string(),
             self.apache().dir().display().to_string(),
         ];
-        let killed = self.apache.as_mut().expect("Apache started").stop();
-        let log = self.apache().error_log();
-        let mut left = Vec::new();
-        for needle in &needles {
-            left.extend(wait_no_processes_matching(needle, Duration::from_secs(2)));
-            kill_processes_matching(needle);
-        }
-        assert!(killed.is_empty(), "had to SIGKILL at shutdown: {killed:?}");
-        assert!(
-            left.is_empty(),
-            "still running after Apache stopped: {left:#?}"
-        );
-        assert!(
-            !log.contains("terminating forcefully"),
-            "mod_fcgid had to SIGKILL a shim:\n{log}"
-        );
+        stop_leaving_nothing(self.apache.as_mut().expect("Apache started"), &needles);
     }
 }
 
@@ -227,30 +199,6 @@ fn pattern(len: usize) -> Vec<u8> {
             (x >> 32) as u8
         })
         .collect()
-}
-
-/// GET `path` over a raw socket; returns the bytes up to the first
-/// occurrence of `until` and the open stream.
-fn read_until(port: u16, path: &str, until: &str) -> (String, TcpStream) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains(until) {
-        let n = s.read(&mut buf).expect("read while waiting");
-        assert!(
-            n > 0,
-            "closed before {until:?}: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    (String::from_utf8_lossy(&seen).into_owned(), s)
 }
 
 #[test]

@@ -419,6 +419,8 @@ fn make_dist_packs_the_executable_templates_htaccess_and_install() {
         "shim-templates/cgi.fcgi",
         "shim-templates/django.fcgi",
         "shim-templates/flask.fcgi",
+        "shim-templates/node.fcgi",
+        "shim-templates/php.fcgi",
         "htaccess-examples/README.md",
         "htaccess-examples/mod_fcgid.htaccess",
         "htaccess-examples/cgi-bin.htaccess",

@@ -202,6 +202,7 @@ impl Back for CgiBack {
             workdir,
             descendants: Descendants::Guarded,
             inherit_fds: Vec::new(),
+            stdin_socket: None,
         };
         let name = Path::new(program).display().to_string();
         let (process, pipes) = match Process::spawn(&spec) {
@@ -235,7 +236,9 @@ impl Back for CgiBack {
                 return finish_with_error(exchange, 502, "");
             }
         };
-        if let Err(e) = sys::set_nonblocking(pipes.stdin.as_fd()) {
+        if let Some(stdin) = &pipes.stdin
+            && let Err(e) = sys::set_nonblocking(stdin.as_fd())
+        {
             log::warn!("cgi: {name}: cannot make stdin non-blocking: {e}");
         }
         let stderr_lines = StderrLines::new(format!("cgi: {name}"), STDERR_TAIL_LINES);
@@ -243,7 +246,7 @@ impl Back for CgiBack {
         let run = Run {
             name,
             process,
-            stdin: Some(pipes.stdin),
+            stdin: pipes.stdin,
             stdout: Some(pipes.stdout),
             stderr: Some(pipes.stderr),
             parser: CgiHeadParser::new(self.limits.max_response_head_bytes),

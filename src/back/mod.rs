@@ -5,6 +5,10 @@
 //! Must not: know which front a request came from.
 
 pub mod cgi;
+pub mod fastcgi;
+pub mod http;
+pub mod scgi;
+pub mod server;
 pub mod stderr_lines;
 pub mod wsgi;
 
@@ -118,6 +122,7 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
+        AppConfig::Server(s) => Box::new(server::ServerBack::new(s.clone(), config.limits)),
     }
 }
 
@@ -127,24 +132,28 @@ pub fn candidate_from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::candidate(wsgi.clone(), config.limits)),
+        AppConfig::Server(s) => Box::new(server::ServerBack::new(s.clone(), config.limits)),
     }
 }
 
 /// Start the application once and stop it again: can the new version run?
 /// (A reload asks this before it replaces a working version.) For `wsgi`
 /// the worker must import the application; a `cgi` program runs per request,
-/// so valid settings are all there is to check.
+/// so valid settings are all there is to check; a server program must
+/// become ready.
 pub fn preflight(config: &Config) -> Result<(), String> {
     match &config.app {
         AppConfig::Cgi(_) => Ok(()),
         AppConfig::Wsgi(wsgi) => wsgi::preflight(wsgi.clone(), config.limits),
+        AppConfig::Server(s) => server::preflight(s.clone(), config.limits),
     }
 }
 
 /// Does this application kind need the process-group guard (see
-/// `supervise::Descendants`)? CGI programs do; the WSGI adapter ends its own group.
+/// `supervise::Descendants`)? CGI programs and server programs do; the WSGI
+/// adapter ends its own group.
 pub fn needs_group_guard(config: &Config) -> bool {
-    matches!(config.app, AppConfig::Cgi(_))
+    matches!(config.app, AppConfig::Cgi(_) | AppConfig::Server(_))
 }
 
 /// Send an error response (if no head went out yet) and say how the request ended.

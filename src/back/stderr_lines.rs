@@ -1,4 +1,5 @@
-//! An application's stderr as log lines (cgi programs, the wsgi worker).
+//! An application's stderr as log lines (cgi programs, the wsgi worker), or
+//! a server program's stdout and stderr together (its "output").
 //!
 //! Owns: splitting what arrives into lines, logging each with the back's
 //! prefix, and keeping the last few for the message when the application
@@ -15,6 +16,11 @@ pub struct StderrLines {
     partial: Vec<u8>,
     tail: VecDeque<String>,
     keep: usize,
+    /// "stderr", or "output" for a server program's stdout and stderr.
+    stream: &'static str,
+    /// Warn for what a program says on stderr; info for a server's output
+    /// (its access log and start-up banner are not warnings).
+    level: log::Level,
 }
 
 impl StderrLines {
@@ -25,6 +31,17 @@ impl StderrLines {
             partial: Vec::new(),
             tail: VecDeque::new(),
             keep,
+            stream: "stderr",
+            level: log::Level::Warn,
+        }
+    }
+
+    /// A server program's stdout and stderr: "output" lines, logged as info.
+    pub fn for_server_output(prefix: String, keep: usize) -> StderrLines {
+        StderrLines {
+            stream: "output",
+            level: log::Level::Info,
+            ..StderrLines::new(prefix, keep)
         }
     }
 
@@ -54,19 +71,23 @@ impl StderrLines {
         self.tail.clear();
     }
 
-    /// "stderr: last | lines" or "no stderr output", for a failure's log line.
+    /// "stderr: last | lines" or "no stderr output" ("output: ..." for a
+    /// server program), for a failure's log line.
     pub fn summary(&self) -> String {
         if self.tail.is_empty() {
-            return "no stderr output".to_string();
+            return match self.stream {
+                "stderr" => "no stderr output".to_string(),
+                other => format!("no {other}"),
+            };
         }
         let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
-        format!("stderr: {}", tail.join(" | "))
+        format!("{}: {}", self.stream, tail.join(" | "))
     }
 
     fn log_line(&mut self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
-        log::warn!("{} stderr: {text}", self.prefix);
+        log::log!(self.level, "{} {}: {text}", self.prefix, self.stream);
         if self.tail.len() == self.keep {
             self.tail.pop_front();
         }
@@ -91,5 +112,9 @@ mod tests {
         assert!(s.summary().ends_with(&"x".repeat(10)));
         s.clear();
         assert_eq!(s.summary(), "no stderr output");
+        let mut s = StderrLines::for_server_output("t".into(), 2);
+        assert_eq!(s.summary(), "no output");
+        s.push(b"listening\n");
+        assert_eq!(s.summary(), "output: listening");
     }
 }

@@ -175,7 +175,7 @@ fn take_handed_worker() -> Option<supervise::Worker> {
     let pipes = match fds[..] {
         [a, b, c] => (|| {
             Ok::<_, io::Error>(supervise::Stdio3 {
-                stdin: crate::sys::adopt_handed_fd(a)?.into(),
+                stdin: Some(crate::sys::adopt_handed_fd(a)?.into()),
                 stdout: crate::sys::adopt_handed_fd(b)?.into(),
                 stderr: crate::sys::adopt_handed_fd(c)?.into(),
             })
@@ -205,11 +205,7 @@ fn take_handed_worker() -> Option<supervise::Worker> {
     if process.try_wait().is_some() {
         return None;
     }
-    for fd in [
-        pipes.stdin.as_fd(),
-        pipes.stdout.as_fd(),
-        pipes.stderr.as_fd(),
-    ] {
+    for fd in pipes.fds() {
         if crate::sys::set_nonblocking(fd).is_err() {
             process.kill();
             return None;
@@ -307,6 +303,7 @@ impl WsgiBack {
             // The adapter ends its process group when we go (see its end_group).
             descendants: Descendants::LeaderEndsGroup,
             inherit_fds: Vec::new(),
+            stdin_socket: None,
         };
         let stderr_lines = StderrLines::new(format!("wsgi: {label}"), STDERR_TAIL_LINES);
         // The worker our image before a re-exec started and validated, if
@@ -487,7 +484,10 @@ impl WsgiBack {
         };
         let mut written = 0;
         while written < self.to_worker.len() {
-            match w.pipes.stdin.write(&self.to_worker[written..]) {
+            let Some(stdin) = &mut w.pipes.stdin else {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            };
+            match stdin.write(&self.to_worker[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -513,7 +513,7 @@ impl WsgiBack {
             return Err(io::Error::other("no worker"));
         };
         let p = &w.pipes;
-        let stdin = pending_in.then(|| p.stdin.as_fd());
+        let stdin = p.stdin.as_ref().filter(|_| pending_in).map(AsFd::as_fd);
         let stdout = want_stdout.then(|| p.stdout.as_fd());
         super::poll_round(
             ex,
@@ -1400,7 +1400,7 @@ fn push_request_frame(out: &mut Vec<u8>, req: &request::Request, mode: &ScriptNa
 /// server would send for a visitor at localhost, plus `WARMUP_HEADER`.
 /// PATH_INFO is derived from REQUEST_URI (percent-decoded) as for a real
 /// request that comes without one.
-fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
+pub(crate) fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
     let query = target.split_once('?').map_or("", |(_, q)| q);
     let prefix = match mode {
         ScriptName::Fixed(prefix) => prefix.as_str(),
@@ -1422,12 +1422,7 @@ fn warmup_request(target: &str, mode: &ScriptName) -> request::Request {
         ("REMOTE_PORT", "0"),
         (WARMUP_HEADER, "1"),
     ];
-    request::Request::new(
-        pairs
-            .iter()
-            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect(),
-    )
+    request::Request::from_strs(&pairs)
 }
 
 /// The first non-empty lines of a response body (and its HTML `<title>`
@@ -1535,7 +1530,10 @@ impl Back for WsgiBack {
     fn hand_over(&mut self) -> Option<(&'static str, String)> {
         let w = self.sup.worker().filter(|w| w.ready)?;
         let p = &w.pipes;
-        let fds = [p.stdin.as_fd(), p.stdout.as_fd(), p.stderr.as_fd()];
+        let (Some(stdin), stdout, stderr) = (&p.stdin, &p.stdout, &p.stderr) else {
+            return None;
+        };
+        let fds = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
         let kept = fds.iter().try_for_each(|fd| crate::sys::clear_cloexec(*fd));
         let [a, b, c] = fds.map(|fd| fd.as_raw_fd());
         let value = format!("{}:{a}:{b}:{c}:{}", w.process.pid(), adapter_hash());
@@ -1552,8 +1550,7 @@ impl Back for WsgiBack {
 
     fn keep_after_failed_exec(&mut self) {
         if let Some(w) = self.sup.worker() {
-            let p = &w.pipes;
-            for fd in [p.stdin.as_fd(), p.stdout.as_fd(), p.stderr.as_fd()] {
+            for fd in w.pipes.fds() {
                 let _ = crate::sys::set_cloexec(fd);
             }
         }

@@ -146,6 +146,37 @@ pub fn decode_head(input: &[u8], max_bytes: usize, max_pairs: usize) -> Result<D
     ))
 }
 
+/// Append a request head (what [`decode_head`] reads): the netstring of
+/// NUL-separated pairs, CONTENT_LENGTH first and SCGI = 1 second, then
+/// `pairs` (their own CONTENT_LENGTH and SCGI left out). A name or value
+/// with a NUL cannot be carried: it is left out.
+pub fn encode_head<'a>(
+    out: &mut Vec<u8>,
+    content_length: u64,
+    pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) {
+    let mut block = Vec::new();
+    let mut pair = |name: &[u8], value: &[u8]| {
+        if !name.is_empty() && !name.contains(&0) && !value.contains(&0) {
+            block.extend_from_slice(name);
+            block.push(0);
+            block.extend_from_slice(value);
+            block.push(0);
+        }
+    };
+    pair(b"CONTENT_LENGTH", content_length.to_string().as_bytes());
+    pair(b"SCGI", b"1");
+    for (name, value) in pairs {
+        if name != b"CONTENT_LENGTH" && name != b"SCGI" {
+            pair(name, value);
+        }
+    }
+    out.extend_from_slice(block.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(&block);
+    out.push(b',');
+}
+
 /// Header name-value pairs, in order.
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -532,6 +534,76 @@ impl Drop for ApacheInstance {
             eprintln!("{}", self.logs_for_humans());
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Sites
+// ---------------------------------------------------------------------------
+
+/// A site as a user deploys it in `dir`: the shipped rewrite `.htaccess`
+/// (htaccess-examples/mod_fcgid.htaccess, as it is), a copy of the fcgi-shim
+/// binary as `mysite.fcgi` and `settings` as `mysite.toml`.
+pub fn install_site(dir: &Path, settings: &str) {
+    mkdir_world_readable(dir);
+    copy_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("htaccess-examples/mod_fcgid.htaccess"),
+        &dir.join(".htaccess"),
+        0o644,
+    );
+    copy_file(
+        Path::new(env!("CARGO_BIN_EXE_fcgi-shim")),
+        &dir.join("mysite.fcgi"),
+        0o755,
+    );
+    write_file(&dir.join("mysite.toml"), settings, 0o644);
+}
+
+/// Stops `apache`, then asserts that nothing it started is left: no process
+/// had to be SIGKILLed at shutdown, none whose command line or executable
+/// mentions one of `needles` (the temp dirs of the test) still runs, and
+/// mod_fcgid did not have to kill a shim. Leftovers are killed by pid first,
+/// so a failing test leaves nothing behind either.
+pub fn stop_leaving_nothing(apache: &mut ApacheInstance, needles: &[String]) {
+    let killed = apache.stop();
+    let log = apache.error_log();
+    let mut left = Vec::new();
+    for needle in needles {
+        left.extend(wait_no_processes_matching(needle, Duration::from_secs(2)));
+        kill_processes_matching(needle);
+    }
+    assert!(killed.is_empty(), "had to SIGKILL at shutdown: {killed:?}");
+    assert!(
+        left.is_empty(),
+        "still running after Apache stopped: {left:#?}"
+    );
+    assert!(
+        !log.contains("terminating forcefully"),
+        "mod_fcgid had to SIGKILL a shim:\n{log}"
+    );
+}
+
+/// GET `path` over a raw socket; returns the bytes up to the first
+/// occurrence of `until` and the open stream (to read the rest later).
+pub fn read_until(port: u16, path: &str, until: &str) -> (String, TcpStream) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let n = s.read(&mut buf).expect("read while waiting");
+        assert!(
+            n > 0,
+            "closed before {until:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (String::from_utf8_lossy(&seen).into_owned(), s)
 }
 
 // ---------------------------------------------------------------------------

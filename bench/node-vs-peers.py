@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""`make bench-node`: one Node.js application (bench/hello-node.js, the plain
+http module) behind Apache three ways, measured side by side with wrk:
+
+  shim       Apache + mod_fcgid + the rewrite .htaccess (htaccess-examples/)
+             running the release fcgi-shim as mysite.fcgi with kind = "http"
+             (or, --apache lean, mysite.fcgi mapped in the server config)
+  passenger  Apache + mod_passenger (Debian libapache2-mod-passenger):
+             PassengerAppType node, PassengerStartupFile hello-node.js
+  proxy      Apache + mod_proxy_http straight to one node process on a
+             loopback port (what a host with shell access and a VPS would do)
+
+Each is its own private Apache on a free loopback port, from the end-to-end
+tests' template (tests/apache_support/httpd.conf.in, KeepAlive On). The rounds
+interleave (which one goes first rotates), so load from anything else on the
+machine falls on all three; medians are reported, and the ratios are the
+medians of the per-round ratios. Target (issue 16): shim >= passenger and
+shim >= 0.8x proxy in req/s.
+
+Standard library only:
+  bench/node-vs-peers.py [--rounds 6] [--seconds 3] [--connections 4]
+                         [--processes N] [--passenger-processes 2]
+                         [--apache htaccess|lean] [--shim target/release/fcgi-shim]
+
+BENCH_HOLD=SECONDS keeps the warmed-up sites up that long before measuring
+(for strace, perf or a CPU split; it prints the URLs); BENCH_KEEP_TMP=1 keeps
+the temp dir with the three Apaches' logs.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from apache_bench import (APACHE, REPO, free_port, kill_leftovers, processes_under, rss_kib, say,
+                          start_apache, stop_apache, write, wrk)
+
+PASSENGER = "/usr/lib/apache2/modules/mod_passenger.so"
+MODULES = "/usr/lib/apache2/modules"
+
+
+def passenger_conf(state, app, node, processes):
+    return """LoadModule passenger_module %(mod)s
+PassengerRoot /usr/lib/ruby/vendor_ruby/phusion_passenger/locations.ini
+PassengerDefaultRuby /usr/bin/ruby
+PassengerInstanceRegistryDir "%(state)s/passenger"
+PassengerLogFile "%(state)s/passenger.log"
+PassengerDisableSecurityUpdateCheck on
+PassengerDefaultUser www-data
+PassengerDefaultGroup www-data
+PassengerMaxPoolSize %(n)d
+PassengerMinInstances %(n)d
+PassengerAppRoot "%(app)s"
+PassengerAppType node
+PassengerStartupFile hello-node.js
+PassengerNodejs "%(node)s"
+""" % {"mod": PASSENGER, "state": state, "app": app, "node": node, "n": processes}
+
+
+def proxy_conf(app_port):
+    return """LoadModule proxy_module %(m)s/mod_proxy.so
+LoadModule proxy_http_module %(m)s/mod_proxy_http.so
+ProxyPass "/" "http://127.0.0.1:%(p)d/"
+ProxyPassReverse "/" "http://127.0.0.1:%(p)d/"
+""" % {"m": MODULES, "p": app_port}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--processes", type=int, default=0,
+                    help="FcgidMaxProcessesPerClass for the shim (default: twice the connections: "
+                    "mod_fcgid sends one request at a time to a process)")
+    ap.add_argument("--passenger-processes", type=int, default=2,
+                    help="PassengerMinInstances = PassengerMaxPoolSize (a node process serves "
+                    "many requests at once; default one per core of a 2-core machine)")
+    ap.add_argument("--apache", choices=("htaccess", "lean"), default="htaccess")
+    ap.add_argument("--shim", default=os.path.join(REPO, "target/release/fcgi-shim"))
+    args = ap.parse_args()
+
+    node = shutil.which("node")
+    missing = [what for what, ok in (
+        ("wrk (apt-get install -y wrk)", shutil.which("wrk")),
+        ("node (apt-get install -y nodejs)", node),
+        ("mod_passenger (apt-get install -y libapache2-mod-passenger)", os.path.exists(PASSENGER)),
+        ("the release fcgi-shim (cargo build --release)", os.path.exists(args.shim)),
+    ) if not ok]
+    if missing:
+        sys.exit("bench: missing: " + "; ".join(missing))
+    processes = args.processes or 2 * args.connections
+
+    tmp = tempfile.mkdtemp(prefix="fcgi-shim-bench-node.")
+    os.chmod(tmp, 0o755)
+    apaches, proxied = {}, None
+    names = ["shim", "passenger", "proxy"]
+    try:
+        app, www, public = tmp + "/app", tmp + "/www", tmp + "/app/public"
+        for d in (app, www, public):
+            os.makedirs(d, mode=0o755)
+            os.chmod(d, 0o755)
+        shutil.copy(os.path.join(REPO, "bench/hello-node.js"), app)
+        os.chmod(app + "/hello-node.js", 0o644)
+        shutil.copy(args.shim, www + "/mysite.fcgi")
+        os.chmod(www + "/mysite.fcgi", 0o755)
+        write(www + "/mysite.toml", '[app]\nkind = "http"\ncommand = ["%s", "%s/hello-node.js"]\n'
+              '[log]\nlevel = "warn"\n' % (node, app), 0o644)
+        extra_shim = "KeepAlive On\nFcgidMaxProcessesPerClass %d\n" % processes
+        if args.apache == "htaccess":
+            shutil.copy(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess"), www + "/.htaccess")
+            os.chmod(www + "/.htaccess", 0o644)
+        else:
+            extra_shim += ("<Directory \"%s\">\n    AllowOverride None\n    Options +ExecCGI\n</Directory>\n"
+                           "<Files \"mysite.fcgi\">\n    SetHandler fcgid-script\n</Files>\n"
+                           "AliasMatch \"^/(.*)$\" \"%s/mysite.fcgi/$1\"\n" % (www, www))
+        if os.geteuid() == 0:
+            for d in (app, www):
+                subprocess.run(["chown", "-R", "www-data:www-data", d], check=True)
+
+        app_port = free_port()
+        proxied = subprocess.Popen([node, app + "/hello-node.js"], env={"PORT": str(app_port)},
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        ports = {name: free_port() for name in names}
+        apaches["shim"] = start_apache(tmp + "/apache-shim", www, ports["shim"], extra_shim)
+        os.makedirs(tmp + "/apache-passenger/passenger", mode=0o755)
+        apaches["passenger"] = start_apache(
+            tmp + "/apache-passenger", public, ports["passenger"],
+            "KeepAlive On\n" + passenger_conf(tmp + "/apache-passenger", app, node, args.passenger_processes),
+            defines=("FCGI_SHIM_NO_FCGID",))
+        apaches["proxy"] = start_apache(tmp + "/apache-proxy", public, ports["proxy"],
+                                        "KeepAlive On\n" + proxy_conf(app_port),
+                                        defines=("FCGI_SHIM_NO_FCGID",))
+        urls = {name: "http://127.0.0.1:%d/hello" % ports[name] for name in names}
+
+        # Warm up: every server answers, mod_fcgid has spawned its processes.
+        for name in names:
+            deadline = time.monotonic() + 60
+            while True:
+                res = wrk(urls[name], 1, 1)
+                if res["rps"] > 0 and not res["bad"]:
+                    break
+                if time.monotonic() > deadline:
+                    sys.exit("bench: %s does not answer 200: see %s/apache-%s/error.log" % (name, tmp, name))
+                time.sleep(0.5)
+        for _ in range(10):
+            wrk(urls["shim"], 2, 2 * processes)
+            if len(shims(www)) >= processes:
+                break
+        wrk(urls["passenger"], 2, 2 * processes)
+        say("shim: %d mod_fcgid processes; passenger: %d node processes; proxy: 1 node process" % (
+            len(shims(www)), len(passenger_nodes(app))))
+
+        if os.environ.get("BENCH_HOLD"):
+            # For profiling: keep the warmed-up sites up that many seconds.
+            say("holding for %s s: %s (temp dir %s)" % (
+                os.environ["BENCH_HOLD"], " ".join("%s=%s" % kv for kv in urls.items()), tmp))
+            time.sleep(float(os.environ["BENCH_HOLD"]))
+        results = {name: [] for name in names}
+        for r in range(args.rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                res = wrk(urls[name], args.seconds, args.connections)
+                results[name].append(res)
+                say("round %d %-9s %8.0f req/s  p50 %.2f ms  p99 %.2f ms%s" % (
+                    r + 1, name, res["rps"], res["p50"], res["p99"],
+                    "  (non-2xx: %d, socket errors: %s)" % (res["bad"], res["socket_errors"])
+                    if res["bad"] or res["socket_errors"] else ""))
+        rss = {
+            "shim": sum(rss_kib(p) for p in processes_under(tmp + "/www")) +
+            sum(rss_kib(p) for p in processes_under(app + "/hello-node.js")
+                if p != proxied.pid and p not in passenger_nodes(app)),
+            "passenger": sum(rss_kib(p) for p in passenger_nodes(app)),
+            "proxy": rss_kib(proxied.pid),
+        }
+        errors = [l for l in open(tmp + "/apache-shim/error.log").read().splitlines()
+                  if "fcgi-shim" in l and ("error" in l or "warn" in l)]
+    finally:
+        for a in apaches.values():
+            stop_apache(a)
+        if proxied is not None:
+            proxied.send_signal(signal.SIGTERM)
+            proxied.wait(10)
+        kill_leftovers(tmp)
+        if not os.environ.get("BENCH_KEEP_TMP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {name: {k: statistics.median(x[k] for x in rows) for k in ("rps", "p50", "p99")}
+           for name, rows in results.items()}
+    print()
+    print("Node.js hello world (plain http, %s) behind Apache %s: fcgi-shim kind = \"http\" (mod_fcgid, %s) "
+          "vs Passenger %s vs mod_proxy_http" % (
+              subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip(),
+              subprocess.run([APACHE, "-v"], capture_output=True, text=True).stdout.split("\n")[0].split("/")[-1],
+              args.apache, passenger_version()))
+    print("wrk -t%d -c%d -d%ds, %d interleaved rounds, medians; %d cores, shared machine; "
+          "processes: shim %d (each with its node), passenger %d node, proxy 1 node" % (
+              min(2, args.connections), args.connections, args.seconds, args.rounds, os.cpu_count(),
+              processes, args.passenger_processes))
+    print("%-10s %10s %10s %10s %12s" % ("", "req/s", "p50 ms", "p99 ms", "RSS KiB"))
+    for name in names:
+        m = med[name]
+        print("%-10s %10.0f %10.2f %10.2f %12d" % (name, m["rps"], m["p50"], m["p99"], rss[name]))
+    for other, target in (("passenger", 1.0), ("proxy", 0.8)):
+        ratios = sorted(a["rps"] / b["rps"] for a, b in zip(results["shim"], results[other]))
+        ratio = statistics.median(ratios)
+        print("ratio shim/%s req/s: %.2fx (median of the per-round ratios %s; target >= %.1fx: %s)" % (
+            other, ratio, ", ".join("%.2f" % x for x in ratios), target,
+            "met" if ratio >= target else "NOT met"))
+    bad = sum(x["bad"] for rows in results.values() for x in rows)
+    if bad:
+        print("WARNING: %d non-2xx responses" % bad)
+    if errors:
+        print("shim warnings/errors in Apache's log:\n" + "\n".join(errors[:10]))
+
+
+def shims(www):
+    """The shim processes mod_fcgid runs for the site (not their process-group guards)."""
+    found = []
+    for pid in processes_under(www + "/mysite.fcgi"):
+        try:
+            with open("/proc/%d/comm" % pid) as f:
+                if f.read().strip() != "fcgi-shim-guard":
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def passenger_nodes(app):
+    """Node processes Passenger started for `app` ("Passenger NodeApp: <app root>")."""
+    return [p for p, cmd in processes_under(app).items() if cmd.startswith("Passenger NodeApp")]
+
+
+def passenger_version():
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libapache2-mod-passenger"],
+                         capture_output=True, text=True).stdout
+    return out or "(unknown version)"
+
+
+if __name__ == "__main__":
+    main()

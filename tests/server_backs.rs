@@ -1,0 +1,468 @@
+//! The server-program kinds (issue 16) against the real binary, spoken to by
+//! the test FastCGI client (`tests/common/`): `http` with a python3
+//! `http.server` application (tests/server_apps/http_app.py) on `{port}`
+//! and `{socket}`, and node when installed; `fastcgi` with php-cgi and flup;
+//! `scgi` with flup (the test venv). Each test checks what a visitor or the
+//! log would show: status, headers, bytes, pids, and that no process of
+//! the application is left after the shim stops.
+//!
+//! Needs python3; php-cgi, node and flup tests are skipped (said on stderr)
+//! when missing. `$FCGI_SHIM_TEST_PYTHON` names the venv python with flup.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn apps() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server_apps")
+}
+
+fn settings(kind: &str, command: &[&str], extra: &str) -> String {
+    let argv: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[app]\nkind = \"{kind}\"\ncommand = [{}]\n{extra}\n[log]\nlevel = \"info\"\n",
+        argv.join(", ")
+    )
+}
+
+fn http_app(extra: &str) -> Shim {
+    let app = apps().join("http_app.py");
+    Shim::start(&settings(
+        "http",
+        &["/usr/bin/python3", app.to_str().unwrap()],
+        extra,
+    ))
+}
+
+/// Params of a visitor's request for `/site/{path}?{query}` to `/site/mysite.fcgi`.
+fn visit(method: &str, path: &str, query: &str, body_len: usize) -> Vec<(String, String)> {
+    let mut p = site_params(method, path, query, body_len);
+    for (k, v) in p.iter_mut() {
+        match k.as_str() {
+            "SCRIPT_NAME" => *v = "/site/mysite.fcgi".into(),
+            "REQUEST_URI" if query.is_empty() => *v = format!("/site{path}"),
+            "REQUEST_URI" => *v = format!("/site{path}?{query}"),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn send(shim: &Shim, params: &[(String, String)], body: &[u8]) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(&mut conn, params, body, false).complete_cgi()
+}
+
+fn get(shim: &Shim, path: &str) -> CgiResponse {
+    send(shim, &visit("GET", path, "", 0), b"")
+}
+
+/// GET /env until it answers 200 (a respawn waits out the backoff).
+fn until_200(shim: &Shim, limit: Duration) -> CgiResponse {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = get(shim, "/env");
+        if r.status == 200 {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "no 200: {}", shim.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `name=value` lines of an /env answer.
+fn field(r: &CgiResponse, name: &str) -> String {
+    let text = r.body_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .to_string()
+}
+
+/// Stop the shim; nothing started under `dir` (the app's command line names it) may be left.
+fn stop_leaving_nothing(mut shim: Shim, needle: &str) {
+    shim.terminate();
+    assert!(
+        shim.wait_exit(Duration::from_secs(10)).is_some(),
+        "shim did not exit"
+    );
+    let left = wait_until_gone(Duration::from_secs(5), || processes_matching(needle));
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", shim.log());
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn http_requests_go_through_as_the_visitor_sent_them() {
+    let shim = http_app("");
+    let r = send(&shim, &visit("GET", "/env", "x=1&y=%20", 0), b"");
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    assert_eq!(field(&r, "method"), "GET");
+    // The site's prefix is taken off (a server mounted there) and said in X-Forwarded-Prefix.
+    assert_eq!(field(&r, "target"), "/env?x=1&y=%20");
+    assert_eq!(field(&r, "h:host"), "localhost");
+    assert_eq!(field(&r, "h:x-forwarded-for"), "127.0.0.1");
+    assert_eq!(field(&r, "h:x-forwarded-proto"), "http");
+    assert_eq!(field(&r, "h:x-forwarded-prefix"), "/site");
+    // A redirect to the server's /env is one to the site's.
+    let r = get(&shim, "/redirect");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/site/env")));
+    // 1 MiB body, byte for byte.
+    let blob: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let r = send(&shim, &visit("POST", "/env", "", blob.len()), &blob);
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert_eq!(field(&r, "length"), blob.len().to_string());
+    assert_eq!(field(&r, "sha256"), sha256_hex(&blob));
+    // Two Set-Cookie headers stay two.
+    let r = get(&shim, "/cookies");
+    let cookies: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    // A chunked answer arrives whole, without hop-by-hop headers.
+    let r = get(&shim, "/chunked");
+    assert_eq!(r.body_text(), "chunk0\nchunk1\nchunk2\n");
+    assert!(r.header("Transfer-Encoding").is_none(), "{:?}", r.headers);
+    // The connection to the app is kept: one pid, and the log says ready once.
+    let first = field(&get(&shim, "/env"), "pid");
+    assert_eq!(field(&get(&shim, "/env"), "pid"), first);
+    assert_eq!(shim.log().matches("ready in").count(), 1, "{}", shim.log());
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+#[test]
+fn http_on_a_unix_socket() {
+    let app = apps().join("http_app.py");
+    let shim = Shim::start(&settings(
+        "http",
+        &["/usr/bin/python3", app.to_str().unwrap(), "{socket}"],
+        "",
+    ));
+    let r = get(&shim, "/env");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(shim.log().contains(".sock)"), "{}", shim.log());
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+#[test]
+fn http_streams_the_answer_as_it_comes() {
+    let shim = http_app("");
+    let mut conn = shim.connect();
+    let started = Instant::now();
+    let bytes = encode_request(1, &visit("GET", "/chunked", "", 0), b"", false);
+    use std::io::Write;
+    conn.write_all(&bytes).unwrap();
+    let mut arrivals = Vec::new();
+    while let Some(record) = read_record(&mut conn).unwrap() {
+        if record.rtype == STDOUT && String::from_utf8_lossy(&record.content).contains("chunk") {
+            arrivals.push(started.elapsed());
+        }
+        if record.rtype == END_REQUEST {
+            break;
+        }
+    }
+    assert!(arrivals.len() >= 2, "{arrivals:?}");
+    assert!(
+        arrivals[arrivals.len() - 1] - arrivals[0] >= Duration::from_millis(400),
+        "not streamed: {arrivals:?}"
+    );
+}
+
+#[test]
+fn http_failures_say_why() {
+    let shim = http_app("request_timeout = 1\n");
+    let r = get(&shim, "/garbage");
+    assert_eq!(r.status, 502);
+    assert!(
+        shim.wait_for_log("not an HTTP/1 response", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    // Still served after garbage.
+    let pid = field(&get(&shim, "/env"), "pid");
+    let r = get(&shim, "/sleep");
+    assert_eq!(r.status, 504, "{}", shim.log());
+    assert!(shim.log().contains("(request_timeout)"), "{}", shim.log());
+    let after = field(&get(&shim, "/env"), "pid");
+    assert_ne!(after, pid, "a timed-out server is replaced");
+    let r = get(&shim, "/die");
+    assert_eq!(r.status, 502);
+    assert!(
+        shim.wait_for_log("app: dying on purpose", Duration::from_secs(2)),
+        "{}",
+        shim.log()
+    );
+    assert!(
+        shim.log().contains("exited with status 3"),
+        "{}",
+        shim.log()
+    );
+    // Respawned (after the backoff) for the next request.
+    let r = until_200(&shim, Duration::from_secs(5));
+    assert_ne!(field(&r, "pid"), after);
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+#[test]
+fn http_killed_app_is_respawned_and_recycled() {
+    let shim = http_app("max_requests = 3\n");
+    let pid = field(&get(&shim, "/env"), "pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    thread::sleep(Duration::from_millis(200));
+    // The very next request is served, by a new process.
+    let r = get(&shim, "/env");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    let new = field(&r, "pid");
+    assert_ne!(new, pid);
+    assert!(
+        shim.log().contains("was killed by signal 9"),
+        "{}",
+        shim.log()
+    );
+    let pids: Vec<String> = (0..4).map(|_| field(&get(&shim, "/env"), "pid")).collect();
+    assert!(pids.windows(2).any(|w| w[0] != w[1]), "{pids:?}");
+    assert!(shim.log().contains("(max_requests)"), "{}", shim.log());
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+#[test]
+fn http_ready_path_must_answer_2xx() {
+    let dir = TempDir::new("readypath");
+    let flag = dir.join("ready");
+    let app = apps().join("http_app.py");
+    let shim = Shim::start(&settings(
+        "http",
+        &["/usr/bin/python3", app.to_str().unwrap()],
+        &format!(
+            "ready_path = \"/health\"\nstart_timeout = 1\nenv = {{ READY_FILE = \"{}\" }}\n",
+            flag.display()
+        ),
+    ));
+    let r = get(&shim, "/env");
+    assert_eq!(r.status, 503, "{}", shim.log());
+    assert!(
+        shim.log().contains("GET /health did not answer 2xx"),
+        "{}",
+        shim.log()
+    );
+    std::fs::write(&flag, "").unwrap();
+    until_200(&shim, Duration::from_secs(15));
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+/// Moves mtime forward so the change shows on coarse timestamps.
+fn touch_forward(path: &Path, secs: u64) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn http_touch_reloads_only_a_version_that_becomes_ready() {
+    let app = apps().join("http_app.py");
+    let version = |greeting: &str, program: &str| {
+        settings(
+            "http",
+            &[program, app.to_str().unwrap()],
+            &format!("env = {{ GREETING = \"{greeting}\" }}\nstart_timeout = 3\n"),
+        )
+    };
+    let shim = Shim::start(&version("one", "/usr/bin/python3"));
+    let first = get(&shim, "/env");
+    assert_eq!(field(&first, "greeting"), "one", "{}", shim.log());
+    let file = shim.dir().join("testsite.toml");
+    std::fs::write(&file, version("two", "/usr/bin/python3")).unwrap();
+    touch_forward(&file, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let r = get(&shim, "/env");
+        assert_eq!(r.status, 200, "{}", shim.log());
+        if field(&r, "greeting") == "two" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {}", shim.log());
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(field(&second, "pid"), field(&first, "pid"));
+    // A version whose server never becomes ready is refused; "two" keeps serving.
+    std::fs::write(&file, version("three", "/bin/false")).unwrap();
+    touch_forward(&file, 2);
+    assert!(
+        shim.wait_for_log(
+            "still serving the previous version",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        shim.log()
+    );
+    let r = get(&shim, "/env");
+    assert_eq!(field(&r, "greeting"), "two", "{}", shim.log());
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+#[test]
+fn http_node_when_installed() {
+    if !Path::new("/usr/bin/node").exists() {
+        eprintln!("skipped: no /usr/bin/node");
+        return;
+    }
+    let dir = TempDir::new("node");
+    let app = dir.write(
+        "server.js",
+        "require('http').createServer((q, s) => { s.setHeader('Set-Cookie', ['a=1', 'b=2']); \
+         s.end('NODE ' + q.method + ' ' + q.url + ' ' + process.pid); }).listen(+process.env.PORT, '127.0.0.1');\n",
+    );
+    let shim = Shim::start(&settings(
+        "http",
+        &["/usr/bin/node", app.to_str().unwrap()],
+        "",
+    ));
+    let r = send(&shim, &visit("GET", "/hello", "x=1", 0), b"");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(
+        r.body_text().starts_with("NODE GET /hello?x=1"),
+        "{}",
+        r.body_text()
+    );
+    stop_leaving_nothing(shim, app.to_str().unwrap());
+}
+
+#[test]
+fn fastcgi_php_cgi_with_params_and_its_own_request_limit() {
+    if !Path::new("/usr/bin/php-cgi").exists() {
+        eprintln!("skipped: no /usr/bin/php-cgi");
+        return;
+    }
+    let dir = TempDir::new("php");
+    let index = dir.write(
+        "index.php",
+        "<?php header('X-Pid: ' . getmypid()); echo 'PHP ', $_SERVER['REQUEST_METHOD'], ' ', \
+         $_SERVER['REQUEST_URI'], ' ', $_POST['name'] ?? '-';\n",
+    );
+    let shim = Shim::start(&settings(
+        "fastcgi",
+        &["/usr/bin/php-cgi"],
+        &format!(
+            "params = {{ SCRIPT_FILENAME = \"{}\" }}\nenv = {{ PHP_FCGI_MAX_REQUESTS = \"2\" }}\n",
+            index.display()
+        ),
+    ));
+    // Apache's PATH_TRANSLATED names a file for PATH_INFO that is not there.
+    let mut params = visit("GET", "/x.php", "y=1", 0);
+    params.push(("PATH_TRANSLATED".into(), "/nonexistent/x.php".into()));
+    let r = send(&shim, &params, b"");
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), shim.log());
+    assert_eq!(r.body_text(), "PHP GET /site/x.php?y=1 -");
+    let form = b"name=world";
+    let mut params = visit("POST", "/form", "", form.len());
+    for (k, v) in params.iter_mut() {
+        if k == "CONTENT_TYPE" {
+            *v = "application/x-www-form-urlencoded".into();
+        }
+    }
+    let r = send(&shim, &params, form);
+    assert_eq!(r.body_text(), "PHP POST /site/form world", "{}", shim.log());
+    // PHP_FCGI_MAX_REQUESTS = 2: every request succeeds, in more than one process.
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let r = get(&shim, "/again");
+        assert_eq!(r.status, 200, "{}", shim.log());
+        pids.push(r.header("X-Pid").unwrap_or("").to_string());
+    }
+    pids.dedup();
+    assert!(pids.len() >= 2, "{pids:?}");
+    stop_leaving_nothing(shim, "php-cgi");
+}
+
+#[test]
+fn scgi_and_fastcgi_with_flup() {
+    let python = std::env::var("FCGI_SHIM_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_flup = std::process::Command::new(&python)
+        .args(["-c", "import flup.server.scgi"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_flup {
+        eprintln!("skipped: {python} has no flup");
+        return;
+    }
+    let app = apps().join("scgi_app.py");
+    let shim = Shim::start(&settings(
+        "scgi",
+        &[&python, app.to_str().unwrap(), "{socket}"],
+        "",
+    ));
+    let r = send(&shim, &visit("POST", "/p/q", "", 3), b"xyz");
+    assert_eq!(r.status, 201, "{}\n{}", r.body_text(), shim.log());
+    assert!(
+        r.body_text().starts_with("SCGI POST /p/q pid="),
+        "{}",
+        r.body_text()
+    );
+    assert!(r.body_text().ends_with("body=xyz"), "{}", r.body_text());
+    let cookies = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
+        .count();
+    assert_eq!(cookies, 2);
+    stop_leaving_nothing(shim, "scgi_app.py");
+    // flup's FastCGI server on the socket the shim gives it as fd 0.
+    let app = apps().join("fcgi_app.py");
+    let shim = Shim::start(&settings("fastcgi", &[&python, app.to_str().unwrap()], ""));
+    let r = get(&shim, "/f/g");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(
+        r.body_text().starts_with("FLUP FCGI /f/g pid="),
+        "{}",
+        r.body_text()
+    );
+    stop_leaving_nothing(shim, "fcgi_app.py");
+}
+
+#[test]
+fn settings_errors_name_only_the_kinds_keys() {
+    let dir = TempDir::new("kindkeys");
+    let file = dir.write(
+        "mysite.toml",
+        "[app]\nkind = \"fastcgi\"\ncommand = [\"/bin/cat\"]\nready_path = \"/\"\n",
+    );
+    let out = std::process::Command::new(shim_bin())
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("mysite.toml:4:1"), "{text}");
+    assert!(text.contains("unknown key `ready_path`"), "{text}");
+    assert!(
+        text.contains("params") && !text.contains("module"),
+        "{text}"
+    );
+}
