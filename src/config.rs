@@ -1602,7 +1602,7 @@ mod tests {
         assert!(e.message.contains("python_path"), "{e}");
         for (kind, key, wanted, other) in [
             ("http", "params", "ready_path", "module"),
-            ("fastcgi", "ready_path", "params", "script_name"),
+            ("fastcgi", "ready_path", "params", "strip_prefix"),
             ("scgi", "params", "request_timeout", "ready_path"),
         ] {
             let e = err(&format!(

@@ -19,13 +19,19 @@ const REQUEST_ID: u16 = 1;
 
 pub struct FastcgiWire {
     params: Vec<(String, String)>,
+    script_name: ScriptName,
     head: Option<CgiHeadParser>,
 }
 
 impl FastcgiWire {
-    pub fn new(params: Vec<(String, String)>, max_head: usize) -> FastcgiWire {
+    pub fn new(
+        params: Vec<(String, String)>,
+        script_name: ScriptName,
+        max_head: usize,
+    ) -> FastcgiWire {
         FastcgiWire {
             params,
+            script_name,
             head: Some(CgiHeadParser::new(max_head)),
         }
     }
@@ -46,7 +52,7 @@ impl Wire for FastcgiWire {
         // server's PATH_TRANSLATED (its file for PATH_INFO) wrong: php-cgi
         // would look for that file ("No input file specified.").
         let drop_translated = set(b"SCRIPT_FILENAME") && !set(b"PATH_TRANSLATED");
-        request::for_each_application_meta_variable(req, &ScriptName::AsReceived, |n, v| {
+        request::for_each_application_meta_variable(req, &self.script_name, |n, v| {
             let stale = drop_translated && n == b"PATH_TRANSLATED";
             if !set(n) && !stale {
                 codec::encode_name_value(&mut pairs, n, v);
@@ -108,6 +114,7 @@ mod tests {
     fn request_records_and_params_replaced() {
         let mut w = FastcgiWire::new(
             vec![("SCRIPT_FILENAME".into(), "/app/index.php".into())],
+            ScriptName::AsReceived,
             4096,
         );
         let req = Request::new(vec![
@@ -162,7 +169,7 @@ mod tests {
         codec::encode_record(&mut input, RecordType::Stdout, 1, b"\r\nbody1");
         codec::encode_record(&mut input, RecordType::Stdout, 1, b"body2");
         codec::encode_end_request(&mut input, 1, 0, codec::ProtocolStatus::RequestComplete);
-        let mut w = FastcgiWire::new(Vec::new(), 4096);
+        let mut w = FastcgiWire::new(Vec::new(), ScriptName::AsReceived, 4096);
         let mut at = 0;
         let mut seen = Vec::new();
         loop {
@@ -197,7 +204,7 @@ mod tests {
             ]
         );
         assert!(
-            FastcgiWire::new(Vec::new(), 4096)
+            FastcgiWire::new(Vec::new(), ScriptName::AsReceived, 4096)
                 .decode(b"HTTP/1.1 200", false)
                 .is_err()
         );

@@ -15,12 +15,14 @@ use super::server::{Event, Refusal, Wire};
 use crate::request::{self, CgiHeadParser, HeadProgress, Request, ScriptName};
 
 pub struct ScgiWire {
+    script_name: ScriptName,
     head: Option<CgiHeadParser>,
 }
 
 impl ScgiWire {
-    pub fn new(max_head: usize) -> ScgiWire {
+    pub fn new(script_name: ScriptName, max_head: usize) -> ScgiWire {
         ScgiWire {
+            script_name,
             head: Some(CgiHeadParser::new(max_head)),
         }
     }
@@ -41,7 +43,7 @@ impl Wire for ScgiWire {
             }
         };
         let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        request::for_each_application_meta_variable(req, &ScriptName::AsReceived, |n, v| {
+        request::for_each_application_meta_variable(req, &self.script_name, |n, v| {
             pairs.push((n.to_vec(), v.to_vec()));
         });
         crate::front::scgi::encode_head(
@@ -96,7 +98,9 @@ mod tests {
             (b"REQUEST_METHOD".to_vec(), b"POST".to_vec()),
         ]);
         let mut out = Vec::new();
-        ScgiWire::new(4096).begin(&req, false, &mut out).unwrap();
+        ScgiWire::new(ScriptName::AsReceived, 4096)
+            .begin(&req, false, &mut out)
+            .unwrap();
         let Ok(Decoded::Complete(head, used)) = decode_head(&out, 4096, 100) else {
             panic!("not decoded: {}", String::from_utf8_lossy(&out));
         };
@@ -107,13 +111,13 @@ mod tests {
                 .contains(&(b"REQUEST_METHOD".to_vec(), b"POST".to_vec()))
         );
         let chunked = Request::new(vec![(b"REQUEST_METHOD".to_vec(), b"POST".to_vec())]);
-        let refused = ScgiWire::new(4096).begin(&chunked, false, &mut out);
+        let refused = ScgiWire::new(ScriptName::AsReceived, 4096).begin(&chunked, false, &mut out);
         assert_eq!(refused.map_err(|r| r.0), Err(411));
     }
 
     #[test]
     fn answer_until_close() {
-        let mut w = ScgiWire::new(4096);
+        let mut w = ScgiWire::new(ScriptName::AsReceived, 4096);
         assert_eq!(
             w.decode(b"Status: 201 Created\r\nContent-Type: a/b\r\n", false)
                 .unwrap()
@@ -128,7 +132,7 @@ mod tests {
         assert_eq!(w.decode(b"more", false).unwrap(), (4, Event::Body(0..4)));
         assert_eq!(w.decode(b"", true).unwrap(), (0, Event::End));
         assert!(
-            ScgiWire::new(4096)
+            ScgiWire::new(ScriptName::AsReceived, 4096)
                 .decode(b"garbage\r\n\r\n", false)
                 .is_err()
         );

@@ -118,11 +118,18 @@ fn wire_for(kind: &ServerKind, limits: &Limits, head_request: bool) -> Box<dyn W
             limits.max_response_head_bytes,
             head_request,
         )),
-        ServerKind::Fastcgi { params } => Box::new(super::fastcgi::FastcgiWire::new(
+        ServerKind::Fastcgi {
+            params,
+            script_name,
+        } => Box::new(super::fastcgi::FastcgiWire::new(
             params.clone(),
+            script_name.clone(),
             limits.max_response_head_bytes,
         )),
-        ServerKind::Scgi => Box::new(super::scgi::ScgiWire::new(limits.max_response_head_bytes)),
+        ServerKind::Scgi { script_name } => Box::new(super::scgi::ScgiWire::new(
+            script_name.clone(),
+            limits.max_response_head_bytes,
+        )),
     }
 }
 

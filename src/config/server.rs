@@ -78,12 +78,17 @@ raw_server_app!(
     RawFastcgi {
         /// FastCGI params set (or replaced) on every request.
         params: Option<Spanned<BTreeMap<String, String>>>,
+        /// The SCRIPT_NAME the program gets ("auto": the one the shim computes).
+        script_name: Option<Spanned<String>>,
     }
 );
 
 raw_server_app!(
     /// `kind = "scgi"`: an SCGI server.
-    RawScgi {}
+    RawScgi {
+        /// The SCRIPT_NAME the server gets ("auto": the one the shim computes).
+        script_name: Option<Spanned<String>>,
+    }
 );
 
 struct Common {
@@ -124,8 +129,11 @@ pub enum ServerKind {
     },
     Fastcgi {
         params: Vec<(String, String)>,
+        script_name: ScriptName,
     },
-    Scgi,
+    Scgi {
+        script_name: ScriptName,
+    },
 }
 
 impl ServerKind {
@@ -134,7 +142,7 @@ impl ServerKind {
         match self {
             ServerKind::Http { .. } => "http",
             ServerKind::Fastcgi { .. } => "fastcgi",
-            ServerKind::Scgi => "scgi",
+            ServerKind::Scgi { .. } => "scgi",
         }
     }
 }
@@ -186,7 +194,12 @@ pub(super) fn validate_fastcgi(
             params.push((name, value));
         }
     }
-    validate_common(src, base, raw.common(), ServerKind::Fastcgi { params })
+    let script_name = parse_script_name(src, raw.script_name.take())?;
+    let kind = ServerKind::Fastcgi {
+        params,
+        script_name,
+    };
+    validate_common(src, base, raw.common(), kind)
 }
 
 pub(super) fn validate_scgi(
@@ -194,7 +207,8 @@ pub(super) fn validate_scgi(
     base: &Path,
     mut raw: RawScgi,
 ) -> Result<ServerConfig, ConfigError> {
-    validate_common(src, base, raw.common(), ServerKind::Scgi)
+    let script_name = parse_script_name(src, raw.script_name.take())?;
+    validate_common(src, base, raw.common(), ServerKind::Scgi { script_name })
 }
 
 fn validate_common(
@@ -286,12 +300,24 @@ mod tests {
         assert_eq!(
             s.kind,
             ServerKind::Fastcgi {
-                params: vec![("SCRIPT_FILENAME".into(), "/x/index.php".into())]
+                params: vec![("SCRIPT_FILENAME".into(), "/x/index.php".into())],
+                script_name: ScriptName::Auto,
             }
         );
         let s =
             server("[app]\nkind = \"scgi\"\ncommand = [\"py\", \"--port\", \"{port}\"]\n").unwrap();
-        assert_eq!((s.listen, s.kind), (Listen::Port, ServerKind::Scgi));
+        let kind = ServerKind::Scgi {
+            script_name: ScriptName::Auto,
+        };
+        assert_eq!((s.listen, s.kind), (Listen::Port, kind));
+        let s = server(
+            "[app]\nkind = \"scgi\"\ncommand = [\"py\", \"{port}\"]\nscript_name = \"/blog\"\n",
+        )
+        .unwrap();
+        let kind = ServerKind::Scgi {
+            script_name: ScriptName::Fixed("/blog".into()),
+        };
+        assert_eq!(s.kind, kind);
     }
 
     #[test]
