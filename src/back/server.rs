@@ -808,6 +808,18 @@ impl ServerBack {
                 let death = died
                     .map(|s| format!("; the process {}", DescribeExit(s)))
                     .unwrap_or_default();
+                if died.is_some() && body_empty && !relay.head_seen {
+                    // It died before answering a request without a body
+                    // (kill -9 just before it came): a new process takes it.
+                    log::warn!(
+                        "{}: {}: {why}{death}; {output}; sending it to a new process",
+                        self.label,
+                        ex.request().summary()
+                    );
+                    self.idle_conn = None;
+                    self.sup.failed();
+                    return None;
+                }
                 let sent = if relay.head_seen {
                     " (the response was cut short)"
                 } else {
@@ -1090,8 +1102,9 @@ fn max_requests(config: &ServerConfig) -> u64 {
 
 impl Back for ServerBack {
     fn serve(&mut self, exchange: &mut dyn Exchange, ctx: &mut Context<'_>) -> Outcome {
-        // Twice at most: the first process may turn out to have exited.
-        for _ in 0..2 {
+        // Three rounds at most: a kept connection may turn out closed, and
+        // then the process gone.
+        for _ in 0..3 {
             if let Err(outcome) = self.ready(exchange, ctx) {
                 return outcome;
             }
