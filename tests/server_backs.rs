@@ -84,13 +84,26 @@ fn field(r: &CgiResponse, name: &str) -> String {
 }
 
 /// Stop the shim; nothing started under `dir` (the app's command line names it) may be left.
+/// This test's processes whose command line contains `needle`: those that
+/// work in `dir`, the shim's settings directory (the application's default
+/// workdir), not a test's running beside it with the same program.
+fn app_processes(dir: &Path, needle: &str) -> Vec<u32> {
+    processes_matching(needle)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
+}
+
 fn stop_leaving_nothing(mut shim: Shim, needle: &str) {
+    let dir = shim.dir().path().to_path_buf();
     shim.terminate();
     assert!(
         shim.wait_exit(Duration::from_secs(10)).is_some(),
         "shim did not exit"
     );
-    let left = wait_until_gone(Duration::from_secs(5), || processes_matching(needle));
+    let left = wait_until_gone(Duration::from_secs(5), || app_processes(&dir, needle));
     assert!(left.is_empty(), "left behind: {left:?}\n{}", shim.log());
 }
 
@@ -221,6 +234,61 @@ fn http_failures_say_why() {
     // Respawned (after the backoff) for the next request.
     let r = until_200(&shim, Duration::from_secs(5));
     assert_ne!(field(&r, "pid"), after);
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
+/// A new executable (renamed over the started one) re-execs the shim: the
+/// server the old image validated is not handed over (it is ours until the
+/// exec), and the new image serves with a server of its own; no server of
+/// either image is left behind.
+#[test]
+fn http_server_survives_an_executable_upgrade_with_nothing_left() {
+    let dir = TempDir::new("srv-upgrade");
+    let program = dir.join("mysite.fcgi");
+    std::fs::copy(shim_bin(), &program).expect("copy binary");
+    let app = apps().join("http_app.py");
+    let shim = Shim::launch(
+        dir,
+        Launch {
+            settings: Some(settings(
+                "http",
+                &["/usr/bin/python3", app.to_str().unwrap()],
+                "",
+            )),
+            program: Some(program.clone()),
+            ..Launch::default()
+        },
+    );
+    let before = field(&until_200(&shim, Duration::from_secs(10)), "pid");
+    let fresh = shim.dir().join("fresh.tmp");
+    std::fs::copy(shim_bin(), &fresh).expect("copy binary");
+    std::fs::rename(&fresh, &program).expect("rename binary");
+    // Served throughout; then by a server of the new image.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let r = get(&shim, "/env");
+        assert_eq!(r.status, 200, "{}", shim.log());
+        let pid = field(&r, "pid");
+        let exe = std::fs::read_link(format!("/proc/{}/exe", shim.pid())).expect("exe");
+        if pid != before && exe == program {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no new server: {}", shim.log());
+        thread::sleep(Duration::from_millis(100));
+    };
+    // Only the new image's server is left running.
+    let servers = wait_until_gone(Duration::from_secs(5), || {
+        app_processes(shim.dir().path(), "http_app.py")
+            .into_iter()
+            .filter(|p| p.to_string() != after)
+            .collect()
+    });
+    assert!(servers.is_empty(), "left: {servers:?}\n{}", shim.log());
+    let running = app_processes(shim.dir().path(), "http_app.py");
+    assert!(
+        running.iter().any(|p| p.to_string() == after),
+        "the serving server is not found by its workdir: {running:?}"
+    );
     stop_leaving_nothing(shim, "http_app.py");
 }
 
