@@ -667,11 +667,16 @@ impl Reloader {
             if c.started.elapsed() < c.limit {
                 return Verdict::Same;
             }
+            // wsgi's start_timeout is capped for a reload; a server's is not.
+            let capped = c.config.app.start_timeout().is_some_and(|t| t > c.limit);
+            let cap = if capped {
+                format!("; a reload waits {} s at most", c.limit.as_secs())
+            } else {
+                String::new()
+            };
             state = Startup::Failed(format!(
-                "the new version did not start within {:.1} s (start_timeout; a reload waits \
-                 {} s at most)",
+                "the new version did not start within {:.1} s (start_timeout{cap})",
                 c.limit.as_secs_f64(),
-                VALIDATE_TIMEOUT.as_secs()
             ));
         }
         let Phase::Starting(c) = std::mem::replace(&mut self.phase, Phase::Watching) else {
