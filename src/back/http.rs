@@ -384,6 +384,11 @@ impl Wire for HttpWire {
             if rest.is_empty() || DROPPED_REQUEST_HEADERS.iter().any(|d| d.as_bytes() == n) {
                 return;
             }
+            // Only a name that is a token once `_` is `-` (no `:`, space or
+            // CR from a front that let it through) becomes a header line.
+            if !rest.iter().all(|&b| b == b'_' || request::is_token_byte(b)) {
+                return;
+            }
             header_name(rest, &mut name);
             header(&name, v);
         });
@@ -588,6 +593,22 @@ mod tests {
         let mut out = Vec::new();
         w.begin(&req(pairs), body_empty, &mut out).unwrap();
         (String::from_utf8(out).unwrap(), w)
+    }
+
+    #[test]
+    fn a_meta_variable_name_that_is_no_token_sends_no_header() {
+        let (text, _) = encode(
+            &[
+                ("REQUEST_METHOD", "GET"),
+                ("REQUEST_URI", "/x"),
+                ("HTTP_X:EVIL", "1"),
+                ("HTTP_A B", "2"),
+                ("HTTP_OK_NAME", "3"),
+            ],
+            true,
+        );
+        assert!(!text.contains("Evil") && !text.contains("A b"), "{text}");
+        assert!(text.contains("Ok-Name: 3\r\n"), "{text}");
     }
 
     #[test]
