@@ -176,6 +176,23 @@ impl Site {
         self.apache.get(path)
     }
 
+    /// `touch mysite.fcgi` with a new version that cannot serve: the old
+    /// one (`greeting`) answers meanwhile; the error-log line that names
+    /// `why` and says the previous version goes on serving.
+    fn touch_is_refused(&self, greeting: &str, why: &str) -> String {
+        self.touch_site();
+        for _ in 0..3 {
+            assert_eq!(self.greeting(), greeting);
+        }
+        let log = self.apache.wait_for_error_log(Duration::from_secs(5), |l| {
+            l.contains(why) && l.contains("still serving the previous version")
+        });
+        log.lines()
+            .find(|l| l.contains(why))
+            .unwrap_or_else(|| panic!("no {why:?} in the error log:\n{log}"))
+            .to_string()
+    }
+
     fn greeting(&self) -> String {
         let r = self.get("/");
         assert_eq!(
@@ -557,17 +574,7 @@ fn wsgi_broken_code_keeps_the_old_version_serving_until_fixed() {
     let app = site.bin.join("app.py");
     let broken = app_py(&site.bin, "two").replace("def application(", "def application(:");
     write_file(&app, broken, 0o644);
-    site.touch_site();
-    for _ in 0..3 {
-        assert_eq!(site.greeting(), "greeting=one");
-    }
-    let log = site.apache.wait_for_error_log(Duration::from_secs(5), |l| {
-        l.contains("SyntaxError") && l.contains("still serving the previous version")
-    });
-    let line = log
-        .lines()
-        .find(|l| l.contains("SyntaxError"))
-        .unwrap_or_else(|| panic!("no SyntaxError in the error log:\n{log}"));
+    let line = site.touch_is_refused("greeting=one", "SyntaxError");
     assert!(line.contains("app.py"), "{line}");
     assert!(
         line.contains("still serving the previous version"),
@@ -746,17 +753,7 @@ fn wsgi_warmup_refuses_a_touch_with_a_syntax_error_in_a_lazily_imported_module()
     }
     // The running worker has the good views; the new version would not.
     write_file(&site.bin.join("views.py"), "def page(:\n", 0o644);
-    site.touch_site();
-    for _ in 0..3 {
-        assert_eq!(site.greeting(), "greeting=lazy");
-    }
-    let log = site.apache.wait_for_error_log(Duration::from_secs(5), |l| {
-        l.contains("warm-up GET / answered 500") && l.contains("still serving the previous version")
-    });
-    let line = log
-        .lines()
-        .find(|l| l.contains("warm-up GET / answered 500"))
-        .unwrap_or_else(|| panic!("no warm-up line in the error log:\n{log}"));
+    let line = site.touch_is_refused("greeting=lazy", "warm-up GET / answered 500");
     assert!(line.contains("SyntaxError"), "{line}");
     // Fixed: the next touch reloads.
     write_file(&site.bin.join("views.py"), views("fixed"), 0o644);

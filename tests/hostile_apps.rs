@@ -183,6 +183,23 @@ fn escaped(marker: &str) -> Vec<u32> {
     processes_matching(marker)
 }
 
+/// Stop the shim: it exits within 5 s, and nothing with `marker` in its
+/// command line outlives it.
+fn stop_leaving_no_escapee(shim: &mut Shim, marker: &str) {
+    shim.terminate();
+    assert!(
+        shim.wait_exit(Duration::from_secs(5)).is_some(),
+        "{}",
+        shim.log()
+    );
+    let left = escaped(marker);
+    assert!(
+        left.is_empty(),
+        "{left:?} outlived the shim\n{}",
+        shim.log()
+    );
+}
+
 /// Issue 13, item 2 (cgi): a program starts a grandchild that calls
 /// `setsid()` and ignores SIGTERM, then exits: once the response is in, the
 /// grandchild is gone, and the log names it.
@@ -296,18 +313,7 @@ fn wsgi_grandchild_in_its_own_session_ignoring_sigterm_ends_with_the_shim() {
         wait_for(Duration::from_secs(2), || !escaped(&marker).is_empty()),
         "the grandchild did not start"
     );
-    shim.terminate();
-    assert!(
-        shim.wait_exit(Duration::from_secs(5)).is_some(),
-        "{}",
-        shim.log()
-    );
-    let left = escaped(&marker);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the shim\n{}",
-        shim.log()
-    );
+    stop_leaving_no_escapee(&mut shim, &marker);
     assert!(
         shim.log()
             .contains("outlived the application process that started it"),
@@ -390,17 +396,6 @@ fn cgi_grandchild_in_its_own_session_ends_with_a_stopping_shim() {
         "{}",
         shim.log()
     );
-    shim.terminate();
-    assert!(
-        shim.wait_exit(Duration::from_secs(5)).is_some(),
-        "{}",
-        shim.log()
-    );
-    let left = escaped(&marker);
-    assert!(
-        left.is_empty(),
-        "{left:?} outlived the shim\n{}",
-        shim.log()
-    );
+    stop_leaving_no_escapee(&mut shim, &marker);
     assert!(shim.log().contains(ORPHAN_LINE), "{}", shim.log());
 }

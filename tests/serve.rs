@@ -707,19 +707,9 @@ fn systemd_socket_activation_with_the_example_units() {
     }
 }
 
-/// An SCGI request, from the SCGI spec: a netstring of NUL-terminated
-/// headers (CONTENT_LENGTH first), then the body. Writes everything before
-/// reading anything (as Apache's mod_proxy_scgi does).
-fn scgi_request(port: u16, path_info: &str, body: &[u8]) -> Vec<u8> {
-    let headers = [
-        ("CONTENT_LENGTH", body.len().to_string()),
-        ("SCGI", "1".to_string()),
-        ("REQUEST_METHOD", "POST".to_string()),
-        ("SCRIPT_NAME", "/app".to_string()),
-        ("PATH_INFO", path_info.to_string()),
-        ("QUERY_STRING", "x=1".to_string()),
-        ("SERVER_PROTOCOL", "HTTP/1.1".to_string()),
-    ];
+/// An SCGI message, from the SCGI spec: a netstring of NUL-terminated
+/// `headers` (CONTENT_LENGTH must be first), then the body.
+fn scgi_message(headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut netstring = Vec::new();
     for (n, v) in headers {
         netstring.extend_from_slice(n.as_bytes());
@@ -731,6 +721,22 @@ fn scgi_request(port: u16, path_info: &str, body: &[u8]) -> Vec<u8> {
     message.extend_from_slice(&netstring);
     message.push(b',');
     message.extend_from_slice(body);
+    message
+}
+
+/// An SCGI request ([`scgi_message`]) to `port`. Writes everything before
+/// reading anything (as Apache's mod_proxy_scgi does).
+fn scgi_request(port: u16, path_info: &str, body: &[u8]) -> Vec<u8> {
+    let headers = [
+        ("CONTENT_LENGTH", body.len().to_string()),
+        ("SCGI", "1".to_string()),
+        ("REQUEST_METHOD", "POST".to_string()),
+        ("SCRIPT_NAME", "/app".to_string()),
+        ("PATH_INFO", path_info.to_string()),
+        ("QUERY_STRING", "x=1".to_string()),
+        ("SERVER_PROTOCOL", "HTTP/1.1".to_string()),
+    ];
+    let message = scgi_message(&headers, body);
     let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -1096,22 +1102,15 @@ fn scgi_upload_that_cannot_be_spooled_gets_a_503_and_one_log_line() {
     );
     let body = common::prng_bytes(5 * 1024 * 1024, 5);
     for _ in 0..2 {
-        let mut netstring = Vec::new();
-        for (n, v) in [
-            ("CONTENT_LENGTH", body.len().to_string()),
-            ("SCGI", "1".into()),
-            ("REQUEST_METHOD", "POST".into()),
-            ("REQUEST_URI", "/up".into()),
-        ] {
-            netstring.extend_from_slice(n.as_bytes());
-            netstring.push(0);
-            netstring.extend_from_slice(v.as_bytes());
-            netstring.push(0);
-        }
-        let mut message = format!("{}:", netstring.len()).into_bytes();
-        message.extend_from_slice(&netstring);
-        message.push(b',');
-        message.extend_from_slice(&body);
+        let message = scgi_message(
+            &[
+                ("CONTENT_LENGTH", body.len().to_string()),
+                ("SCGI", "1".into()),
+                ("REQUEST_METHOD", "POST".into()),
+                ("REQUEST_URI", "/up".into()),
+            ],
+            &body,
+        );
         let mut conn = shim.connect();
         let mut writer = conn.try_clone();
         let out = thread::scope(|s| {
