@@ -438,6 +438,13 @@ impl ServerBack {
         }
     }
 
+    /// Remove the private socket directory (made again if needed).
+    fn remove_socket_dir(&self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(&dir.0);
+        }
+    }
+
     /// A process the supervisor started on its own (recycling after
     /// `max_requests`) is the current one from now on: its address, no
     /// kept connection to the one before. Err: it has no address.
@@ -808,16 +815,18 @@ impl ServerBack {
                 let death = died
                     .map(|s| format!("; the process {}", DescribeExit(s)))
                     .unwrap_or_default();
+                if died.is_some() {
+                    self.idle_conn = None;
+                    self.sup.failed();
+                }
+                let summary = ex.request().summary();
                 if died.is_some() && body_empty && !relay.head_seen {
                     // It died before answering a request without a body
                     // (kill -9 just before it came): a new process takes it.
                     log::warn!(
-                        "{}: {}: {why}{death}; {output}; sending it to a new process",
-                        self.label,
-                        ex.request().summary()
+                        "{}: {summary}: {why}{death}; {output}; sending it to a new process",
+                        self.label
                     );
-                    self.idle_conn = None;
-                    self.sup.failed();
                     return None;
                 }
                 let sent = if relay.head_seen {
@@ -825,15 +834,7 @@ impl ServerBack {
                 } else {
                     " (502)"
                 };
-                log::error!(
-                    "{}: {}: {why}{death}; {output}{sent}",
-                    self.label,
-                    ex.request().summary()
-                );
-                if died.is_some() {
-                    self.idle_conn = None;
-                    self.sup.failed();
-                }
+                log::error!("{}: {summary}: {why}{death}; {output}{sent}", self.label);
                 Some(finish_with_error(ex, 502, ""))
             }
         }
@@ -1136,9 +1137,7 @@ impl Back for ServerBack {
         self.sup.stop(STOP_GRACE);
         self.current = None;
         // The shim may exit or re-exec without dropping us.
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(&dir.0);
-        }
+        self.remove_socket_dir();
     }
 
     fn app_started(&mut self) -> bool {
@@ -1179,8 +1178,8 @@ impl Back for ServerBack {
 
     fn stopped(&mut self) -> bool {
         let done = self.sup.all_exited();
-        if done && let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(&dir.0);
+        if done {
+            self.remove_socket_dir();
         }
         done
     }
