@@ -402,4 +402,11 @@ fn adapter_refuses_bad_heads_early_and_passes_latin1() {
         b"Status: 200 OK\r\nContent-Type: text/plain\r\n\
           Content-Disposition: attachment; filename=\"caf\xe9.txt\"\r\n\r\nbody\n"
     );
+    // The adapter remembers heads that passed; a bad one is refused again
+    // after good ones, and the good one still passes.
+    for _ in 0..2 {
+        assert_eq!(get(&shim, "/name").cgi().status, 500, "{}", shim.log());
+        assert_eq!(status_of(&get(&shim, "/file").stdout), 200);
+        assert_eq!(get(&shim, "/status").cgi().status, 500, "{}", shim.log());
+    }
 }

@@ -216,6 +216,13 @@ pub struct Ready {
     pub signal: bool,
 }
 
+impl Ready {
+    /// Nothing was ready: the poll timed out.
+    pub fn nothing(&self) -> bool {
+        !(self.front || self.stdin || self.stdout || self.stderr || self.signal)
+    }
+}
+
 /// One poll(2) over the front's interest (when `ex` is given), the
 /// application's pipes that are given (stdin for writing, stdout and stderr
 /// for reading) and the signal pipe. Input the front already holds makes the

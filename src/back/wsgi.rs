@@ -1202,8 +1202,11 @@ impl WsgiBack {
             };
             self.on_events(&ready, ctx);
             // By its pid, not by the end of its output: a process the
-            // application forked may hold the worker's pipes open.
-            if self.worker_exited() {
+            // application forked may hold the worker's pipes open. Looked
+            // for when SIGCHLD (or anything on the signal pipe) woke the
+            // poll, or nothing did (the DEATH_CHECK cap), not on every
+            // frame the worker sends.
+            if (ready.signal || ready.nothing()) && self.worker_exited() {
                 exited = true;
                 self.drain_stdout();
                 continue;

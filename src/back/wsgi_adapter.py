@@ -232,6 +232,18 @@ _HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "upgra
 _BAD_STATUS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]").search
 
 
+# Statuses and (name, value) pairs that passed the checks: an application
+# sends the same few again and again, so a set lookup stands for the checks.
+# Bounded (unique Set-Cookie values stop being remembered once it is full).
+_CHECKED = set()
+_CHECKED_MAX = 4096
+
+
+def _remember(checked):
+    if len(_CHECKED) < _CHECKED_MAX:
+        _CHECKED.add(checked)
+
+
 def _check_status(status):
     if (type(status) is not str or len(status) < 4 or not status[:3].isdigit()
             or status[3] != " " or _BAD_STATUS(status) or not _latin1(status)):
@@ -287,13 +299,18 @@ class Request:
             self.sent = False
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        _check_status(status)
+        if type(status) is not str or status not in _CHECKED:
+            _check_status(status)
+            _remember(status)
         if type(headers) is not list:
             raise TypeError("headers must be a list, not %r" % type(headers).__name__)
         for pair in headers:
             if type(pair) is not tuple or len(pair) != 2:
                 raise TypeError("each header must be a (name, value) tuple, not %r" % (pair,))
-            _check_header(*pair)
+            name, value = pair
+            if type(name) is not str or type(value) is not str or pair not in _CHECKED:
+                _check_header(name, value)
+                _remember(pair)
         self.status = status
         self.headers = headers
         return self.write
