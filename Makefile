@@ -78,10 +78,15 @@ bench:
 	$(MAKE) bench-node
 
 # A Node.js app through the shim (kind = "http", Apache + mod_fcgid) vs Passenger vs Apache
-# mod_proxy_http, interleaved rounds (about 90 s). Needs nodejs, wrk, libapache2-mod-passenger.
+# mod_proxy_http, interleaved rounds (about 90 s), and, with libfcgi-dev, the C libfcgi
+# responder behind the same mod_fcgid (the ceiling of any FastCGI program there).
+# Needs nodejs, wrk, libapache2-mod-passenger.
 # NODE_ARGS, e.g. make bench-node NODE_ARGS="--connections 8 --apache lean".
 bench-node: build
-	python3 bench/node-vs-peers.py $(NODE_ARGS)
+	if [ -f /usr/include/fcgiapp.h ]; then \
+		mkdir -p target/bench && gcc -O2 -o target/bench/hello-libfcgi bench/hello-libfcgi.c -lfcgi && \
+		python3 bench/node-vs-peers.py --c-responder target/bench/hello-libfcgi $(NODE_ARGS); \
+	else python3 bench/node-vs-peers.py $(NODE_ARGS); fi
 
 # What one `touch mysite.fcgi` costs (touch -> new code, the slowest request
 # during the switch, imports per touch) with 1 and 4 mod_fcgid processes,

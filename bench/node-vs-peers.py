@@ -9,13 +9,19 @@ http module) behind Apache three ways, measured side by side with wrk:
              PassengerAppType node, PassengerStartupFile hello-node.js
   proxy      Apache + mod_proxy_http straight to one node process on a
              loopback port (what a host with shell access and a VPS would do)
+  cfloor     (with --c-responder BIN, which `make bench-node` builds from
+             bench/hello-libfcgi.c when libfcgi-dev is installed) the same
+             Apache + mod_fcgid + .htaccess as the shim's, running a minimal C
+             libfcgi responder as mysite.fcgi: no application at all, the
+             ceiling of anything served through mod_fcgid on this machine
 
 Each is its own private Apache on a free loopback port, from the end-to-end
 tests' template (tests/apache_support/httpd.conf.in, KeepAlive On). The rounds
 interleave (which one goes first rotates), so load from anything else on the
 machine falls on all three; medians are reported, and the ratios are the
 medians of the per-round ratios. Target (issue 16): shim >= passenger and
-shim >= 0.8x proxy in req/s.
+shim >= 0.8x proxy in req/s. cfloor/proxy says how much of mod_proxy_http's
+rate any FastCGI program behind mod_fcgid can reach here.
 
 Standard library only:
   bench/node-vs-peers.py [--rounds 6] [--seconds 3] [--connections 4]
@@ -83,6 +89,9 @@ def main():
                     "many requests at once; default one per core of a 2-core machine)")
     ap.add_argument("--apache", choices=("htaccess", "lean"), default="htaccess")
     ap.add_argument("--shim", default=os.path.join(REPO, "target/release/fcgi-shim"))
+    ap.add_argument("--c-responder", default="",
+                    help="also measure this FastCGI program (bench/hello-libfcgi.c) behind the "
+                    "shim's mod_fcgid setup: the ceiling")
     args = ap.parse_args()
 
     node = shutil.which("node")
@@ -99,10 +108,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="fcgi-shim-bench-node.")
     os.chmod(tmp, 0o755)
     apaches, proxied = {}, None
-    names = ["shim", "passenger", "proxy"]
+    names = ["shim", "passenger", "proxy"] + (["cfloor"] if args.c_responder else [])
     try:
         app, www, public = tmp + "/app", tmp + "/www", tmp + "/app/public"
-        for d in (app, www, public):
+        cwww = tmp + "/cwww"
+        for d in (app, www, public) + ((cwww,) if args.c_responder else ()):
             os.makedirs(d, mode=0o755)
             os.chmod(d, 0o755)
         shutil.copy(os.path.join(REPO, "bench/hello-node.js"), app)
@@ -112,15 +122,19 @@ def main():
         write(www + "/mysite.toml", '[app]\nkind = "http"\ncommand = ["%s", "%s/hello-node.js"]\n'
               '[log]\nlevel = "warn"\n' % (node, app), 0o644)
         extra_shim = "KeepAlive On\nFcgidMaxProcessesPerClass %d\n" % processes
+        if args.c_responder:
+            shutil.copy(args.c_responder, cwww + "/mysite.fcgi")
+            os.chmod(cwww + "/mysite.fcgi", 0o755)
+        extra_c = extra_shim
         if args.apache == "htaccess":
-            shutil.copy(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess"), www + "/.htaccess")
-            os.chmod(www + "/.htaccess", 0o644)
+            for root in (www, cwww) if args.c_responder else (www,):
+                shutil.copy(os.path.join(REPO, "htaccess-examples/mod_fcgid.htaccess"), root + "/.htaccess")
+                os.chmod(root + "/.htaccess", 0o644)
         else:
-            extra_shim += ("<Directory \"%s\">\n    AllowOverride None\n    Options +ExecCGI\n</Directory>\n"
-                           "<Files \"mysite.fcgi\">\n    SetHandler fcgid-script\n</Files>\n"
-                           "AliasMatch \"^/(.*)$\" \"%s/mysite.fcgi/$1\"\n" % (www, www))
+            extra_shim += lean_mapping(www)
+            extra_c += lean_mapping(cwww)
         if os.geteuid() == 0:
-            for d in (app, www):
+            for d in (app, www) + ((cwww,) if args.c_responder else ()):
                 subprocess.run(["chown", "-R", "www-data:www-data", d], check=True)
 
         app_port = free_port()
@@ -136,6 +150,8 @@ def main():
         apaches["proxy"] = start_apache(tmp + "/apache-proxy", public, ports["proxy"],
                                         "KeepAlive On\n" + proxy_conf(app_port),
                                         defines=("FCGI_SHIM_NO_FCGID",))
+        if args.c_responder:
+            apaches["cfloor"] = start_apache(tmp + "/apache-cfloor", cwww, ports["cfloor"], extra_c)
         urls = {name: "http://127.0.0.1:%d/hello" % ports[name] for name in names}
 
         # Warm up: every server answers, mod_fcgid has spawned its processes.
@@ -153,6 +169,8 @@ def main():
             if len(shims(www)) >= processes:
                 break
         wrk(urls["passenger"], 2, 2 * processes)
+        if args.c_responder:
+            wrk(urls["cfloor"], 2, 2 * processes)
         say("shim: %d mod_fcgid processes; passenger: %d node processes; proxy: 1 node process" % (
             len(shims(www)), len(passenger_nodes(app))))
 
@@ -163,7 +181,7 @@ def main():
             time.sleep(float(os.environ["BENCH_HOLD"]))
         results = {name: [] for name in names}
         for r in range(args.rounds):
-            for name in names[r % 3:] + names[:r % 3]:
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 res = wrk(urls[name], args.seconds, args.connections)
                 results[name].append(res)
                 say("round %d %-9s %8.0f req/s  p50 %.2f ms  p99 %.2f ms%s" % (
@@ -176,6 +194,7 @@ def main():
                 if p != proxied.pid and p not in passenger_nodes(app)),
             "passenger": sum(rss_kib(p) for p in passenger_nodes(app)),
             "proxy": rss_kib(proxied.pid),
+            "cfloor": sum(rss_kib(p) for p in processes_under(cwww)),
         }
         errors = [l for l in open(tmp + "/apache-shim/error.log").read().splitlines()
                   if "fcgi-shim" in l and ("error" in l or "warn" in l)]
@@ -211,11 +230,23 @@ def main():
         print("ratio shim/%s req/s: %.2fx (median of the per-round ratios %s; target >= %.1fx: %s)" % (
             other, ratio, ", ".join("%.2f" % x for x in ratios), target,
             "met" if ratio >= target else "NOT met"))
+    if args.c_responder:
+        for num, den in (("cfloor", "proxy"), ("shim", "cfloor")):
+            ratios = sorted(a["rps"] / b["rps"] for a, b in zip(results[num], results[den]))
+            print("ratio %s/%s req/s: %.2fx (median of the per-round ratios %s)" % (
+                num, den, statistics.median(ratios), ", ".join("%.2f" % x for x in ratios)))
     bad = sum(x["bad"] for rows in results.values() for x in rows)
     if bad:
         print("WARNING: %d non-2xx responses" % bad)
     if errors:
         print("shim warnings/errors in Apache's log:\n" + "\n".join(errors[:10]))
+
+
+def lean_mapping(www):
+    """Server config mapping every URL to www/mysite.fcgi (--apache lean: no .htaccess)."""
+    return ("<Directory \"%s\">\n    AllowOverride None\n    Options +ExecCGI\n</Directory>\n"
+            "<Files \"mysite.fcgi\">\n    SetHandler fcgid-script\n</Files>\n"
+            "AliasMatch \"^/(.*)$\" \"%s/mysite.fcgi/$1\"\n" % (www, www))
 
 
 def shims(www):
