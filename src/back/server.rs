@@ -336,9 +336,16 @@ pub struct ServerBack {
     /// What one read of the application's answer goes into (kept: no
     /// 64 KiB to zero per request).
     scratch: Box<[u8]>,
+    /// When a ready process was last looked for with wait4 before a request.
+    exit_checked: Instant,
     /// Removed last (the sockets are in it).
     dir: Option<PrivateDir>,
 }
+
+/// A process that serves is looked for (wait4) before a request at most this
+/// often: under load, not once per request. One that died shows sooner as a
+/// refused or closed connection, and `relay` looks then.
+const EXIT_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 impl ServerBack {
     /// Builds the back and starts the program at once.
@@ -403,6 +410,7 @@ impl ServerBack {
             start_failure: None,
             ever_ready: false,
             scratch: vec![0; CHUNK].into_boxed_slice(),
+            exit_checked: Instant::now(),
             dir,
         };
         let _ = back.start();
@@ -523,6 +531,10 @@ impl ServerBack {
             return Startup::Failed("it has no address".into());
         }
         let served = self.sup.worker().is_some_and(|w| w.ready);
+        if served && self.exit_checked.elapsed() < EXIT_CHECK_EVERY {
+            return Startup::Ready;
+        }
+        self.exit_checked = Instant::now();
         if self.check_exited(if served {
             "while idle"
         } else {
