@@ -43,9 +43,10 @@ For each workload every setup is checked (the right answer) and warmed up
 concurrency (--connections, default "1 4 8"; wrk -t1 for one connection,
 -t2 otherwise) --rounds rounds (default 4) of --seconds (default 3) per setup,
 the setups' order rotating each round, so load from anything else on the
-machine falls on all of them. Reported: medians of req/s, p50 and p99, and
-the ratio shim/setup as the median of the per-round ratios (with their
-range). After the hello rounds: RSS and PSS (/proc/PID/smaps_rollup) of each
+machine falls on all of them. Reported: medians of req/s, p50 and p99 (wrk's,
+corrected for coordinated omission), the requests Apache's access log shows
+taking 0.5 s or more, and the ratio shim/setup as the median of the
+per-round ratios (with their range). After the hello rounds: RSS and PSS (/proc/PID/smaps_rollup) of each
 setup's application processes (for the shim, each fcgi-shim process and its
 Python worker). At the end: touch-to-new-code for the shim (its own Apache,
 one mod_fcgid process: bench/touch.py's site, whose module answers its version
@@ -69,6 +70,7 @@ import argparse
 import datetime
 import http.client
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -219,6 +221,27 @@ class Setup:
 
     def logs(self):
         return [self.state + "/error.log", self.state + "/stderr.log"]
+
+    def access_log_size(self):
+        try:
+            return os.path.getsize(self.state + "/access.log")
+        except OSError:
+            return 0
+
+    def slow_requests(self, since):
+        """Requests logged after byte `since` of Apache's access log that took
+        0.5 s or more (its format ends with %Dus)."""
+        slow = 0
+        try:
+            with open(self.state + "/access.log", errors="replace") as f:
+                f.seek(since)
+                for line in f:
+                    m = re.search(r" (\d+)us$", line)
+                    if m and int(m.group(1)) >= 500000:
+                        slow += 1
+        except OSError:
+            pass
+        return slow
 
     def stop(self):
         stop_apache(self.apache)
@@ -480,7 +503,10 @@ def warm_up(setup, workload, first, procs):
         time.sleep(0.5)
     script = setup.ctx.tmp + "/post.lua" if workload.post else None
     for _ in range(10 if first or workload.name == "django" else 1):
-        wrk(setup.url(workload.path), 2, 2 * procs, script)
+        try:
+            wrk(setup.url(workload.path), 2, 2 * procs, script)
+        except (RuntimeError, subprocess.SubprocessError) as e:
+            return "wrk failed during the warm-up: %s" % str(e).split("\n")[0]
         if (not first or len(setup.slots()) >= procs) and (
                 workload.name != "django" or len(django_imported(setup)) >= procs):
             break
@@ -559,13 +585,13 @@ def errors_of(res):
 
 def cell_table(runs, setups, shim_name="shim"):
     """Markdown rows for one workload and concurrency: runs[setup] = per-round results (None: failed)."""
-    lines = ["| setup | req/s | p50 ms | p99 ms | shim/setup req/s (range) | errors |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| setup | req/s | p50 ms | p99 ms | shim/setup req/s (range) | errors | >= 0.5 s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     ratios_by_setup = {}
     for name in setups:
         rows = [r for r in runs[name] if r is not None]
         if not rows:
-            lines.append("| %s | failed | | | | |" % name)
+            lines.append("| %s | failed | | | | | |" % name)
             continue
         med = {k: statistics.median(r[k] for r in rows) for k in ("rps", "p50", "p99")}
         ratio = ""
@@ -578,9 +604,9 @@ def cell_table(runs, setups, shim_name="shim"):
         elif name == shim_name:
             ratio = "1"
         failed = len(runs[name]) - len(rows)
-        lines.append("| %s | %.0f | %.2f | %.2f | %s | %d%s |" % (
+        lines.append("| %s | %.0f | %.2f | %.2f | %s | %d%s | %d |" % (
             name, med["rps"], med["p50"], med["p99"], ratio, sum(errors_of(r) for r in rows),
-            " (+%d failed runs)" % failed if failed else ""))
+            " (+%d failed runs)" % failed if failed else "", sum(r["slow"] for r in rows)))
     return lines, ratios_by_setup
 
 
@@ -746,24 +772,30 @@ def main():
                 for r in range(args.rounds if active else 0):
                     # Rotate which goes first, so none always follows another.
                     for setup in active[r % len(active):] + active[:r % len(active)]:
+                        mark = setup.access_log_size()
                         try:
                             res = wrk(setup.url(workload.path), args.seconds, c, script)
+                            res["slow"] = setup.slow_requests(mark)
                         except (RuntimeError, subprocess.SubprocessError) as e:
                             say("%s %s c=%d round %d: wrk failed: %s" % (
                                 wname, setup.name, c, r + 1, str(e).split("\n")[0]))
                             res = None
                         runs[setup.name].append(res)
                         if res:
-                            say("%-6s c=%d round %d %-9s %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms%s" % (
+                            say("%-6s c=%d round %d %-9s %8.0f req/s  p50 %6.2f ms  p99 %7.2f ms%s%s" % (
                                 wname, c, r + 1, setup.name, res["rps"], res["p50"], res["p99"],
-                                "  (errors: %d)" % errors_of(res) if errors_of(res) else ""))
+                                "  (errors: %d)" % errors_of(res) if errors_of(res) else "",
+                                "  (>= 0.5 s: %d)" % res["slow"] if res["slow"] else ""))
             if wname == "hello":
                 for setup in active:
                     memory[setup.name] = measure_memory(setup)
         for setup in setups:
             setup.stop()
         if args.touch_reps > 0 and "shim" in [s.name for s in setups]:
-            touch_times = touch_to_new_code(ctx, args.touch_reps)
+            try:
+                touch_times = touch_to_new_code(ctx, args.touch_reps)
+            except (SystemExit, RuntimeError, OSError) as e:
+                print("touch-to-new-code: failed: %s" % str(e).split("\n")[0], flush=True)
     except Interrupted as e:
         print("bench: interrupted (%s); stopping every setup" % e, file=sys.stderr)
         code = 130
@@ -790,8 +822,13 @@ def main():
             os.cpu_count(), load_before, load_average()),
         "%s. P = %d application processes per setup, each setup its own Apache (KeepAlive On); "
         "%d interleaved round(s) (the order rotates), medians; ratios: medians of the per-round ratios "
-        "(min–max); errors: non-2xx responses + socket errors. See bench/peers.py's docstring for "
-        "the setups." % (versions(ctx), args.procs, args.rounds),
+        "(min–max); p50 and p99 are wrk's, which corrects for coordinated omission (a request that "
+        "stalls adds a sample for every request its connection would have sent meanwhile, so a few "
+        "1 s stalls make a p99 of hundreds of ms); >= 0.5 s: the measured requests that took 0.5 s or "
+        "more in Apache's access log (with c >= P, mod_fcgid at times finds no idle process and waits "
+        "about 1 s for one); errors: non-2xx responses + socket errors. See bench/peers.py's docstring "
+        "for the setups."
+        % (versions(ctx), args.procs, args.rounds),
     ]
     markdown = "\n".join(report(args, ctx, results, memory, touch_times, skipped, header))
     print()
