@@ -71,7 +71,7 @@ dist: static
 demo:
 	@./scripts/demo.sh || [ $$? -eq 130 ]
 
-# The benchmark of record (not part of `make test`; about 25 minutes on 2
+# The benchmark of record (not part of `make test`; about 20 minutes on 2
 # cores): bench/peers.py --write (fcgi-shim vs flup, a C libfcgi responder,
 # mod_wsgi, Passenger, uWSGI and gunicorn behind Apache; hello, Django, 1 MiB
 # out, 1 MiB in; c=1, 4, 8; memory; touch-to-new-code; appended to
