@@ -3,7 +3,7 @@ CARGO ?= cargo
 PREFIX ?= $(HOME)/.local
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: all build test lint check install demo fuzz fuzz-check clean bench bench-node bench-touch static dist
+.PHONY: all build test lint check install demo fuzz fuzz-check clean bench bench-flup bench-node bench-touch static dist
 
 all: build
 
@@ -71,11 +71,22 @@ dist: static
 demo:
 	@./scripts/demo.sh || [ $$? -eq 130 ]
 
-# fcgi-shim vs flup behind the same private Apache + mod_fcgid (wrk; not part of `make test`),
-# then bench-node. ARGS go to every wsgi run, e.g. make bench ARGS="--apache lean --rounds 4".
+# The benchmark of record (not part of `make test`; about 20 minutes on 2
+# cores): bench/peers.py --write (fcgi-shim vs flup, a C libfcgi responder,
+# mod_wsgi, Passenger, uWSGI and gunicorn behind Apache; hello, Django, 1 MiB
+# out, 1 MiB in; c=1, 4, 8; memory; touch-to-new-code; appended to
+# bench/results.md), then bench-node. ARGS go to bench/peers.py, e.g. a quick
+# run: make bench ARGS="--rounds 2 --seconds 2 --connections 4 --workloads hello".
 bench:
-	./bench/wsgi-vs-flup.sh $(ARGS)
+	CARGO="$(CARGO)" ./bench/prepare.sh
+	py="$$(./scripts/test-venv.sh)" && "$$py" bench/peers.py --write $(ARGS)
 	$(MAKE) bench-node
+
+# The older two-way benchmark: fcgi-shim vs flup (and the C responder) behind one
+# private Apache + mod_fcgid, hello only, at 2, 4 and 8 connections.
+# ARGS go to every run, e.g. make bench-flup ARGS="--apache lean --rounds 4".
+bench-flup:
+	CARGO="$(CARGO)" ./bench/wsgi-vs-flup.sh $(ARGS)
 
 # A Node.js app through the shim (kind = "http", Apache + mod_fcgid) vs Passenger vs Apache
 # mod_proxy_http, interleaved rounds (about 90 s), and, with libfcgi-dev, the C libfcgi

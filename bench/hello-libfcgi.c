@@ -1,6 +1,7 @@
 /* The benchmark's ceiling: a minimal C FastCGI responder (libfcgi) answering
- * what bench/hello.py answers. Built by bench/wsgi-vs-flup.sh when
- * libfcgi-dev is installed; the benchmark then measures it too. */
+ * what bench/hello.py answers. Built by bench/prepare.sh (make bench,
+ * make bench-flup) when libfcgi-dev is installed; the benchmarks then
+ * measure it too (bench/peers.py's "cfloor"). */
 #include <fcgiapp.h>
 
 int main(void)

@@ -43,38 +43,9 @@ import sys
 import tempfile
 import time
 
-from apache_bench import (APACHE, REPO, free_port, kill_leftovers, processes_under, rss_kib, say,
-                          start_apache, stop_apache, write, wrk)
-
-PASSENGER = "/usr/lib/apache2/modules/mod_passenger.so"
-MODULES = "/usr/lib/apache2/modules"
-
-
-def passenger_conf(state, app, node, processes):
-    return """LoadModule passenger_module %(mod)s
-PassengerRoot /usr/lib/ruby/vendor_ruby/phusion_passenger/locations.ini
-PassengerDefaultRuby /usr/bin/ruby
-PassengerInstanceRegistryDir "%(state)s/passenger"
-PassengerLogFile "%(state)s/passenger.log"
-PassengerDisableSecurityUpdateCheck on
-PassengerDefaultUser www-data
-PassengerDefaultGroup www-data
-PassengerMaxPoolSize %(n)d
-PassengerMinInstances %(n)d
-PassengerAppRoot "%(app)s"
-PassengerAppType node
-PassengerStartupFile hello-node.js
-PassengerNodejs "%(node)s"
-""" % {"mod": PASSENGER, "state": state, "app": app, "node": node, "n": processes}
-
-
-def proxy_conf(app_port):
-    return """LoadModule proxy_module %(m)s/mod_proxy.so
-LoadModule proxy_http_module %(m)s/mod_proxy_http.so
-ProxyPass "/" "http://127.0.0.1:%(p)d/"
-ProxyPassReverse "/" "http://127.0.0.1:%(p)d/"
-""" % {"m": MODULES, "p": app_port}
-
+from apache_bench import (APACHE, PASSENGER, REPO, free_port, kill_leftovers, passenger_conf,
+                          passenger_version, processes_running, processes_under, proxy_http_conf,
+                          rss_kib, say, start_apache, stop_apache, write, wrk)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -142,13 +113,14 @@ def main():
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         ports = {name: free_port() for name in names}
         apaches["shim"] = start_apache(tmp + "/apache-shim", www, ports["shim"], extra_shim)
-        os.makedirs(tmp + "/apache-passenger/passenger", mode=0o755)
         apaches["passenger"] = start_apache(
             tmp + "/apache-passenger", public, ports["passenger"],
-            "KeepAlive On\n" + passenger_conf(tmp + "/apache-passenger", app, node, args.passenger_processes),
+            "KeepAlive On\n" + passenger_conf(
+                tmp + "/apache-passenger", app, args.passenger_processes,
+                "PassengerAppType node\nPassengerStartupFile hello-node.js\nPassengerNodejs \"%s\"\n" % node),
             defines=("FCGI_SHIM_NO_FCGID",))
         apaches["proxy"] = start_apache(tmp + "/apache-proxy", public, ports["proxy"],
-                                        "KeepAlive On\n" + proxy_conf(app_port),
+                                        "KeepAlive On\n" + proxy_http_conf(app_port),
                                         defines=("FCGI_SHIM_NO_FCGID",))
         if args.c_responder:
             apaches["cfloor"] = start_apache(tmp + "/apache-cfloor", cwww, ports["cfloor"], extra_c)
@@ -251,26 +223,12 @@ def lean_mapping(www):
 
 def shims(www):
     """The shim processes mod_fcgid runs for the site (not their process-group guards)."""
-    found = []
-    for pid in processes_under(www + "/mysite.fcgi"):
-        try:
-            with open("/proc/%d/comm" % pid) as f:
-                if f.read().strip() != "fcgi-shim-guard":
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
+    return processes_running(www + "/mysite.fcgi")
 
 
 def passenger_nodes(app):
     """Node processes Passenger started for `app` ("Passenger NodeApp: <app root>")."""
     return [p for p, cmd in processes_under(app).items() if cmd.startswith("Passenger NodeApp")]
-
-
-def passenger_version():
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libapache2-mod-passenger"],
-                         capture_output=True, text=True).stdout
-    return out or "(unknown version)"
 
 
 if __name__ == "__main__":

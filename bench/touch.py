@@ -59,7 +59,7 @@ SLEEP = "time.sleep(%s)\ndjango_application = None"
 DJANGO = "from djsite.wsgi import application as django_application"
 
 
-from apache_bench import free_port, say, start_apache, stop_apache, write  # noqa: E402  (beside this file)
+from apache_bench import free_port, processes_running, say, start_apache, stop_apache, write  # noqa: E402  (beside this file)
 
 
 def get(port, path, timeout=30):
@@ -83,21 +83,7 @@ def get(port, path, timeout=30):
 
 def shims(www_site):
     """Pids of the shims of one site (the processes running its mysite.fcgi)."""
-    exe = os.path.join(www_site, "mysite.fcgi")
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % name, "rb") as f:
-                cmd = f.read().split(b"\0")[0].decode(errors="replace")
-            with open("/proc/%s/comm" % name) as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if cmd == exe and comm != "fcgi-shim-guard":
-            found.append(int(name))
-    return found
+    return processes_running(os.path.join(www_site, "mysite.fcgi"))
 
 
 class Site:

@@ -1,4 +1,4 @@
-"""`make bench`: fcgi-shim's WSGI kind vs flup's WSGIServer, behind the same
+"""`make bench-flup`: fcgi-shim's WSGI kind vs flup's WSGIServer, behind the same
 private Apache + mod_fcgid, measured alternately with wrk.
 
 Both sites serve bench/hello.py through the rewrite .htaccess from
@@ -60,7 +60,7 @@ def main():
     try:
         import flup.server.fcgi  # noqa: F401
     except ImportError:
-        sys.exit("bench: this Python has no flup; run it with the test virtualenv (make bench does)")
+        sys.exit("bench: this Python has no flup; run it with the test virtualenv (make bench-flup does)")
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is missing: apt-get install -y wrk")
     python = sys.executable
