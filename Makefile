@@ -93,11 +93,10 @@ bench-flup:
 # responder behind the same mod_fcgid (the ceiling of any FastCGI program there).
 # Needs nodejs, wrk, libapache2-mod-passenger.
 # NODE_ARGS, e.g. make bench-node NODE_ARGS="--connections 8 --apache lean".
-bench-node: build
-	if [ -f /usr/include/fcgiapp.h ]; then \
-		mkdir -p target/bench && gcc -O2 -o target/bench/hello-libfcgi bench/hello-libfcgi.c -lfcgi && \
-		python3 bench/node-vs-peers.py --c-responder target/bench/hello-libfcgi $(NODE_ARGS); \
-	else python3 bench/node-vs-peers.py $(NODE_ARGS); fi
+bench-node:
+	CARGO="$(CARGO)" ./bench/prepare.sh
+	c=target/bench/hello-libfcgi; \
+	python3 bench/node-vs-peers.py $$([ -x $$c ] && echo --c-responder $$c) $(NODE_ARGS)
 
 # What one `touch mysite.fcgi` costs (touch -> new code, the slowest request
 # during the switch, imports per touch) with 1 and 4 mod_fcgid processes,

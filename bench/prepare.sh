@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What the WSGI benchmarks (`make bench`, `make bench-flup`) need besides the
-# test virtualenv: the release build, wrk (installed with apt-get if missing)
-# and, when Debian's libfcgi-dev is installed, the C libfcgi responder
-# target/bench/hello-libfcgi (bench/hello-libfcgi.c, gcc -O2 -lfcgi).
+# What the benchmarks (`make bench`, `make bench-flup`, `make bench-node`) need
+# besides the test virtualenv and node: the release build, wrk (installed
+# with apt-get if missing) and, when Debian's libfcgi-dev is installed, the C
+# libfcgi responder target/bench/hello-libfcgi (bench/hello-libfcgi.c, gcc
+# -O2 -lfcgi).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if ! command -v wrk >/dev/null 2>&1; then
