@@ -334,7 +334,7 @@ class Request:
     """One request: start_response, write and queueing the response. The
     subclasses say how a head, body bytes and the end look on the wire."""
 
-    __slots__ = ("status", "headers", "sent", "committed", "out")
+    __slots__ = ("status", "headers", "sent", "committed", "out", "parts")
 
     def __init__(self):
         self.status = None
@@ -343,6 +343,9 @@ class Request:
         self.sent = False
         self.committed = False
         self.out = bytearray()
+        # A large chunk not yet written: [what was queued before it, its
+        # frame header, the chunk] (see _send_large).
+        self.parts = []
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -352,6 +355,7 @@ class Request:
             finally:
                 exc_info = None
             self.out = bytearray()
+            self.parts = []
             self.sent = False
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
@@ -434,7 +438,12 @@ class FramedRequest(Request):
         return _pack(_B, length)
 
     def _send_large(self, data):
-        """What is queued, then `data` as frames written from `data` itself."""
+        """`data` as frames written from `data` itself, after what is
+        queued. Held until the next chunk, flush or the end (then the
+        response's end goes in the same write): the application's own
+        object, no copy."""
+        if self.parts:
+            self.flush()
         parts = [self.out] if self.out else []
         if len(data) <= FRAME_MAX:
             parts += (_pack(_B, len(data)), data)
@@ -443,12 +452,18 @@ class FramedRequest(Request):
             for i in range(0, len(data), FRAME_MAX):
                 piece = view[i:i + FRAME_MAX]
                 parts += (_pack(_B, len(piece)), piece)
-        writev_all(parts)
+        self.parts = parts
         self.out = bytearray()
-        self.committed = self.sent
 
     def flush(self):
-        if self.out:
+        if self.parts:
+            if self.out:
+                self.parts.append(self.out)
+            writev_all(self.parts)
+            self.parts = []
+            self.out = bytearray()
+            self.committed = self.sent
+        elif self.out:
             write_all(self.out)
             self.out = bytearray()
             self.committed = self.sent
@@ -556,6 +571,7 @@ class Server:
         detail = "<pre>%s</pre>\n" % _escape(text) if self.debug else "<p>The server log says why.</p>\n"
         page = error_page("500 Internal Server Error", detail)
         request.out = bytearray()
+        request.parts = []
         request.sent = False
         request.status = "500 Internal Server Error"
         request.headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]

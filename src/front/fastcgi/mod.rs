@@ -746,7 +746,13 @@ impl FcgiExchange<'_> {
 
     /// Handle every buffered record.
     fn process_buffered(&mut self) -> Result<Option<InputEvent>, ConnError> {
-        while let Some(frame) = self.c.buffered_frame()? {
+        loop {
+            if self.push_body_record()? {
+                continue;
+            }
+            let Some(frame) = self.c.buffered_frame()? else {
+                break;
+            };
             match (frame.rtype, frame.id) {
                 (_, 0) => self.c.management(&frame)?,
                 (RecordType::Stdin, id) if id == self.id && self.role == Role::Authorizer => {
@@ -787,6 +793,31 @@ impl FcgiExchange<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// A buffered body record of this request goes from the input buffer
+    /// to the body as it is (no copy of its own first). false: the next
+    /// record is something else (or not complete yet).
+    fn push_body_record(&mut self) -> Result<bool, ConnError> {
+        let c = &mut *self.c;
+        let Ok(Decoded::Complete(record, used)) = codec::decode_record(&c.inbuf[c.start..]) else {
+            return Ok(false);
+        };
+        if record.rtype != RecordType::Stdin
+            || record.request_id != self.id
+            || self.role == Role::Authorizer
+            || self.body_eof
+            || record.content.is_empty()
+        {
+            return Ok(false);
+        }
+        self.body.push(record.content).map_err(ConnError::Spool)?;
+        c.start += used;
+        if c.start == c.inbuf.len() {
+            c.inbuf.clear();
+            c.start = 0;
+        }
+        Ok(true)
     }
 
     fn fail(&mut self, e: ConnError) -> io::Error {
