@@ -71,6 +71,9 @@ pub struct WsgiBack {
     to_worker: Vec<u8>,
     /// Frames from the worker not yet handled.
     from_worker: Vec<u8>,
+    /// Where the frames not yet handled start in `from_worker` (what is
+    /// before was handled: moved out before the next read, not per frame).
+    from_worker_at: usize,
     /// Payload bytes of a body frame passed on in part: `from_worker`
     /// starts with its rest (no header), this long.
     body_left: usize,
@@ -339,6 +342,7 @@ impl WsgiBack {
             greeted,
             to_worker: Vec::new(),
             from_worker: Vec::new(),
+            from_worker_at: 0,
             body_left: 0,
             stderr_lines,
             start_failure: None,
@@ -488,6 +492,7 @@ impl WsgiBack {
         self.to_worker.clear();
         self.to_worker.extend_from_slice(ADAPTER.as_bytes());
         self.from_worker.clear();
+        self.from_worker_at = 0;
         self.body_left = 0;
         self.stderr_lines.clear();
         // A worker that cannot take its source is dying; its closed stdout
@@ -558,6 +563,10 @@ impl WsgiBack {
             return Ok(false);
         };
         // Straight into the spare capacity: no scratch buffer, no copy.
+        if self.from_worker_at > 0 {
+            self.from_worker.drain(..self.from_worker_at);
+            self.from_worker_at = 0;
+        }
         let result = loop {
             match crate::sys::read_append(w.pipes.stdout.as_fd(), &mut self.from_worker, READ_MAX) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -582,10 +591,10 @@ impl WsgiBack {
     /// where the pipe is empty (a process it forked may keep it open).
     fn drain_stdout(&mut self) {
         loop {
-            let before = self.from_worker.len();
+            let before = self.from_worker.len() - self.from_worker_at;
             match self.read_stdout() {
                 // Ok(true) is also "would block": stop when nothing came.
-                Ok(true) if self.from_worker.len() > before => {}
+                Ok(true) if self.from_worker.len() - self.from_worker_at > before => {}
                 _ => return,
             }
         }
@@ -596,7 +605,7 @@ impl WsgiBack {
     /// arrives (an application's chunk is one frame, however large), in
     /// whole FastCGI records' worth until its last part.
     fn next_frame(&self) -> Result<Option<(Frame<'_>, usize)>, String> {
-        let buf = &self.from_worker;
+        let buf = &self.from_worker[self.from_worker_at..];
         if self.body_left > 0 {
             let n = body_part(buf.len(), self.body_left);
             return Ok((n > 0).then(|| (Frame::Body(&buf[..n]), n)));
@@ -635,11 +644,15 @@ impl WsgiBack {
     fn take_frame(&mut self, used: usize) {
         if self.body_left > 0 {
             self.body_left -= used;
-        } else if let [b'B', a, b, c, d, ..] = self.from_worker[..] {
+        } else if let [b'B', a, b, c, d, ..] = self.from_worker[self.from_worker_at..] {
             // What is left of a body frame passed on in part.
             self.body_left = FRAME_HEADER + u32::from_be_bytes([a, b, c, d]) as usize - used;
         }
-        self.from_worker.drain(..used);
+        self.from_worker_at += used;
+        if self.from_worker_at == self.from_worker.len() {
+            self.from_worker.clear();
+            self.from_worker_at = 0;
+        }
     }
 
     fn read_stderr(&mut self) {
