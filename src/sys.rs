@@ -230,6 +230,13 @@ pub fn poll_timeout(d: std::time::Duration) -> nix::poll::PollTimeout {
     nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX)
 }
 
+/// Ask for a pipe buffer of `bytes` (F_SETPIPE_SZ); the kernel may refuse
+/// (above /proc/sys/fs/pipe-max-size, or the user's pipe quota is used up).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETPIPE_SZ(bytes))?;
+    Ok(())
+}
+
 /// Put `fd` in non-blocking mode.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -393,22 +400,28 @@ impl Conn {
     /// One read(2) of up to `max` bytes appended to `buf`, into its spare
     /// capacity: no zeroing of a large buffer before each read.
     pub fn read_append(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-        buf.reserve(max);
-        let spare = buf.spare_capacity_mut();
-        let len = spare.len().min(max);
-        // SAFETY: read(2) writes at most `len` bytes into the spare capacity,
-        // which `reserve` made at least that long; the pointer is valid for
-        // writes of `len` bytes and nothing else aliases it meanwhile.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        // SAFETY: the first `n` bytes of the spare capacity were just written
-        // by read(2) (n <= len <= spare capacity).
-        unsafe { buf.set_len(buf.len() + n) };
-        Ok(n)
+        read_append(self.0.as_fd(), buf, max)
     }
+}
+
+/// One read(2) of up to `max` bytes from `fd` appended to `buf`, into its
+/// spare capacity: no zeroing of a large buffer before each read.
+pub fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: read(2) writes at most `len` bytes into the spare capacity,
+    // which `reserve` made at least that long; the pointer is valid for
+    // writes of `len` bytes and nothing else aliases it meanwhile.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the first `n` bytes of the spare capacity were just written
+    // by read(2) (n <= len <= spare capacity).
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 impl Read for Conn {

@@ -966,3 +966,191 @@ fn issue12_a_warmup_without_an_answer_within_start_timeout_is_a_failed_start() {
         shim.log()
     );
 }
+
+/// Bodies for the tests of big bodies: every way of reading wsgi.input, and
+/// responses in chunks of any size (issue 14: 1 MiB pipes, 256 KiB frames
+/// to the worker, a response chunk as one frame passed on in parts).
+const BIG_BODIES_APP: &str = r#"
+import os, time
+
+PATTERN = bytes(range(256))
+
+
+def application(environ, start_response):
+    path, query = environ["PATH_INFO"], environ.get("QUERY_STRING", "")
+    inp = environ["wsgi.input"]
+    if path == "/echo":
+        mode = query
+        if mode == "all":
+            body = inp.read()
+        elif mode.startswith("n:"):
+            size, parts = int(mode[2:]), []
+            while True:
+                chunk = inp.read(size)
+                assert len(chunk) <= size
+                if not chunk:
+                    break
+                parts.append(chunk)
+            body = b"".join(parts)
+        elif mode == "read1":
+            parts = []
+            while True:
+                chunk = inp.read1(100000)
+                if not chunk:
+                    break
+                parts.append(chunk)
+            body = b"".join(parts)
+        elif mode == "lines":
+            body = b"".join(inp)
+        elif mode == "mixed":
+            parts = [inp.read(1), inp.readline(70000), inp.read1(5), inp.read(300001)]
+            while True:
+                line = inp.readline(123457)
+                if not line:
+                    break
+                parts.append(line)
+            body = b"".join(parts)
+        assert inp.read() == b"" and inp.read(5) == b"" and inp.readline() == b""
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/out":
+        # total:chunk:list|gen
+        total, chunk, how = query.split(":")
+        total, chunk = int(total), int(chunk)
+        data = PATTERN * (total // 256 + 1)
+        pieces = [data[i:min(i + chunk, total)] for i in range(0, total, chunk)]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return pieces if how == "list" else iter(pieces)
+    if path == "/huge":
+        # One chunk far larger than every buffer on the way, then a mark
+        # once it was all written.
+        mark = query
+
+        def gen():
+            yield PATTERN * (48 << 12)
+            open(mark, "w").close()
+            yield b"end"
+
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return gen()
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"no such path"]
+"#;
+
+fn big_bodies_shim() -> (TempDir, Shim) {
+    let (dir, app) = app_dir("wsgi-bigbodies", &[("bigbodies.py", BIG_BODIES_APP)]);
+    let shim = Shim::start(&wsgi_settings("bigbodies", &app, ""));
+    (dir, shim)
+}
+
+fn post_query(shim: &Shim, path: &str, query: &str, body: &[u8]) -> CgiResponse {
+    let mut conn = shim.connect();
+    request(
+        &mut conn,
+        &params("POST", path, query, body.len()),
+        body,
+        false,
+    )
+    .complete_cgi()
+}
+
+fn is_pattern(body: &[u8]) -> bool {
+    body.iter().enumerate().all(|(i, &b)| b == i as u8)
+}
+
+#[test]
+fn issue14_bodies_across_pipe_frame_and_record_boundaries_arrive_whole() {
+    let (_dir, shim) = big_bodies_shim();
+    // Around a FastCGI record (65535), the old frame (65536), a frame to the
+    // worker (256 KiB), the pipe and the in-memory spool (1 MiB), and past.
+    let sizes = [
+        1,
+        65535,
+        65536,
+        65537,
+        262143,
+        262144,
+        262149,
+        1 << 20,
+        (1 << 20) + 5,
+        (3 << 20) + 3,
+    ];
+    for (k, &size) in sizes.iter().enumerate() {
+        let body = prng_bytes(size, 100 + k as u64);
+        let modes: &[&str] = if size > (1 << 20) {
+            &["all", "n:65536", "mixed"]
+        } else {
+            &[
+                "all", "n:1000", "n:65536", "n:300000", "read1", "lines", "mixed",
+            ]
+        };
+        for mode in modes {
+            let r = post_query(&shim, "/echo", mode, &body);
+            assert_eq!(r.status, 200, "{size} {mode}: {}", shim.log());
+            assert_eq!(r.body.len(), size, "{size} {mode}");
+            assert!(
+                r.body == body,
+                "{size} bytes read by {mode}: the echo differs"
+            );
+        }
+    }
+    // Responses in chunks of every size, as a list and from a generator.
+    for chunk in [1000, 65535, 65536, 65537, 300000, (1 << 20) + 1, 3 << 20] {
+        for how in ["list", "gen"] {
+            let total = (5 << 19) + 7;
+            let r = get(&shim, "/out", &format!("{total}:{chunk}:{how}"));
+            assert_eq!(r.status, 200, "{chunk} {how}: {}", shim.log());
+            assert_eq!(r.body.len(), total, "{chunk} {how}");
+            assert!(
+                is_pattern(&r.body),
+                "chunks of {chunk} ({how}): the body differs"
+            );
+        }
+    }
+    assert_eq!(get(&shim, "/out", "0:10:list").body.len(), 0);
+}
+
+#[test]
+fn issue14_a_huge_chunk_streams_in_parts_and_the_worker_waits_for_the_reader() {
+    let (dir, shim) = big_bodies_shim();
+    let mark = dir.join("written");
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(
+            1,
+            &params("GET", "/huge", mark.to_str().unwrap(), 0),
+            b"",
+            false,
+        ),
+    );
+    // The first MiB of the 48 MiB chunk arrives before the worker could
+    // write all of it (the frame is passed on in parts) ...
+    let mut body: Vec<u8> = Vec::new();
+    let mut head_done = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while body.len() < 1 << 20 {
+        assert!(Instant::now() < deadline, "the first MiB did not arrive");
+        let rec = expect_record(&mut conn, "the response");
+        assert_eq!(rec.rtype, 6, "{rec:?}");
+        body.extend_from_slice(&rec.content);
+        if !head_done && let Some(at) = body.windows(4).position(|w| w == b"\r\n\r\n") {
+            body.drain(..at + 4);
+            head_done = true;
+        }
+    }
+    // ... and while we do not read, it stays blocked: nothing on the way
+    // holds the whole chunk.
+    thread::sleep(Duration::from_millis(700));
+    assert!(
+        !mark.exists(),
+        "the worker wrote 48 MiB while the web server read 1 MiB"
+    );
+    let rest = read_response(&mut conn, 1).unwrap();
+    body.extend_from_slice(&rest.stdout);
+    assert_eq!(body.len(), (48 << 20) + 3);
+    assert!(is_pattern(&body[..48 << 20]), "the huge chunk differs");
+    assert_eq!(&body[48 << 20..], b"end");
+    assert!(mark.exists());
+}

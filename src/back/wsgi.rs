@@ -35,8 +35,13 @@ const BOOTSTRAP: &str = "import os,sys\nn=int(sys.argv[1]);b=b''\n\
 while len(b)<n:\n c=os.read(0,n-len(b))\n if not c:sys.exit(1)\n b+=c\n\
 exec(compile(b,'<fcgi-shim wsgi adapter>','exec'))";
 
-/// Body bytes per frame sent to the worker.
-const CHUNK: usize = 65536;
+/// Body bytes per frame sent to the worker (at most).
+const CHUNK: usize = 256 * 1024;
+/// Bytes asked of one read of the worker's stdout.
+const READ_MAX: usize = 256 * 1024;
+/// The pipe buffer asked for on the worker's stdin and stdout (the default
+/// 64 KiB makes a 1 MiB body 16 round trips between the two processes).
+const PIPE_SIZE: i32 = 1 << 20;
 /// Response bytes queued for the web server above which we stop reading the
 /// worker's output (it then blocks writing: backpressure).
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
@@ -66,8 +71,12 @@ pub struct WsgiBack {
     to_worker: Vec<u8>,
     /// Frames from the worker not yet handled.
     from_worker: Vec<u8>,
-    /// What one read of the worker's stdout goes into.
-    scratch: Box<[u8]>,
+    /// Where the frames not yet handled start in `from_worker` (what is
+    /// before was handled: moved out before the next read, not per frame).
+    from_worker_at: usize,
+    /// Payload bytes of a body frame passed on in part: `from_worker`
+    /// starts with its rest (no header), this long.
+    body_left: usize,
     stderr_lines: StderrLines,
     /// Why the last worker could not start, until one is ready.
     start_failure: Option<StartFailure>,
@@ -333,7 +342,8 @@ impl WsgiBack {
             greeted,
             to_worker: Vec::new(),
             from_worker: Vec::new(),
-            scratch: vec![0; CHUNK + FRAME_HEADER].into_boxed_slice(),
+            from_worker_at: 0,
+            body_left: 0,
             stderr_lines,
             start_failure: None,
             warming: None,
@@ -467,9 +477,23 @@ impl WsgiBack {
         if let Some(StartFailure::Spawn) = self.start_failure {
             self.start_failure = None;
         }
+        // Larger pipes: a big body crosses in a few writes, not one per 64 KiB
+        // (refused above the system's limit or quota: the default then).
+        let pipes = &w.pipes;
+        for fd in pipes
+            .stdin
+            .as_ref()
+            .map(AsFd::as_fd)
+            .into_iter()
+            .chain([pipes.stdout.as_fd()])
+        {
+            let _ = crate::sys::set_pipe_size(fd, PIPE_SIZE);
+        }
         self.to_worker.clear();
         self.to_worker.extend_from_slice(ADAPTER.as_bytes());
         self.from_worker.clear();
+        self.from_worker_at = 0;
+        self.body_left = 0;
         self.stderr_lines.clear();
         // A worker that cannot take its source is dying; its closed stdout
         // tells the handshake how.
@@ -538,18 +562,19 @@ impl WsgiBack {
         let Some(w) = self.sup.worker() else {
             return Ok(false);
         };
-        // Into a scratch buffer kept across reads: no 64 KiB to zero each time.
+        // Straight into the spare capacity: no scratch buffer, no copy.
+        if self.from_worker_at > 0 {
+            self.from_worker.drain(..self.from_worker_at);
+            self.from_worker_at = 0;
+        }
         let result = loop {
-            match w.pipes.stdout.read(&mut self.scratch) {
+            match crate::sys::read_append(w.pipes.stdout.as_fd(), &mut self.from_worker, READ_MAX) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
         match result {
-            Ok(n) => {
-                self.from_worker.extend_from_slice(&self.scratch[..n]);
-                Ok(n > 0)
-            }
+            Ok(n) => Ok(n > 0),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
             Err(e) => Err(e),
         }
@@ -566,23 +591,36 @@ impl WsgiBack {
     /// where the pipe is empty (a process it forked may keep it open).
     fn drain_stdout(&mut self) {
         loop {
-            let before = self.from_worker.len();
+            let before = self.from_worker.len() - self.from_worker_at;
             match self.read_stdout() {
                 // Ok(true) is also "would block": stop when nothing came.
-                Ok(true) if self.from_worker.len() > before => {}
+                Ok(true) if self.from_worker.len() - self.from_worker_at > before => {}
                 _ => return,
             }
         }
     }
 
-    /// The next complete frame in `from_worker` and its total length.
+    /// The next frame in `from_worker` and the bytes it used there (for
+    /// [`WsgiBack::take_frame`]). A body frame is passed on in parts as it
+    /// arrives (an application's chunk is one frame, however large), in
+    /// whole FastCGI records' worth until its last part.
     fn next_frame(&self) -> Result<Option<(Frame<'_>, usize)>, String> {
-        let buf = &self.from_worker;
+        let buf = &self.from_worker[self.from_worker_at..];
+        if self.body_left > 0 {
+            let n = body_part(buf.len(), self.body_left);
+            return Ok((n > 0).then(|| (Frame::Body(&buf[..n]), n)));
+        }
         let Some(header) = buf.get(..FRAME_HEADER) else {
             return Ok(None);
         };
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
+            if header[0] == b'B' {
+                let n = body_part(buf.len() - FRAME_HEADER, len);
+                return Ok(
+                    (n > 0).then(|| (Frame::Body(&buf[FRAME_HEADER..][..n]), FRAME_HEADER + n))
+                );
+            }
             if header[0] == b'H' && len > self.limits.max_response_head_bytes {
                 return Err(format!(
                     "response header block larger than {} bytes",
@@ -600,6 +638,21 @@ impl WsgiBack {
             other => return Err(format!("unknown frame type {other:#04x} from the worker")),
         };
         Ok(Some((frame, FRAME_HEADER + len)))
+    }
+
+    /// Drop a frame (or part of one) [`WsgiBack::next_frame`] returned.
+    fn take_frame(&mut self, used: usize) {
+        if self.body_left > 0 {
+            self.body_left -= used;
+        } else if let [b'B', a, b, c, d, ..] = self.from_worker[self.from_worker_at..] {
+            // What is left of a body frame passed on in part.
+            self.body_left = FRAME_HEADER + u32::from_be_bytes([a, b, c, d]) as usize - used;
+        }
+        self.from_worker_at += used;
+        if self.from_worker_at == self.from_worker.len() {
+            self.from_worker.clear();
+            self.from_worker_at = 0;
+        }
     }
 
     fn read_stderr(&mut self) {
@@ -804,7 +857,7 @@ impl WsgiBack {
                 Frame::Ready(payload) if !warming => {
                     // "Python 3.11.2".
                     let version = String::from_utf8_lossy(payload).into_owned();
-                    self.from_worker.drain(..used);
+                    self.take_frame(used);
                     if self.config.warmup.is_empty() {
                         return self.worker_ready(&version);
                     }
@@ -822,7 +875,7 @@ impl WsgiBack {
                 }
                 Frame::Head(raw) if warming => {
                     let head = parse_head(raw, self.limits.max_response_head_bytes);
-                    self.from_worker.drain(..used);
+                    self.take_frame(used);
                     let Ok(head) = head else {
                         return self.warmup_failed("got an invalid response head".into());
                     };
@@ -835,13 +888,13 @@ impl WsgiBack {
                     let kept = self.warming.as_ref().map_or(0, |w| w.body.len());
                     let room = WARMUP_QUOTE_BYTES.saturating_sub(kept);
                     let quote = data[..data.len().min(room)].to_vec();
-                    self.from_worker.drain(..used);
+                    self.take_frame(used);
                     if let Some(w) = &mut self.warming {
                         w.body.extend_from_slice(&quote);
                     }
                 }
                 Frame::Done if warming => {
-                    self.from_worker.drain(..used);
+                    self.take_frame(used);
                     if let Some(done) = self.warmup_answered() {
                         return done;
                     }
@@ -1117,7 +1170,7 @@ impl WsgiBack {
                         } else {
                             forward(frame, ex, self.limits.max_response_head_bytes)
                         };
-                        self.from_worker.drain(..used);
+                        self.take_frame(used);
                         step
                     }
                     Ok(None) => break,
@@ -1459,6 +1512,22 @@ fn quote_lines(body: &[u8]) -> String {
     }
     quoted
 }
+
+/// How much of a body frame's `left` payload bytes to pass on when `have`
+/// of them arrived: all once they are all there, else whole FastCGI
+/// records' worth (no 1-byte record after each 64 KiB), else none yet.
+fn body_part(have: usize, left: usize) -> usize {
+    if have >= left {
+        left
+    } else {
+        have - have % MAX_RECORD
+    }
+}
+
+/// Parts of a body frame come in multiples of this: the longest record of
+/// FastCGI, the usual front (any front takes any length; this only spares
+/// it a short record after each full one).
+const MAX_RECORD: usize = 65535;
 
 fn push_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.push(kind);

@@ -42,9 +42,11 @@ _pack = _HEADER.pack
 _unpack_from = _HEADER.unpack_from
 _R, _B, _E = ord("R"), ord("B"), ord("E")
 READ_SIZE = 65536
-# Body frames to the shim are at most this long; queued output is written
-# once it reaches FLUSH_AT, even for a list body.
-FRAME_MAX = 65536
+# Body frames to the shim are at most this long (the shim passes a frame on
+# in parts as it arrives); queued output is written once it reaches
+# FLUSH_AT, even for a list body, and a chunk that long goes out at once,
+# written from the application's own object (no copy).
+FRAME_MAX = 1 << 30
 FLUSH_AT = 65536
 
 
@@ -65,6 +67,20 @@ def write_fd(fd, data):
 def write_all(data):
     """All of `data` to the shim."""
     write_fd(OUT_FD, data)
+
+
+def writev_all(parts):
+    """All of `parts` (bytes-like objects), in order, to the shim."""
+    n = os.writev(OUT_FD, parts)
+    while True:
+        for i, part in enumerate(parts):
+            if n < len(part):
+                break
+            n -= len(part)
+        else:
+            return
+        parts = [memoryview(part)[n:]] + parts[i + 1:]
+        n = os.writev(OUT_FD, parts)
 
 
 class BufferedFd:
@@ -106,6 +122,10 @@ class FrameReader(BufferedFd):
             pos = 0
         kind, length = _unpack_from(buf, pos)
         end = pos + 5 + length
+        if len(buf) < end and length >= READ_SIZE:
+            # A large payload: read straight into its own object.
+            self.buf, self.pos = b"", 0
+            return self._read_payload(kind, length, buf[pos + 5:])
         if len(buf) < end:
             buf = self._fill(end - pos)
             if buf is None:
@@ -114,67 +134,115 @@ class FrameReader(BufferedFd):
         self.pos = end
         return kind, buf[pos + 5:end]
 
+    def _read_payload(self, kind, length, have):
+        parts = [have] if have else []
+        need = length - len(have)
+        while need:
+            chunk = os.read(self.fd, need)
+            if not chunk:
+                return None
+            parts.append(chunk)
+            need -= len(chunk)
+        return kind, parts[0] if len(parts) == 1 else b"".join(parts)
+
 
 class Input:
     """wsgi.input: the request body as the shim streams it, with a real EOF."""
 
     def __init__(self, reader):
         self._reader = reader
+        # Unread bytes: self._buf[self._pos:] (an offset, not a copy per read).
         self._buf = b""
+        self._pos = 0
         self._eof = False
 
+    def _chunk(self):
+        """The next body bytes the shim sent, b"" at the end of the body."""
+        while not self._eof:
+            frame = self._reader.next()
+            if frame is None:
+                raise ProtocolError("the shim closed the pipe in the middle of a body")
+            kind, payload = frame
+            if kind == _B:
+                if payload:
+                    return payload
+            elif kind == _E:
+                self._eof = True
+            else:
+                raise ProtocolError("unexpected frame %r in a body" % chr(kind))
+        return b""
+
     def _pull(self):
-        if self._eof:
+        """One more chunk after the unread bytes; False at the end."""
+        chunk = self._chunk()
+        if not chunk:
             return False
-        frame = self._reader.next()
-        if frame is None:
-            raise ProtocolError("the shim closed the pipe in the middle of a body")
-        kind, payload = frame
-        if kind == _B:
-            self._buf += payload
-            return True
-        if kind == _E:
-            self._eof = True
-            return False
-        raise ProtocolError("unexpected frame %r in a body" % chr(kind))
+        rest = self._buf[self._pos:]
+        self._buf = rest + chunk if rest else chunk
+        self._pos = 0
+        return True
+
+    def _take(self, end):
+        """The unread bytes up to offset `end` of the buffer."""
+        buf, pos = self._buf, self._pos
+        if pos == 0 and end == len(buf):
+            self._buf = b""
+            return buf
+        self._pos = end
+        return buf[pos:end]
 
     def read(self, size=-1):
         if size is None or size < 0:
-            while self._pull():
-                pass
-            data, self._buf = self._buf, b""
-            return data
-        while len(self._buf) < size and self._pull():
-            pass
-        data, self._buf = self._buf[:size], self._buf[size:]
-        return data
+            size = sys.maxsize
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos >= size:
+            return self._take(pos + size)
+        # The pieces are joined once (no copy of all so far per chunk).
+        parts = [buf[pos:] if pos else buf] if len(buf) > pos else []
+        have = len(buf) - pos
+        self._buf, self._pos = b"", 0
+        while have < size:
+            chunk = self._chunk()
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        if have > size:
+            last = parts[-1]
+            cut = len(last) - (have - size)
+            parts[-1] = last[:cut]
+            self._buf, self._pos = last, cut
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read1(self, size=-1):
-        if not self._buf:
+        if len(self._buf) == self._pos:
             self._pull()
-        if size is None or size < 0:
-            size = len(self._buf)
-        data, self._buf = self._buf[:size], self._buf[size:]
-        return data
+        avail = len(self._buf) - self._pos
+        if size is None or size < 0 or size > avail:
+            size = avail
+        return self._take(self._pos + size)
 
     def readline(self, size=-1):
-        start = 0
+        start = self._pos
         while True:
-            nl = self._buf.find(b"\n", start)
+            buf = self._buf
+            nl = buf.find(b"\n", start)
             if nl >= 0:
                 end = nl + 1
                 break
-            if 0 <= size <= len(self._buf):
-                end = size
+            if 0 <= size <= len(buf) - self._pos:
+                end = self._pos + size
                 break
-            start = len(self._buf)
+            start = len(buf) - self._pos
             if not self._pull():
                 end = len(self._buf)
                 break
-        if 0 <= size < end:
-            end = size
-        data, self._buf = self._buf[:end], self._buf[end:]
-        return data
+            # _pull moved the unread bytes to offset 0.
+        if 0 <= size < end - self._pos:
+            end = self._pos + size
+        return self._take(end)
 
     def readlines(self, hint=-1):
         lines, total = [], 0
@@ -197,9 +265,9 @@ class Input:
         return line
 
     def discard_rest(self):
-        self._buf = b""
-        while self._pull():
-            self._buf = b""
+        self._buf, self._pos = b"", 0
+        while self._chunk():
+            pass
 
 
 class FileWrapper:
@@ -278,7 +346,7 @@ class Request:
     """One request: start_response, write and queueing the response. The
     subclasses say how a head, body bytes and the end look on the wire."""
 
-    __slots__ = ("status", "headers", "sent", "committed", "out")
+    __slots__ = ("status", "headers", "sent", "committed", "out", "parts")
 
     def __init__(self):
         self.status = None
@@ -287,6 +355,9 @@ class Request:
         self.sent = False
         self.committed = False
         self.out = bytearray()
+        # A large chunk not yet written: [what was queued before it, its
+        # frame header, the chunk] (see _send_large).
+        self.parts = []
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info:
@@ -296,6 +367,7 @@ class Request:
             finally:
                 exc_info = None
             self.out = bytearray()
+            self.parts = []
             self.sent = False
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
@@ -329,6 +401,9 @@ class Request:
             return
         if not self.sent:
             data = self._with_head(data)
+        if len(data) >= FLUSH_AT:
+            self._send_large(data)
+            return
         out = self.out
         if len(data) <= self.PIECE_MAX:
             out += self._piece_header(len(data))
@@ -379,8 +454,33 @@ class FramedRequest(Request):
     def _piece_header(self, length):
         return _pack(_B, length)
 
+    def _send_large(self, data):
+        """`data` as frames written from `data` itself, after what is
+        queued. Held until the next chunk, flush or the end (then the
+        response's end goes in the same write): the application's own
+        object, no copy."""
+        if self.parts:
+            self.flush()
+        parts = [self.out] if self.out else []
+        if len(data) <= FRAME_MAX:
+            parts += (_pack(_B, len(data)), data)
+        else:
+            view = memoryview(data)
+            for i in range(0, len(data), FRAME_MAX):
+                piece = view[i:i + FRAME_MAX]
+                parts += (_pack(_B, len(piece)), piece)
+        self.parts = parts
+        self.out = bytearray()
+
     def flush(self):
-        if self.out:
+        if self.parts:
+            if self.out:
+                self.parts.append(self.out)
+            writev_all(self.parts)
+            self.parts = []
+            self.out = bytearray()
+            self.committed = self.sent
+        elif self.out:
             write_all(self.out)
             self.out = bytearray()
             self.committed = self.sent
@@ -488,6 +588,7 @@ class Server:
         detail = "<pre>%s</pre>\n" % _escape(text) if self.debug else "<p>The server log says why.</p>\n"
         page = error_page("500 Internal Server Error", detail)
         request.out = bytearray()
+        request.parts = []
         request.sent = False
         request.status = "500 Internal Server Error"
         request.headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]
