@@ -1154,3 +1154,42 @@ fn issue14_a_huge_chunk_streams_in_parts_and_the_worker_waits_for_the_reader() {
     assert_eq!(&body[48 << 20..], b"end");
     assert!(mark.exists());
 }
+
+/// The worker's pipes grow to 1 MiB while a big body crosses (a POST that
+/// says so, a response that fills a default pipe) and are given back their
+/// default 64 KiB after the request: the kernel counts every pipe's size
+/// against its user's quota, and a shared host has many workers.
+#[test]
+fn pipes_grow_for_big_bodies_and_shrink_after() {
+    let (_dir, app) = app_dir(
+        "pipe-sizes",
+        &[(
+            "sizes.py",
+            "import fcntl, __main__\n\
+             def sizes():\n\
+             \x20   return ('%d %d' % (fcntl.fcntl(__main__.IN_FD, 1032), fcntl.fcntl(__main__.OUT_FD, 1032))).encode()\n\
+             def application(environ, start_response):\n\
+             \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+             \x20   if environ['PATH_INFO'] == '/big':\n\
+             \x20       return [b'x' * (1 << 20)]\n\
+             \x20   n = len(environ['wsgi.input'].read())\n\
+             \x20   return [sizes() + b' %d' % n]\n",
+        )],
+    );
+    let shim = Shim::start(&wsgi_settings("sizes", &app, ""));
+    let body_of = CgiResponse::body_text;
+    assert_eq!(
+        body_of(&get(&shim, "/sizes", "")),
+        "65536 65536 0",
+        "{}",
+        shim.log()
+    );
+    let posted = post(&shim, "/sizes", &vec![b'p'; 300 * 1024]);
+    assert_eq!(body_of(&posted), "1048576 1048576 307200", "{}", shim.log());
+    assert_eq!(body_of(&get(&shim, "/sizes", "")), "65536 65536 0");
+    let big = get(&shim, "/big", "");
+    assert_eq!(big.body.len(), 1 << 20);
+    assert_eq!(body_of(&get(&shim, "/sizes", "")), "65536 65536 0");
+    // A small POST leaves them as they are.
+    assert_eq!(body_of(&post(&shim, "/sizes", b"abc")), "65536 65536 3");
+}

@@ -39,9 +39,16 @@ exec(compile(b,'<fcgi-shim wsgi adapter>','exec'))";
 const CHUNK: usize = 256 * 1024;
 /// Bytes asked of one read of the worker's stdout.
 const READ_MAX: usize = 256 * 1024;
-/// The pipe buffer asked for on the worker's stdin and stdout (the default
-/// 64 KiB makes a 1 MiB body 16 round trips between the two processes).
-const PIPE_SIZE: i32 = 1 << 20;
+/// The pipe buffer asked for on the worker's stdin and stdout while a big
+/// body crosses (the default 64 KiB makes a 1 MiB body 16 round trips
+/// between the two processes); back to the default after the request, since
+/// the kernel counts every pipe's size against its user's quota
+/// (`pipe-user-pages-soft`, 64 MiB: over it, the user's new pipes get 8 KiB).
+const BIG_PIPE_SIZE: i32 = 1 << 20;
+/// Linux's default pipe size, what the pipes are given back after a big body.
+const PIPE_SIZE: i32 = 64 * 1024;
+/// Buffers grown past this by a big body are shrunk to it after the request.
+const KEPT_BUFFER: usize = 64 * 1024;
 /// Response bytes queued for the web server above which we stop reading the
 /// worker's output (it then blocks writing: backpressure).
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
@@ -77,6 +84,8 @@ pub struct WsgiBack {
     /// Payload bytes of a body frame passed on in part: `from_worker`
     /// starts with its rest (no header), this long.
     body_left: usize,
+    /// The worker's pipes are at BIG_PIPE_SIZE (a big body is crossing).
+    pipes_grown: bool,
     stderr_lines: StderrLines,
     /// Why the last worker could not start, until one is ready.
     start_failure: Option<StartFailure>,
@@ -344,6 +353,7 @@ impl WsgiBack {
             from_worker: Vec::new(),
             from_worker_at: 0,
             body_left: 0,
+            pipes_grown: false,
             stderr_lines,
             start_failure: None,
             warming: None,
@@ -477,18 +487,7 @@ impl WsgiBack {
         if let Some(StartFailure::Spawn) = self.start_failure {
             self.start_failure = None;
         }
-        // Larger pipes: a big body crosses in a few writes, not one per 64 KiB
-        // (refused above the system's limit or quota: the default then).
-        let pipes = &w.pipes;
-        for fd in pipes
-            .stdin
-            .as_ref()
-            .map(AsFd::as_fd)
-            .into_iter()
-            .chain([pipes.stdout.as_fd()])
-        {
-            let _ = crate::sys::set_pipe_size(fd, PIPE_SIZE);
-        }
+        self.pipes_grown = false;
         self.to_worker.clear();
         self.to_worker.extend_from_slice(ADAPTER.as_bytes());
         self.from_worker.clear();
@@ -557,6 +556,46 @@ impl WsgiBack {
         }
     }
 
+    /// Set both worker pipes to `size`; false if the kernel refused one (above
+    /// the system's limit or the user's quota, or, shrinking, fuller than that).
+    fn size_pipes(&mut self, size: i32) -> bool {
+        let Some(w) = self.sup.worker() else {
+            return false;
+        };
+        let pipes = &w.pipes;
+        let fds = pipes.stdin.as_ref().map(AsFd::as_fd).into_iter();
+        fds.chain([pipes.stdout.as_fd()]).fold(true, |ok, fd| {
+            crate::sys::set_pipe_size(fd, size).is_ok() && ok
+        })
+    }
+
+    /// A big body is crossing: larger pipes, so it takes a few writes, not
+    /// one per 64 KiB (the default stays if the kernel refuses).
+    fn grow_pipes(&mut self) {
+        if !self.pipes_grown {
+            self.size_pipes(BIG_PIPE_SIZE);
+            self.pipes_grown = true;
+        }
+    }
+
+    /// After a request: the pipes back to the default size (tried again
+    /// after the next request if one still holds more than that) and the
+    /// buffers a big body grew back to KEPT_BUFFER.
+    fn after_request(&mut self) {
+        if self.pipes_grown && self.size_pipes(PIPE_SIZE) {
+            self.pipes_grown = false;
+        }
+        if self.from_worker_at == self.from_worker.len() {
+            self.from_worker.clear();
+            self.from_worker_at = 0;
+        }
+        for buf in [&mut self.from_worker, &mut self.to_worker] {
+            if buf.capacity() > KEPT_BUFFER {
+                buf.shrink_to(KEPT_BUFFER);
+            }
+        }
+    }
+
     /// Read from the worker's stdout into `from_worker`. Ok(false) = EOF.
     fn read_stdout(&mut self) -> io::Result<bool> {
         let Some(w) = self.sup.worker() else {
@@ -574,7 +613,13 @@ impl WsgiBack {
             }
         };
         match result {
-            Ok(n) => Ok(n > 0),
+            Ok(n) => {
+                // A full default-size pipe: a big response is on its way.
+                if n >= PIPE_SIZE as usize {
+                    self.grow_pipes();
+                }
+                Ok(n > 0)
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
             Err(e) => Err(e),
         }
@@ -1116,6 +1161,14 @@ impl WsgiBack {
         let mut body_done = ex.body_finished() && ex.body().is_empty();
         if body_done {
             push_frame(&mut self.to_worker, b'E', &[]);
+        } else if ex.body().len() >= PIPE_SIZE as usize
+            || ex
+                .request()
+                .get("CONTENT_LENGTH")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= PIPE_SIZE as u64)
+        {
+            self.grow_pipes();
         }
         // The request goes out before any body is taken from the front: if
         // the worker is gone (EPIPE), a new one can still have it.
@@ -1188,6 +1241,7 @@ impl WsgiBack {
                             let _ = self.write_to_worker();
                         }
                         self.sup.request_done();
+                        self.after_request();
                         self.greet();
                         return Some(gone.map_or(Outcome::Done, |(i, _)| i.outcome()));
                     }
