@@ -566,10 +566,18 @@ impl WsgiBack {
             return false;
         };
         let pipes = &w.pipes;
-        let fds = pipes.stdin.as_ref().map(AsFd::as_fd).into_iter();
-        fds.chain([pipes.stdout.as_fd()]).fold(true, |ok, fd| {
-            crate::sys::set_pipe_size(fd, size).is_ok() && ok
-        })
+        let mut ok = true;
+        // Both are tried, whatever the first one gives.
+        for fd in pipes
+            .stdin
+            .as_ref()
+            .map(AsFd::as_fd)
+            .into_iter()
+            .chain([pipes.stdout.as_fd()])
+        {
+            ok &= crate::sys::set_pipe_size(fd, size).is_ok();
+        }
+        ok
     }
 
     /// A big body is crossing: larger pipes, so it takes a few writes, not
