@@ -68,6 +68,14 @@ fn post(shim: &Shim, path: &str, body: &[u8]) -> CgiResponse {
     .complete_cgi()
 }
 
+/// Send `GET path?query` on `conn` without reading the answer.
+fn send_get(conn: &mut Conn, path: &str, query: &str) {
+    send(
+        conn,
+        &encode_request(1, &params("GET", path, query, 0), b"", false),
+    );
+}
+
 /// The pid of the worker that serves the next request (from /environ).
 fn worker_pid(shim: &Shim) -> String {
     pid_in(&get(shim, "/environ", ""))
@@ -225,15 +233,7 @@ fn a_streamed_response_arrives_chunk_by_chunk() {
     let shim = probe_shim("");
     let gate = shim.dir().join("gate");
     let mut conn = shim.connect();
-    send(
-        &mut conn,
-        &encode_request(
-            1,
-            &params("GET", "/stream", gate.to_str().unwrap(), 0),
-            b"",
-            false,
-        ),
-    );
+    send_get(&mut conn, "/stream", gate.to_str().unwrap());
     // The first chunk comes while the view still waits for the gate file.
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1060,7 +1060,7 @@ fn is_pattern(body: &[u8]) -> bool {
 }
 
 #[test]
-fn issue14_bodies_across_pipe_frame_and_record_boundaries_arrive_whole() {
+fn bodies_across_pipe_frame_and_record_boundaries_arrive_whole() {
     let (_dir, shim) = big_bodies_shim();
     // Around a FastCGI record (65535), the old frame (65536), a frame to the
     // worker (256 KiB), the pipe and the in-memory spool (1 MiB), and past.
@@ -1112,19 +1112,11 @@ fn issue14_bodies_across_pipe_frame_and_record_boundaries_arrive_whole() {
 }
 
 #[test]
-fn issue14_a_huge_chunk_streams_in_parts_and_the_worker_waits_for_the_reader() {
+fn a_huge_chunk_streams_in_parts_and_the_worker_waits_for_the_reader() {
     let (dir, shim) = big_bodies_shim();
     let mark = dir.join("written");
     let mut conn = shim.connect();
-    send(
-        &mut conn,
-        &encode_request(
-            1,
-            &params("GET", "/huge", mark.to_str().unwrap(), 0),
-            b"",
-            false,
-        ),
-    );
+    send_get(&mut conn, "/huge", mark.to_str().unwrap());
     // The first MiB of the 48 MiB chunk arrives before the worker could
     // write all of it (the frame is passed on in parts) ...
     let mut body: Vec<u8> = Vec::new();

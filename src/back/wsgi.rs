@@ -596,10 +596,7 @@ impl WsgiBack {
         if self.pipes_grown && self.size_pipes(PIPE_SIZE) {
             self.pipes_grown = false;
         }
-        if self.from_worker_at == self.from_worker.len() {
-            self.from_worker.clear();
-            self.from_worker_at = 0;
-        }
+        // (`take_frame` already emptied `from_worker` once all of it was handled.)
         for buf in [&mut self.from_worker, &mut self.to_worker] {
             if buf.capacity() > KEPT_BUFFER {
                 buf.shrink_to(KEPT_BUFFER);
