@@ -62,8 +62,13 @@ gunicorn; make bench does), as root (Apache's children run as www-data):
   bench/peers.py [--rounds 4] [--seconds 3] [--connections "1 4 8"] [--procs 8]
                  [--setups "shim flup cfloor modwsgi passenger uwsgi gunicorn"]
                  [--workloads "hello django big post"] [--touch-reps 5] [--write]
+                 [--shim-before BIN]
+--shim-before adds the setup "before": the shim's setup with another build,
+so that a change is measured against the build before it in the same rounds.
 A quick run: bench/peers.py --rounds 2 --seconds 2 --connections 4 --workloads hello
-BENCH_KEEP_TMP=1 keeps the temp dir (every setup's logs).
+BENCH_KEEP_TMP=1 keeps the temp dir (every setup's logs); BENCH_HOLD=SECONDS keeps the
+warmed-up setups of each workload up that long before its rounds (for strace,
+perf or a CPU split; it prints their URLs).
 """
 
 import argparse
@@ -155,6 +160,7 @@ class Context:
     def __init__(self, tmp, python, procs, shim, c_responder):
         self.tmp, self.python, self.procs = tmp, python, procs
         self.shim, self.c_responder = shim, c_responder
+        self.shim_before = ""
         self.venv = run([python, "-c", "import sys; print(sys.prefix)"])
         self.app_src = os.path.join(tmp, "app-src")
         self.as_root = os.geteuid() == 0
@@ -282,12 +288,15 @@ class Shim(FcgidSetup):
     counted = "each fcgi-shim process + its Python worker"
 
     def missing(self):
-        if not os.path.exists(self.ctx.shim):
-            return "%s missing (cargo build --release)" % self.ctx.shim
+        if not os.path.exists(self.binary()):
+            return "%s missing (cargo build --release)" % self.binary()
         return super().missing()
 
+    def binary(self):
+        return self.ctx.shim
+
     def write_program(self, path):
-        shutil.copy(self.ctx.shim, path)
+        shutil.copy(self.binary(), path)
         os.chmod(path, 0o755)
         write(self.www + "/mysite.toml",
               '[app]\nkind = "wsgi"\nmodule = "peers_app"\npython = "%s"\npython_path = ["%s"]\n'
@@ -469,7 +478,15 @@ class Gunicorn(Backend):
         return proxy_http_conf(self.backend_port)
 
 
-KINDS = {"shim": Shim, "flup": Flup, "cfloor": CFloor, "modwsgi": ModWsgi,
+class ShimBefore(Shim):
+    """The same as shim with another build (--shim-before): a change measured in one run."""
+    counted = "each fcgi-shim process (the build before) + its Python worker"
+
+    def binary(self):
+        return self.ctx.shim_before
+
+
+KINDS = {"shim": Shim, "before": ShimBefore, "flup": Flup, "cfloor": CFloor, "modwsgi": ModWsgi,
          "passenger": Passenger, "uwsgi": Uwsgi, "gunicorn": Gunicorn}
 
 
@@ -617,7 +634,7 @@ def report(args, ctx, results, memory, touch_times, skipped, header):
         out += ["Skipped: " + "; ".join("%s: %s" % kv for kv in skipped.items()) + ".", ""]
     summary = {}
     for (workload, c), runs in results.items():
-        names = [n for n in SETUPS if n in runs]
+        names = [n for n in KINDS if n in runs]
         out.append("### %s, c=%d (wrk -t%d -c%d -d%ds, %d round%s)" % (
             WORKLOADS[workload].what, c, min(2, c), c, args.seconds, args.rounds,
             "s" if args.rounds > 1 else ""))
@@ -632,7 +649,7 @@ def report(args, ctx, results, memory, touch_times, skipped, header):
         out.append("")
         out.append("| setup | " + " | ".join("%s c=%d" % col for col in cols) + " |")
         out.append("|---|" + "---:|" * len(cols))
-        for name in SETUPS:
+        for name in KINDS:
             if name in summary:
                 out.append("| %s | " % name + " | ".join(
                     "%.2fx" % summary[name][col] if col in summary[name] else "" for col in cols) + " |")
@@ -643,7 +660,7 @@ def report(args, ctx, results, memory, touch_times, skipped, header):
         out.append("")
         out.append("| setup | counted | processes | RSS MiB | PSS MiB | RSS MiB/slot | PSS MiB/slot |")
         out.append("|---|---|---:|---:|---:|---:|---:|")
-        for name in SETUPS:
+        for name in KINDS:
             if name in memory:
                 m = memory[name]
                 slots = m["slots"] or 1
@@ -686,10 +703,15 @@ def main():
                     help="the applications' Python (default: this one; a virtualenv with Django, flup, gunicorn)")
     ap.add_argument("--shim", default=os.path.join(REPO, "target/release/fcgi-shim"))
     ap.add_argument("--c-responder", default=C_RESPONDER)
+    ap.add_argument("--shim-before", default="",
+                    help="also measure this fcgi-shim build as the setup 'before' (e.g. one of "
+                    "the commit before a change, built in a git worktree)")
     ap.add_argument("--write", action="store_true", help="append the tables to bench/results.md")
     args = ap.parse_args()
     args.connections = [int(c) for c in args.connections.replace(",", " ").split()]
     setup_names = args.setups.replace(",", " ").split()
+    if args.shim_before and "before" not in setup_names:
+        setup_names.insert(1, "before")
     workload_names = args.workloads.replace(",", " ").split()
     for name in setup_names:
         if name not in KINDS:
@@ -713,6 +735,7 @@ def main():
     os.chmod(tmp, 0o755)
     ctx = Context(tmp, os.path.abspath(args.python), args.procs, os.path.abspath(args.shim),
                   os.path.abspath(args.c_responder))
+    ctx.shim_before = os.path.abspath(args.shim_before) if args.shim_before else ""
     setups, skipped = [], {}
     results, memory, touch_times = {}, {}, []
     code = 0
@@ -767,6 +790,11 @@ def main():
                 else:
                     active.append(setup)
             script = tmp + "/post.lua" if workload.post else None
+            if os.environ.get("BENCH_HOLD") and active:
+                # For profiling: the warmed-up setups stay up that long.
+                say("holding for %s s: %s" % (os.environ["BENCH_HOLD"], " ".join(
+                    "%s=%s" % (s.name, s.url(workload.path)) for s in active)))
+                time.sleep(float(os.environ["BENCH_HOLD"]))
             for c in args.connections:
                 runs = results[(wname, c)] = {s.name: [] for s in active}
                 for r in range(args.rounds if active else 0):

@@ -237,6 +237,13 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Ask for a send buffer of `bytes` on socket `fd` (the kernel caps it at
+/// net.core.wmem_max).
+pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBuf, &bytes)?;
+    Ok(())
+}
+
 /// Put `fd` in non-blocking mode.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -387,6 +394,12 @@ impl Conn {
     /// Shut down the write half (tells the peer we are done).
     pub fn shutdown_write(&self) {
         let _ = socket::shutdown(self.0.as_raw_fd(), socket::Shutdown::Write);
+    }
+}
+
+impl From<OwnedFd> for Conn {
+    fn from(fd: OwnedFd) -> Conn {
+        Conn(fd)
     }
 }
 

@@ -935,7 +935,7 @@ impl Exchange for AjpExchange {
             self.broken = Some(e.clone());
             return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
         }
-        self.link.out.flush_to(&mut self.link.conn)?;
+        self.link.out.flush_to_socket(&mut self.link.conn)?;
         if matches!(self.state, BodyState::Coming { asked: true, .. }) {
             if !self.link.fill()? {
                 return Ok(InputEvent::Closed);
@@ -944,7 +944,7 @@ impl Exchange for AjpExchange {
                 self.broken = Some(e.clone());
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
             }
-            self.link.out.flush_to(&mut self.link.conn)?;
+            self.link.out.flush_to_socket(&mut self.link.conn)?;
         }
         if let Some(e) = &self.spool_failed {
             return Err(crate::front::StoppedByFront::error(e));
@@ -973,12 +973,12 @@ impl Exchange for AjpExchange {
             )));
         }
         self.head_sent = true;
-        self.link.out.flush_to(&mut self.link.conn)
+        self.link.out.flush_to_socket(&mut self.link.conn)
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
         encode_body(data, self.link.out.tail());
-        self.link.out.flush_to(&mut self.link.conn)
+        self.link.out.flush_to_socket(&mut self.link.conn)
     }
 
     fn output_backlog(&self) -> usize {

@@ -77,7 +77,7 @@ pub(crate) fn flush_within(
 ) -> io::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        out.flush_to(conn)?;
+        out.flush_to_socket(conn)?;
         if out.pending() == 0 {
             return Ok(());
         }

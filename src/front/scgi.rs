@@ -368,7 +368,7 @@ impl Exchange for ScgiExchange {
     }
 
     fn on_ready(&mut self) -> io::Result<InputEvent> {
-        self.out.flush_to(&mut self.conn)?;
+        self.out.flush_to_socket(&mut self.conn)?;
         if self.read_body()? {
             Ok(InputEvent::Progress)
         } else {
@@ -393,12 +393,12 @@ impl Exchange for ScgiExchange {
     fn send_head(&mut self, head: &ResponseHead) -> io::Result<()> {
         head.write_cgi(self.out.tail());
         self.head_sent = true;
-        self.out.flush_to(&mut self.conn)
+        self.out.flush_to_socket(&mut self.conn)
     }
 
     fn send_body(&mut self, data: &[u8]) -> io::Result<()> {
         self.out.tail().extend_from_slice(data);
-        self.out.flush_to(&mut self.conn)
+        self.out.flush_to_socket(&mut self.conn)
     }
 
     fn output_backlog(&self) -> usize {

@@ -229,7 +229,7 @@ impl Connection {
 
     /// Write queued output until it is all written or the socket is full.
     fn try_flush(&mut self) -> io::Result<()> {
-        self.out.flush_to(&mut self.conn)
+        self.out.flush_to_socket(&mut self.conn)
     }
 
     /// Drop buffered STDIN/DATA records of the finished request `id`.
