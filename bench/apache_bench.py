@@ -71,13 +71,15 @@ def argv(pid):
 def processes_running(program):
     """Pids of the live processes running `program` (an absolute path) as
     their executable or as the script of their interpreter (argv[0] or
-    argv[1]), except fcgi-shim's process-group guards (comm fcgi-shim-guard):
-    the FastCGI processes mod_fcgid started for a mysite.fcgi."""
+    argv[1]), except fcgi-shim's process-group guards (comm fcgi-shim-guard)
+    and the keeper of a shared server (argv[1] keep-server): the FastCGI
+    processes mod_fcgid started for a mysite.fcgi."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        if program in argv(int(name))[:2]:
+        args = argv(int(name))
+        if program in args[:2] and args[1:2] != ["keep-server"]:
             try:
                 with open("/proc/%s/comm" % name) as f:
                     if f.read().strip() == "fcgi-shim-guard":

@@ -4,7 +4,8 @@ http module) behind Apache three ways, measured side by side with wrk:
 
   shim       Apache + mod_fcgid + the rewrite .htaccess (htaccess-examples/)
              running the release fcgi-shim as mysite.fcgi with kind = "http"
-             (or, --apache lean, mysite.fcgi mapped in the server config)
+             (or, --apache lean, mysite.fcgi mapped in the server config);
+             its mod_fcgid processes share one node (`shared`, the default)
   passenger  Apache + mod_passenger (Debian libapache2-mod-passenger):
              PassengerAppType node, PassengerStartupFile hello-node.js
   proxy      Apache + mod_proxy_http straight to one node process on a
@@ -160,6 +161,8 @@ def main():
                     r + 1, name, res["rps"], res["p50"], res["p99"],
                     "  (non-2xx: %d, socket errors: %s)" % (res["bad"], res["socket_errors"])
                     if res["bad"] or res["socket_errors"] else ""))
+        nodes = len([p for p in processes_under(app + "/hello-node.js")
+                     if p != proxied.pid and p not in passenger_nodes(app)])
         rss = {
             "shim": sum(rss_kib(p) for p in processes_under(tmp + "/www")) +
             sum(rss_kib(p) for p in processes_under(app + "/hello-node.js")
@@ -189,9 +192,10 @@ def main():
               subprocess.run([APACHE, "-v"], capture_output=True, text=True).stdout.split("\n")[0].split("/")[-1],
               args.apache, passenger_version()))
     print("wrk -t%d -c%d -d%ds, %d interleaved rounds, medians; %d cores, shared machine; "
-          "processes: shim %d (each with its node), passenger %d node, proxy 1 node" % (
+          "processes: shim %d sharing %d node (shared = true, the default), passenger %d node, "
+          "proxy 1 node" % (
               min(2, args.connections), args.connections, args.seconds, args.rounds, os.cpu_count(),
-              processes, args.passenger_processes))
+              processes, nodes, args.passenger_processes))
     print("%-10s %10s %10s %10s %12s" % ("", "req/s", "p50 ms", "p99 ms", "RSS KiB"))
     for name in names:
         m = med[name]

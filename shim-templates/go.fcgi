@@ -25,7 +25,9 @@ workdir = "/home/USER/myapp"
 # env = { APP_ENV = "production" }
 # ready_path = "/healthz"
 
-max_requests = 0
+# One server for all the site's mod_fcgid processes (the default); false: one
+# per process (needed for max_requests = N, which recycles it).
+shared = true
 start_timeout = 30
 request_timeout = 30
 

@@ -20,12 +20,15 @@
 
 [app]
 kind = "http"
+# One gunicorn serves all the site's mod_fcgid processes (shared, below):
+# --workers (or --threads) is how many requests it serves at once.
 command = ["/home/USER/venv/bin/gunicorn", "--workers", "2", "--bind", "unix:{socket}", "--forwarded-allow-ips", "*", "myproject.wsgi:application"]
 # The directory that holds the project (gunicorn imports from it):
 workdir = "/home/USER/myproject"
 env = { DJANGO_SETTINGS_MODULE = "myproject.settings" }
 
-max_requests = 0
+# One server for all the site's processes; false: one gunicorn per process.
+shared = true
 start_timeout = 30
 request_timeout = 30
 

@@ -32,7 +32,9 @@ env = { NODE_ENV = "production" }
 # answers 2xx as well:
 # ready_path = "/healthz"
 
-max_requests = 0
+# One server for all the site's mod_fcgid processes (the default); false: one
+# per process (needed for max_requests = N, which recycles it).
+shared = true
 start_timeout = 30
 request_timeout = 30
 

@@ -18,15 +18,17 @@
 
 [app]
 kind = "http"
-# bundle exec puma from the application's directory; a single Puma process
-# (no -w: mod_fcgid starts more shims under load, each with its own Puma).
+# bundle exec puma from the application's directory. One Puma serves all the
+# site's mod_fcgid processes (shared, below): its threads (-t) are how many
+# requests it serves at once; add -w 2 for two processes on two cores.
 command = ["/usr/local/bin/bundle", "exec", "puma", "-e", "production", "-t", "1:5", "-b", "unix://{socket}"]
 workdir = "/home/USER/myapp"
 env = { RAILS_ENV = "production", RAILS_LOG_TO_STDOUT = "1", SECRET_KEY_BASE = "change-me" }
 # Rails boots slowly; a page that answers 2xx once it has:
 # ready_path = "/up"
 
-max_requests = 0
+# One server for all the site's processes; false: one Puma per process.
+shared = true
 start_timeout = 60
 request_timeout = 30
 

@@ -64,6 +64,16 @@ pub fn main() -> ExitCode {
             check(settings.map(PathBuf::from).as_deref(), &exe, start_app)
         }
         Some("serve") => serve(&args, &exe),
+        // Started by a shim (`back::shared`), not by hand.
+        Some("keep-server") => match (args.get(2), args.get(3).and_then(|k| k.to_str())) {
+            (Some(settings), Some(key)) => {
+                crate::back::shared::keep_server(Path::new(settings), key)
+            }
+            _ => {
+                eprintln!("fcgi-shim keep-server SETTINGS KEY: started by fcgi-shim itself");
+                ExitCode::from(2)
+            }
+        },
         Some(flag) if flag.starts_with('-') => {
             eprintln!("fcgi-shim: unknown option {flag}\n\n{USAGE}");
             ExitCode::from(2)
@@ -82,7 +92,9 @@ fn with_absolute_settings(mut args: Vec<OsString>) -> Vec<OsString> {
     let at = match args.get(1).and_then(|a| a.to_str()) {
         Some("check") if args.get(2).is_some_and(|a| a == "--start-app") => 3,
         Some("check" | "serve") => 2,
-        Some(flag) if flag.starts_with('-') || flag == "help" => return args,
+        Some(flag) if flag.starts_with('-') || flag == "help" || flag == "keep-server" => {
+            return args;
+        }
         _ => 1,
     };
     let serve = at == 2 && args[1] == "serve";

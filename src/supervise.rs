@@ -285,6 +285,68 @@ fn ensure_subreaper() {
     }
 }
 
+/// Start this executable again (`/proc/self/exe`, whatever its file is now)
+/// with `args`, as a process of its own outside our process tree: its
+/// parent is not us, and as an orphan it does not come back to us (we stop
+/// being a child subreaper while it is started). It runs in a session of
+/// its own, with stdin and stdout on /dev/null, our stderr (the log), and
+/// `keep` as its fd `at`. The site's keeper (`back::shared`) is started this
+/// way: it must outlive the shim that starts it, and it ends itself.
+pub fn spawn_detached(args: &[OsString], keep: BorrowedFd<'_>, at: RawFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let subreaper = SUBREAPER.load(Ordering::SeqCst) == sys::pid();
+    if subreaper {
+        nix::sys::prctl::set_child_subreaper(false)?;
+    }
+    let from = keep.as_raw_fd();
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_FDNAMES");
+    if let Ok(me) = std::env::current_exe() {
+        command.arg0(me);
+    }
+    // SAFETY: only async-signal-safe calls (setsid, fork, _exit, dup2,
+    // fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            match libc::fork() {
+                -1 => return Err(io::Error::last_os_error()),
+                0 => {}
+                // The middle process: gone at once, its child is an orphan
+                // (its exec still reports to the parent's spawn).
+                _ => libc::_exit(0),
+            }
+            let moved = if from == at {
+                libc::fcntl(at, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(from, at)
+            };
+            if moved < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let result = command
+        .spawn()
+        .and_then(|mut middle| middle.wait())
+        .map(|_| ());
+    if subreaper && let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("cannot become a child subreaper again: {e}");
+    }
+    result
+}
+
 /// End every child of ours that is none of our own processes: the orphans
 /// an application left behind (SIGTERM, `ORPHAN_GRACE`, SIGKILL; each in
 /// its own group too when it leads one), reaping them; and wait, within the

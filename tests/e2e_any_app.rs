@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use apache_support::load::{assert_clean_load, spawn_wrk, wrk_result};
 use apache_support::{
     ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, install_site,
-    mkdir_world_readable, read_until, running_as_root, stop_leaving_nothing, write_file,
+    mkdir_world_readable, parent_pid, processes_matching, read_until, running_as_root,
+    stop_leaving_nothing, write_file,
 };
 
 /// How long a site may take to answer its first request (the shim starts
@@ -518,6 +519,23 @@ fn node_touch_under_load_serves_the_new_code_with_no_failed_request() {
     assert!(r.text().starts_with("node one GET"), "{}", r.summary());
     // Warm-up, not judged: mod_fcgid spawns its processes.
     let _ = spawn_wrk(&world.apache().url("/"), 3).wait_with_output();
+    // Its processes share one node server (`shared`, the default), which
+    // none of them is the parent of (mod_fcgid stops them in any order).
+    let script = server_js.display().to_string();
+    let (keepers, shims): (Vec<_>, Vec<_>) =
+        processes_matching(&site.join("mysite.fcgi").display().to_string())
+            .into_iter()
+            .partition(|(_, cmdline)| cmdline.contains("keep-server"));
+    let nodes = processes_matching(&script);
+    assert!(shims.len() >= 2, "mod_fcgid ran {shims:?}");
+    assert_eq!(nodes.len(), 1, "{nodes:?} for {shims:?}");
+    let parent = parent_pid(nodes[0].0);
+    assert!(!shims.iter().any(|(p, _)| Some(*p) == parent), "{parent:?}");
+    // (The keeper's process-group guard has the same command line.)
+    assert!(
+        keepers.iter().any(|(p, _)| Some(*p) == parent),
+        "{parent:?} {keepers:?}"
+    );
 
     let load = spawn_wrk(&world.apache().url("/"), 8);
     thread::sleep(Duration::from_secs(3));
@@ -543,6 +561,17 @@ fn node_touch_under_load_serves_the_new_code_with_no_failed_request() {
             world.apache().logs_for_humans()
         );
     }
+    // The old server ended once no process of the site used it any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_matching(&script).len() > 1 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_matching(&script).len(),
+        1,
+        "{:?}",
+        processes_matching(&script)
+    );
     world.finish();
 }
 

@@ -534,3 +534,135 @@ fn settings_errors_name_only_the_kinds_keys() {
         "{text}"
     );
 }
+
+/// The processes of one site (mod_fcgid's, here two shims on their own
+/// listeners with the same settings file and state directory) share one
+/// server, run by the site's keeper outside both: it survives either shim,
+/// is replaced by a touch, a kill -9 and a killed keeper, and nothing of it
+/// is left once the last shim has gone.
+#[test]
+fn http_processes_of_a_site_share_one_server() {
+    let site = TempDir::new("sharedsite");
+    let app = apps().join("http_app.py");
+    let file = site.write(
+        "testsite.toml",
+        &settings("http", &["/usr/bin/python3", app.to_str().unwrap()], ""),
+    );
+    let state = site.join("state");
+    let start = || {
+        Shim::launch(
+            TempDir::new("sharedshim"),
+            Launch {
+                args: Some(vec![file.clone().into_os_string()]),
+                env: vec![("XDG_STATE_HOME".into(), state.display().to_string())],
+                ..Launch::default()
+            },
+        )
+    };
+    let servers = || app_processes(site.path(), "http_app.py");
+    let keepers = || processes_matching("keep-server");
+    let ppid = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("").to_string();
+        after.split_whitespace().nth(1).unwrap_or("").to_string()
+    };
+    let mut a = start();
+    let mut b = start();
+    let first = field(&until_200(&a, Duration::from_secs(10)), "pid");
+    assert_eq!(
+        field(&until_200(&b, Duration::from_secs(10)), "pid"),
+        first,
+        "{}",
+        b.log()
+    );
+    assert_eq!(
+        servers().len(),
+        1,
+        "{:?}\n{}{}",
+        servers(),
+        a.log(),
+        b.log()
+    );
+    let keeper = ppid(&first);
+    assert!(
+        ![a.pid(), b.pid()].iter().any(|p| p.to_string() == keeper),
+        "{keeper}"
+    );
+    assert!(
+        keepers().iter().any(|k| k.to_string() == keeper),
+        "{keeper}"
+    );
+
+    // mod_fcgid ends a shim (at worst with SIGKILL): the other's requests
+    // go on to the same server.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status();
+    assert!(a.wait_exit(Duration::from_secs(5)).is_some());
+    for _ in 0..3 {
+        assert_eq!(field(&get(&b, "/env"), "pid"), first, "{}", b.log());
+    }
+
+    // A touch: a new server, ready before the shim switches; the old one ends.
+    touch_forward(&file, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let r = get(&b, "/env");
+        assert_eq!(r.status, 200, "{}", b.log());
+        let pid = field(&r, "pid");
+        if pid != first {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {}", b.log());
+        thread::sleep(Duration::from_millis(100));
+    };
+    let old: u32 = first.parse().unwrap();
+    assert!(
+        wait_until_gone(Duration::from_secs(5), || servers()
+            .into_iter()
+            .filter(|p| *p == old)
+            .collect())
+        .is_empty(),
+        "the old server is left: {}",
+        b.log()
+    );
+
+    // kill -9 of the server: its keeper starts another, the next request
+    // waits for it.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &second])
+        .status();
+    thread::sleep(Duration::from_millis(200));
+    let third = field(&until_200(&b, Duration::from_secs(10)), "pid");
+    assert_ne!(third, second);
+    assert!(b.log().contains("was killed by signal 9"), "{}", b.log());
+
+    // The keeper killed: its server dies with it, the shim starts another.
+    let keeper = ppid(&third);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &keeper])
+        .status();
+    let gone: u32 = third.parse().unwrap();
+    assert!(
+        wait_until_gone(Duration::from_secs(5), || servers()
+            .into_iter()
+            .filter(|p| *p == gone)
+            .collect())
+        .is_empty(),
+        "its server outlived the keeper"
+    );
+    let fourth = field(&until_200(&b, Duration::from_secs(10)), "pid");
+    assert_ne!(fourth, third);
+    assert_eq!(servers().len(), 1, "{:?}", servers());
+
+    // The last shim goes: the keeper stops the server and exits.
+    let new_keeper: u32 = ppid(&fourth).parse().unwrap();
+    b.terminate();
+    assert!(b.wait_exit(Duration::from_secs(10)).is_some());
+    let left = wait_until_gone(Duration::from_secs(5), servers);
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", b.log());
+    let left = wait_until_gone(Duration::from_secs(5), || {
+        keepers().into_iter().filter(|k| *k == new_keeper).collect()
+    });
+    assert!(left.is_empty(), "the keeper is left: {left:?}\n{}", b.log());
+}

@@ -9,6 +9,7 @@ pub mod fastcgi;
 pub mod http;
 pub mod scgi;
 pub mod server;
+pub mod shared;
 pub mod stderr_lines;
 pub mod wsgi;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
 
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, ServerConfig};
 use crate::request::{self, Exchange};
 use crate::sys::SignalPipe;
 
@@ -122,8 +123,22 @@ pub fn from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::new(wsgi.clone(), config.limits)),
-        AppConfig::Server(s) => Box::new(server::ServerBack::new(s.clone(), config.limits)),
+        AppConfig::Server(s) => server_back(config, s),
     }
+}
+
+/// A server program's back: relaying to the site's shared server (started
+/// if none runs for this version), or running a program of its own.
+fn server_back(config: &Config, s: &ServerConfig) -> Box<dyn Back> {
+    if s.shared {
+        match shared::Share::for_config(config, s) {
+            Ok(share) => {
+                return Box::new(server::ServerBack::shared(s.clone(), config.limits, share));
+            }
+            Err(e) => log::warn!("shared server: {e}; this process runs a server of its own"),
+        }
+    }
+    Box::new(server::ServerBack::new(s.clone(), config.limits))
 }
 
 /// Build the back for a reload's new version: started at once beside the
@@ -132,7 +147,7 @@ pub fn candidate_from_config(config: &Config) -> Box<dyn Back> {
     match &config.app {
         AppConfig::Cgi(cgi) => Box::new(cgi::CgiBack::new(cgi.clone(), config.limits)),
         AppConfig::Wsgi(wsgi) => Box::new(wsgi::WsgiBack::candidate(wsgi.clone(), config.limits)),
-        AppConfig::Server(s) => Box::new(server::ServerBack::new(s.clone(), config.limits)),
+        AppConfig::Server(s) => server_back(config, s),
     }
 }
 

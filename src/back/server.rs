@@ -12,7 +12,9 @@
 //! streamed back as it comes, 504 after `request_timeout`, 502 with the
 //! reason and the program's last output lines when it dies or answers
 //! garbage), a kept-alive connection (http), and the program's stdout and
-//! stderr as log lines. A clean exit between requests (php-cgi after
+//! stderr as log lines. For a shared `http` server (`shared.rs`): the
+//! keeper's turn (`keep_running`), and a shim's relay to the address its
+//! keeper names. A clean exit between requests (php-cgi after
 //! PHP_FCGI_MAX_REQUESTS) is no failure: another process is started.
 //! Must not: spawn, restart or stop processes itself (that is
 //! `supervise::Supervisor`), or know a protocol's bytes (that is the
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
 
+use super::shared::{Link, Share, Told};
 use super::stderr_lines::StderrLines;
 use super::{Back, Context, Outcome, finish_with_error};
 use crate::config::{
@@ -138,7 +141,7 @@ fn wire_for(kind: &ServerKind, limits: &Limits, head_request: bool) -> Box<dyn W
 
 /// Where one process of the program listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Address {
+pub enum Address {
     Unix(PathBuf),
     Port(u16),
 }
@@ -316,6 +319,14 @@ enum Startup {
     Failed(String),
 }
 
+/// What the keeper of a shared server (`shared.rs`) tells the site's shims.
+pub enum Kept {
+    Starting,
+    Ready(u32, Address),
+    /// The last start failed: why (logged by the keeper).
+    Failed(String),
+}
+
 pub struct ServerBack {
     config: ServerConfig,
     limits: Limits,
@@ -340,7 +351,20 @@ pub struct ServerBack {
     exit_checked: Instant,
     /// Removed last (the sockets are in it).
     dir: Option<PrivateDir>,
+    /// A shared server (`shared.rs`): the site's keeper runs it, not our
+    /// `sup`, which then never starts anything.
+    link: Option<Link>,
+    /// The shared server's pid whose address refused us, and when: its
+    /// keeper's next word names another, unless it stays the same for
+    /// [`BROKEN_WAIT`].
+    broken: Option<(u32, Instant)>,
 }
+
+/// How long a shim waits for a shared server that refused it (or that it
+/// asked to be replaced) to be replaced before it tries the same one again.
+const BROKEN_WAIT: Duration = Duration::from_secs(1);
+/// How much longer than `start_timeout` a shim waits for its keeper's word.
+const KEEPER_MARGIN: Duration = Duration::from_secs(2);
 
 /// A process that serves is looked for (wait4) before a request at most this
 /// often: under load, not once per request. One that died shows sooner as a
@@ -412,9 +436,187 @@ impl ServerBack {
             scratch: vec![0; CHUNK].into_boxed_slice(),
             exit_checked: Instant::now(),
             dir,
+            link: None,
+            broken: None,
         };
         let _ = back.start();
         back
+    }
+
+    /// A back that relays to the site's shared server for this version
+    /// (`shared.rs`), starting its keeper if none runs; if none can be
+    /// started, one that runs a server of its own (said in the log).
+    pub fn shared(config: ServerConfig, limits: Limits, share: Share) -> ServerBack {
+        let link = match Link::new(share) {
+            Ok(link) => link,
+            Err(e) => {
+                log::warn!(
+                    "cannot start the site's shared server: {e}; this process runs a server of its own"
+                );
+                return ServerBack::new(config, limits);
+            }
+        };
+        let program = config.command.first().cloned().unwrap_or_default();
+        let label = format!("{}: {program}", config.kind.name());
+        let spec = SpawnSpec {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            workdir: None,
+            descendants: Descendants::Guarded,
+            inherit_fds: Vec::new(),
+            stdin_socket: None,
+        };
+        let output = StderrLines::for_server_output(label.clone(), OUTPUT_TAIL_LINES);
+        ServerBack {
+            sup: Supervisor::new(spec, 0),
+            config,
+            limits,
+            label,
+            spawned_at: Rc::new(RefCell::new(None)),
+            current: None,
+            output,
+            idle_conn: None,
+            start_failure: None,
+            ever_ready: false,
+            scratch: vec![0; CHUNK].into_boxed_slice(),
+            exit_checked: Instant::now(),
+            dir: None,
+            link: Some(link),
+            broken: None,
+        }
+    }
+
+    /// The keeper's turn (`shared.rs`): the program started if none runs
+    /// (after its backoff), its start-up moved on and timed out, its exit
+    /// noticed and logged. What the site's shims are told.
+    pub fn keep_running(&mut self) -> Kept {
+        self.drain_output();
+        if self.sup.worker().is_some() {
+            let ready = self.sup.worker().is_some_and(|w| w.ready);
+            if self.check_exited(if ready {
+                "while serving"
+            } else {
+                "during start-up"
+            }) && !ready
+            {
+                let why = format!("it exited during start-up; {}", self.output.summary());
+                self.start_failure = Some(why);
+            }
+        }
+        let failed_or_starting = |back: &ServerBack| match &back.start_failure {
+            Some(why) => Kept::Failed(why.clone()),
+            None => Kept::Starting,
+        };
+        if self.sup.worker().is_none() && self.start().is_err() {
+            return failed_or_starting(self);
+        }
+        let started = self.sup.worker().map_or_else(Instant::now, |w| w.started);
+        let startup = self.advance_startup(started);
+        // The connection that found it ready is not kept: a server with one
+        // connection at a time (gunicorn's sync worker) would wait on it
+        // while the shims' requests queue.
+        self.idle_conn = None;
+        match startup {
+            Startup::Ready => match &self.current {
+                Some((pid, addr)) => Kept::Ready(*pid, addr.clone()),
+                None => Kept::Starting,
+            },
+            Startup::Waiting if started.elapsed() >= self.config.start_timeout => {
+                let output = self.output_summary();
+                let why = format!(
+                    "it did not accept connections{} within {:.1}s (start_timeout); killed; {output}",
+                    self.ready_path_note(),
+                    self.config.start_timeout.as_secs_f64(),
+                );
+                log::error!("{}: {why}", self.label);
+                self.start_failure = Some(why.clone());
+                self.sup.failed();
+                Kept::Failed(why)
+            }
+            Startup::Waiting => failed_or_starting(self),
+            Startup::Failed(why) => {
+                log::error!("{}: {why}", self.label);
+                self.start_failure = Some(why.clone());
+                if self.sup.worker().is_some() {
+                    self.sup.failed();
+                }
+                Kept::Failed(why)
+            }
+        }
+    }
+
+    /// The keeper's: the pid of the process that serves, if one does.
+    pub fn serving_pid(&mut self) -> Option<u32> {
+        let ready = self.sup.worker().is_some_and(|w| w.ready);
+        self.current.as_ref().filter(|_| ready).map(|(p, _)| *p)
+    }
+
+    /// The keeper's, when a shim's request to it timed out: kill it, start
+    /// another at once.
+    pub fn replace_kept(&mut self) {
+        self.idle_conn = None;
+        self.sup.replace();
+    }
+
+    /// Wait (up to `start_timeout`) until the keeper names a ready shared
+    /// server. Err: the response was sent (503).
+    fn ready_shared(
+        &mut self,
+        ex: &mut dyn Exchange,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), Outcome> {
+        // The keeper times the start-up out and says so; this is in case
+        // it cannot.
+        let deadline = Instant::now() + self.config.start_timeout + KEEPER_MARGIN;
+        loop {
+            if ctx.stop_deadline.is_some_and(|s| s <= Instant::now())
+                || crate::sys::stop_requested()
+            {
+                return Err(finish_with_error(ex, 503, "The server is restarting."));
+            }
+            let Some(link) = self.link.as_mut() else {
+                return Err(self.unavailable(ex));
+            };
+            match link.refresh().clone() {
+                // The keeper has not noticed yet that it is gone.
+                Told::Ready(pid, _)
+                    if self
+                        .broken
+                        .is_some_and(|(p, at)| p == pid && at.elapsed() < BROKEN_WAIT) => {}
+                Told::Ready(pid, addr) => {
+                    self.broken = None;
+                    if self
+                        .current
+                        .as_ref()
+                        .is_none_or(|c| *c != (pid, addr.clone()))
+                    {
+                        self.current = Some((pid, addr));
+                        self.idle_conn = None;
+                    }
+                    self.ever_ready = true;
+                    return Ok(());
+                }
+                // The keeper logged why.
+                Told::Failed(_) => return Err(self.unavailable(ex)),
+                Told::Starting | Told::Nothing => self.broken = None,
+            }
+            if Instant::now() >= deadline {
+                log::error!(
+                    "{}: {}: the shared server was not ready within {:.1}s (start_timeout) (503)",
+                    self.label,
+                    ex.request().summary(),
+                    self.config.start_timeout.as_secs_f64()
+                );
+                return Err(self.unavailable(ex));
+            }
+            let link = self.link.as_ref().and_then(Link::fd);
+            if let Ok(r) = super::poll_round(None, [None, link, None], ctx.signals, TICK)
+                && r.signal
+            {
+                ctx.on_signal();
+            }
+        }
     }
 
     /// The running process (a new one when none runs and the backoff
@@ -632,6 +834,9 @@ impl ServerBack {
     /// Get a ready process, waiting (up to `start_timeout`) for its start-up.
     /// Err: the response was sent (503).
     fn ready(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Result<(), Outcome> {
+        if self.link.is_some() {
+            return self.ready_shared(ex, ctx);
+        }
         let begun = Instant::now();
         let deadline = begun + self.config.start_timeout;
         loop {
@@ -728,6 +933,18 @@ impl ServerBack {
     fn relay(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Option<Outcome> {
         let (mut conn, reused) = match self.connection() {
             Ok(c) => c,
+            Err(e) if self.link.is_some() => {
+                // Killed (kill -9, OOM): its keeper starts another; the
+                // request waits for it (`ready_shared`).
+                let pid = self.current.take().map_or(0, |(p, _)| p);
+                log::warn!(
+                    "{}: {}: cannot connect to the shared server (pid {pid}): {e}; waiting for another",
+                    self.label,
+                    ex.request().summary()
+                );
+                self.broken = Some((pid, Instant::now()));
+                return None;
+            }
             Err(e) => {
                 // Exited (php-cgi after its last request)? Then another may take it.
                 if self
@@ -795,6 +1012,23 @@ impl ServerBack {
                 Some(Outcome::Done)
             }
             Err(Failure::Front(outcome)) => Some(outcome),
+            Err(Failure::Timeout) if self.link.is_some() => {
+                // As with a server of our own: a fresh one, from its keeper
+                // (the other shims' requests to this one end with it).
+                let pid = self.current.take().map_or(0, |(p, _)| p);
+                log::error!(
+                    "{}: {}: no complete answer within {:.1}s (request_timeout); the shared server (pid {pid}) is replaced (504)",
+                    self.label,
+                    ex.request().summary(),
+                    self.config.request_timeout.as_secs_f64()
+                );
+                self.idle_conn = None;
+                if let Some(link) = &mut self.link {
+                    link.ask_replace(pid);
+                }
+                self.broken = Some((pid, Instant::now()));
+                Some(finish_with_error(ex, 504, ""))
+            }
             Err(Failure::Timeout) => {
                 let output = self.output_summary();
                 log::error!(
@@ -1129,6 +1363,11 @@ impl Back for ServerBack {
     }
 
     fn idle(&mut self) {
+        if let Some(link) = &mut self.link {
+            // A killed keeper is replaced now, not by the next request.
+            link.refresh();
+            return;
+        }
         self.drain_output();
         if self.check_exited("while idle") {
             return;
@@ -1145,6 +1384,8 @@ impl Back for ServerBack {
     }
 
     fn shutdown(&mut self) {
+        // Our keeper stops the shared server when its last shim has gone.
+        self.link = None;
         self.idle_conn = None;
         self.sup.stop(STOP_GRACE);
         self.current = None;
@@ -1159,6 +1400,16 @@ impl Back for ServerBack {
     /// A reload's new version: ready once its process accepts connections
     /// (and `ready_path` answered); the reload times it out.
     fn startup(&mut self) -> super::Startup {
+        if let Some(link) = &mut self.link {
+            return match link.refresh() {
+                Told::Ready(..) => {
+                    self.ever_ready = true;
+                    super::Startup::Ready
+                }
+                Told::Failed(why) => super::Startup::Failed(format!("{}: {why}", self.label)),
+                Told::Starting | Told::Nothing => super::Startup::Starting,
+            };
+        }
         if let Some(why) = &self.start_failure {
             return super::Startup::Failed(format!("{}: {why}", self.label));
         }
@@ -1183,6 +1434,7 @@ impl Back for ServerBack {
     /// Replaced by a reload: the process gets SIGTERM now and is reaped by
     /// [`stopped`](Back::stopped) (SIGKILL after its grace); nobody waits.
     fn begin_stop(&mut self) {
+        self.link = None;
         self.idle_conn = None;
         self.current = None;
         self.sup.retire();

@@ -70,6 +70,8 @@ raw_server_app!(
         script_name: Option<Spanned<String>>,
         /// Take the prefix off the request path (default) or pass the whole path.
         strip_prefix: Option<Spanned<bool>>,
+        /// One server for all the site's processes (default, unless `max_requests`).
+        shared: Option<Spanned<bool>>,
     }
 );
 
@@ -115,6 +117,9 @@ pub struct ServerConfig {
     pub max_requests: u64,
     pub start_timeout: Duration,
     pub request_timeout: Duration,
+    /// One server for all the processes of the site (`back::shared`), run
+    /// by the site's keeper, not one per process (http only).
+    pub shared: bool,
 }
 
 /// The protocol spoken with the server, with its kind's own settings.
@@ -176,7 +181,22 @@ pub(super) fn validate_http(
         script_name,
         strip_prefix: raw.strip_prefix.take().is_none_or(|s| *s.get_ref()),
     };
-    validate_common(src, base, raw.common(), kind)
+    let shared = raw.shared.take();
+    let mut config = validate_common(src, base, raw.common(), kind)?;
+    // A shared server's requests are counted by no one process: recycling
+    // after `max_requests` needs one server per process.
+    config.shared = match shared {
+        None => config.max_requests == 0,
+        Some(s) if *s.get_ref() && config.max_requests > 0 => {
+            return Err(src.at(
+                s.span(),
+                "cannot be true with `max_requests` (a shared server's requests are \
+                 not counted by any one process): remove one of them",
+            ));
+        }
+        Some(s) => *s.get_ref(),
+    };
+    Ok(config)
 }
 
 pub(super) fn validate_fastcgi(
@@ -241,6 +261,7 @@ fn validate_common(
         max_requests,
         start_timeout,
         request_timeout,
+        shared: false,
     })
 }
 
@@ -279,6 +300,7 @@ mod tests {
             (0, DEFAULT_SERVER_START_TIMEOUT)
         );
         assert_eq!(s.request_timeout, DEFAULT_SERVER_REQUEST_TIMEOUT);
+        assert!(s.shared);
         assert_eq!(
             s.kind,
             ServerKind::Http {
@@ -297,6 +319,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.listen, Listen::Stdin);
         assert_eq!(s.max_requests, 500);
+        assert!(!s.shared);
         assert_eq!(
             s.kind,
             ServerKind::Fastcgi {
@@ -318,6 +341,28 @@ mod tests {
             script_name: ScriptName::Fixed("/blog".into()),
         };
         assert_eq!(s.kind, kind);
+    }
+
+    #[test]
+    fn http_servers_are_shared_unless_max_requests_or_shared_false() {
+        let http = "[app]\nkind = \"http\"\ncommand = [\"node\", \"app.js\"]\n";
+        assert!(server(http).unwrap().shared);
+        assert!(!server(&format!("{http}shared = false\n")).unwrap().shared);
+        assert!(
+            !server(&format!("{http}max_requests = 100\n"))
+                .unwrap()
+                .shared
+        );
+        let e = server(&format!("{http}max_requests = 100\nshared = true\n")).unwrap_err();
+        assert_eq!(e.position, Some((5, 10)), "{e}");
+        assert!(
+            e.message.contains("key `shared`") && e.message.contains("max_requests"),
+            "{e}"
+        );
+        // Only http has the key: a typo or a misplaced key lists only the kind's own.
+        let e = server("[app]\nkind = \"scgi\"\ncommand = [\"a\", \"{port}\"]\nshared = true\n")
+            .unwrap_err();
+        assert!(e.message.contains("unknown key `shared`"), "{e}");
     }
 
     #[test]
