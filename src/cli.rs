@@ -70,7 +70,9 @@ pub fn main() -> ExitCode {
                 crate::back::shared::keep_server(Path::new(settings), key)
             }
             _ => {
-                eprintln!("fcgi-shim keep-server SETTINGS KEY: started by fcgi-shim itself");
+                eprintln!(
+                    "fcgi-shim keep-server SETTINGS KEY: started by fcgi-shim itself, not by hand"
+                );
                 ExitCode::from(2)
             }
         },

@@ -295,8 +295,15 @@ impl Link {
 /// `fcgi-shim keep-server SETTINGS KEY`: run the site's shared server for
 /// the version KEY of SETTINGS until no shim is connected.
 pub fn keep_server(settings: &Path, key: &str) -> ExitCode {
-    // SAFETY: the shim that started us put the site's spawn lock on LOCK_FD
-    // (`spawn_detached`) and nothing else of ours uses that fd number.
+    // SAFETY: F_GETFD only asks whether the fd is open.
+    if unsafe { libc::fcntl(LOCK_FD, libc::F_GETFD) } < 0 {
+        eprintln!(
+            "fcgi-shim keep-server: started by fcgi-shim itself, with the site's lock on fd {LOCK_FD}"
+        );
+        return ExitCode::from(2);
+    }
+    // SAFETY: it is open: the shim that started us put the site's spawn
+    // lock there (`spawn_detached`), and nothing else of ours uses it.
     let lock = unsafe { OwnedFd::from_raw_fd(LOCK_FD) };
     // The server must not inherit it.
     let _ = crate::sys::set_cloexec(lock.as_fd());
