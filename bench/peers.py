@@ -12,6 +12,11 @@ loopback port, each with the same number of application processes P
              mysite.fcgi = a copy of target/release/fcgi-shim, mysite.toml
              [app] kind = "wsgi" (default settings otherwise), [log] level =
              "warn"; FcgidMaxProcessesPerClass P
+  shim-inmem the shim's setup with FcgidMaxRequestInMem 4 MiB in the server
+             config (the post workload only): mod_fcgid's default (64 KiB)
+             writes any larger request body to a temporary file and reads it
+             back before the application gets a byte; a host's owner can
+             raise it (server config only, not .htaccess)
   flup       the same, mysite.fcgi = a Python script running
              flup.server.fcgi.WSGIServer(application).run()
   cfloor     the same, mysite.fcgi = the C libfcgi responder
@@ -90,7 +95,7 @@ from apache_bench import (APACHE, MODULES, PASSENGER, PASSENGER_ROOT, REPO, argv
                           passenger_version, processes_running, proxy_http_conf, say,
                           start_apache, stop_apache, tail, wait_for_port, write, wrk)
 
-SETUPS = ["shim", "flup", "cfloor", "modwsgi", "passenger", "uwsgi", "gunicorn"]
+SETUPS = ["shim", "shim-inmem", "flup", "cfloor", "modwsgi", "passenger", "uwsgi", "gunicorn"]
 MIB = 1 << 20
 UWSGI = "/usr/bin/uwsgi"
 UWSGI_PYTHON3 = "/usr/lib/uwsgi/plugins/python3_plugin.so"
@@ -478,6 +483,18 @@ class Gunicorn(Backend):
         return proxy_http_conf(self.backend_port)
 
 
+class ShimInMem(Shim):
+    """The shim with mod_fcgid's request buffer raised: uploads without the temporary file."""
+    workloads = ("post",)
+    counted = "each fcgi-shim process + its Python worker (FcgidMaxRequestInMem 4 MiB)"
+
+    def apache_conf(self):
+        return super().apache_conf() + "FcgidMaxRequestInMem %d\n" % IN_MEM
+
+
+IN_MEM = 4 << 20
+
+
 class ShimBefore(Shim):
     """The same as shim with another build (--shim-before): a change measured in one run."""
     counted = "each fcgi-shim process (the build before) + its Python worker"
@@ -486,7 +503,8 @@ class ShimBefore(Shim):
         return self.ctx.shim_before
 
 
-KINDS = {"shim": Shim, "before": ShimBefore, "flup": Flup, "cfloor": CFloor, "modwsgi": ModWsgi,
+KINDS = {"shim": Shim, "shim-inmem": ShimInMem, "before": ShimBefore, "flup": Flup, "cfloor": CFloor,
+         "modwsgi": ModWsgi,
          "passenger": Passenger, "uwsgi": Uwsgi, "gunicorn": Gunicorn}
 
 
@@ -643,6 +661,12 @@ def report(args, ctx, results, memory, touch_times, skipped, header):
         out += lines + [""]
         for name, ratio in ratios.items():
             summary.setdefault(name, {})[(workload, c)] = ratio
+    inmem = {}
+    for (workload, c), runs in results.items():
+        if "shim-inmem" in runs:
+            _, ratios = cell_table(runs, [n for n in KINDS if n in runs], shim_name="shim-inmem")
+            for name, ratio in ratios.items():
+                inmem.setdefault(name, {})[(workload, c)] = ratio
     if summary:
         cols = list(results)
         out.append("### Summary: shim/setup req/s (median of the per-round ratios)")
@@ -653,6 +677,18 @@ def report(args, ctx, results, memory, touch_times, skipped, header):
             if name in summary:
                 out.append("| %s | " % name + " | ".join(
                     "%.2fx" % summary[name][col] if col in summary[name] else "" for col in cols) + " |")
+        out.append("")
+    if inmem:
+        cols = [col for col in results if "shim-inmem" in results[col]]
+        out.append("### shim-inmem/setup req/s (FcgidMaxRequestInMem %d for the shim; median of the "
+                   "per-round ratios)" % IN_MEM)
+        out.append("")
+        out.append("| setup | " + " | ".join("%s c=%d" % col for col in cols) + " |")
+        out.append("|---|" + "---:|" * len(cols))
+        for name in KINDS:
+            if name in inmem:
+                out.append("| %s | " % name + " | ".join(
+                    "%.2fx" % inmem[name][col] if col in inmem[name] else "" for col in cols) + " |")
         out.append("")
     if memory:
         out.append("### Memory after the hello rounds (P = %d slots: a slot serves one request at a time)"

@@ -14,8 +14,9 @@ use crate::sys::Conn;
 /// The send buffer asked for once a response fills the default one
 /// (net.core.wmem_default, 208 KiB; the kernel caps it at wmem_max). A 1 MiB
 /// response then goes out in a few writes, each waking the web server once,
-/// not one per 200 KiB it takes: measured through Apache + mod_fcgid, a
-/// third less CPU in the shim and a sixth less in Apache (bench/results.md).
+/// not one per 200 KiB it takes: measured through Apache + mod_fcgid, about
+/// a fifth less CPU per 1 MiB response in the shim and in Apache
+/// (bench/results.md).
 const BIG_SEND_BUFFER: usize = 1 << 20;
 
 /// Response bytes not yet taken by the peer.
