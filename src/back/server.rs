@@ -421,13 +421,27 @@ impl ServerBack {
                 Ok(())
             }));
         }
+        let mut back = ServerBack::with(config, limits, label, sup, dir, None);
+        back.spawned_at = spawned_at;
+        let _ = back.start();
+        back
+    }
+
+    fn with(
+        config: ServerConfig,
+        limits: Limits,
+        label: String,
+        sup: Supervisor,
+        dir: Option<PrivateDir>,
+        link: Option<Link>,
+    ) -> ServerBack {
         let output = StderrLines::for_server_output(label.clone(), OUTPUT_TAIL_LINES);
-        let mut back = ServerBack {
+        ServerBack {
             config,
             limits,
             label,
             sup,
-            spawned_at,
+            spawned_at: Rc::new(RefCell::new(None)),
             current: None,
             output,
             idle_conn: None,
@@ -436,11 +450,9 @@ impl ServerBack {
             scratch: vec![0; CHUNK].into_boxed_slice(),
             exit_checked: Instant::now(),
             dir,
-            link: None,
+            link,
             broken: None,
-        };
-        let _ = back.start();
-        back
+        }
     }
 
     /// A back that relays to the site's shared server for this version
@@ -467,24 +479,8 @@ impl ServerBack {
             inherit_fds: Vec::new(),
             stdin_socket: None,
         };
-        let output = StderrLines::for_server_output(label.clone(), OUTPUT_TAIL_LINES);
-        ServerBack {
-            sup: Supervisor::new(spec, 0),
-            config,
-            limits,
-            label,
-            spawned_at: Rc::new(RefCell::new(None)),
-            current: None,
-            output,
-            idle_conn: None,
-            start_failure: None,
-            ever_ready: false,
-            scratch: vec![0; CHUNK].into_boxed_slice(),
-            exit_checked: Instant::now(),
-            dir: None,
-            link: Some(link),
-            broken: None,
-        }
+        let sup = Supervisor::new(spec, 0);
+        ServerBack::with(config, limits, label, sup, None, Some(link))
     }
 
     /// The keeper's turn (`shared.rs`): the program started if none runs

@@ -199,7 +199,13 @@ impl Link {
                     self.conn = Some(conn);
                     Told::Starting
                 }
-                Err(e) => Told::Failed(format!("cannot start the site's shared server: {e}")),
+                Err(e) => {
+                    let why = format!("cannot start the site's shared server: {e}");
+                    if let Some(n) = crate::log::once_a_minute(&why) {
+                        log::error!("{why} (503){}", crate::log::left_out(n));
+                    }
+                    Told::Failed(why)
+                }
             };
         }
         self.read();
