@@ -280,6 +280,10 @@ impl Back for SaveWhenStarted {
         self.save_if_started();
     }
 
+    fn release_memory(&mut self) {
+        self.inner.release_memory();
+    }
+
     fn shutdown(&mut self) {
         self.inner.shutdown();
     }

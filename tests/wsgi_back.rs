@@ -1185,3 +1185,53 @@ fn pipes_grow_for_big_bodies_and_shrink_after() {
     // A small POST leaves them as they are.
     assert_eq!(body_of(&post(&shim, "/sizes", b"abc")), "65536 65536 3");
 }
+
+/// The shim's private memory, as the kernel counts it.
+fn private_dirty_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Private_Dirty:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// What a burst of big uploads took is the system's again once no request
+/// has come for a moment: a shim does not stay megabytes bigger for good.
+#[test]
+fn memory_a_big_upload_took_is_given_back_when_idle() {
+    let (_dir, app) = app_dir(
+        "memory",
+        &[(
+            "count.py",
+            "def application(environ, start_response):\n\
+             \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
+             \x20   return [b'%d' % len(environ['wsgi.input'].read())]\n",
+        )],
+    );
+    let shim = Shim::start(&wsgi_settings("count", &app, ""));
+    assert_eq!(get(&shim, "/", "").body_text(), "0", "{}", shim.log());
+    thread::sleep(Duration::from_millis(1500));
+    let before = private_dirty_kib(shim.pid());
+    let body = vec![b'u'; 3 << 20];
+    for _ in 0..3 {
+        assert_eq!(
+            post(&shim, "/", &body).body_text(),
+            "3145728",
+            "{}",
+            shim.log()
+        );
+    }
+    let busy = private_dirty_kib(shim.pid());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let now = private_dirty_kib(shim.pid());
+        if now <= before + 256 || Instant::now() >= deadline {
+            break now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        after <= before + 256,
+        "private dirty: {before} KiB idle, {busy} KiB after the uploads, {after} KiB 5 s later"
+    );
+}

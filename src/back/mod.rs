@@ -64,6 +64,10 @@ pub trait Back {
     /// its stderr). Must not block.
     fn idle(&mut self) {}
 
+    /// No request has come for a while after some did: drop the buffers
+    /// kept for the next big body (`server` then trims the heap).
+    fn release_memory(&mut self) {}
+
     /// Stop every process of the application (on exit or reload). `serve`
     /// may still be called afterwards (a reload whose exec failed): it must
     /// then start what it needs again.

@@ -1738,6 +1738,16 @@ impl Back for WsgiBack {
     fn shutdown(&mut self) {
         self.sup.stop(STOP_GRACE);
     }
+
+    fn release_memory(&mut self) {
+        if self.from_worker.len() == self.from_worker_at {
+            self.from_worker = Vec::new();
+            self.from_worker_at = 0;
+        }
+        if self.to_worker.is_empty() {
+            self.to_worker = Vec::new();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ pub fn run_single(
     keep_fd_in_reserve();
     let mut last_request = Instant::now();
     let mut replaced = Replaced::default();
+    // Memory freed since the last idle moment that is still ours.
+    let mut untrimmed = false;
     while !sys::stop_requested() {
         let (incoming, signalled, woke) = {
             // The reloader's inotify fd, when it has one: readable when a
@@ -122,8 +124,15 @@ pub fn run_single(
         }
         if !incoming {
             back.idle();
+            if untrimmed {
+                // A burst is over: what its big bodies took goes back.
+                back.release_memory();
+                sys::trim_heap();
+                untrimmed = false;
+            }
             continue;
         }
+        untrimmed = true;
         let refused = |conn| refuse(conn, FrontProtocol::FastCgi, limits, signals);
         // None: nothing to serve, or out of file descriptors (answered 503).
         let Some(conn) = accept(listener.as_fd(), refused) else {
