@@ -91,6 +91,7 @@ pub struct Worker<'a> {
 pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
     super::keep_fd_in_reserve();
     let mut served = 0usize;
+    let mut untrimmed = false;
     loop {
         if sys::stop_requested() {
             return End::Stopped;
@@ -121,8 +122,15 @@ pub fn run(w: Worker<'_>, back: &mut dyn Back) -> End {
         }
         if !incoming || sys::stop_requested() {
             back.idle();
+            if untrimmed {
+                // As `run_single`: what a burst's big bodies took goes back.
+                back.release_memory();
+                sys::trim_heap();
+                untrimmed = false;
+            }
             continue;
         }
+        untrimmed = true;
         let refused = |conn| super::refuse_allowed(conn, w.listener, w.limits, w.signals);
         // None: another worker took it, the peer gave up, or out of file
         // descriptors (then it was answered 503).
