@@ -22,7 +22,11 @@ interleave (which one goes first rotates), so load from anything else on the
 machine falls on all three; medians are reported, and the ratios are the
 medians of the per-round ratios. Target (issue 16): shim >= passenger and
 shim >= 0.8x proxy in req/s. cfloor/proxy says how much of mod_proxy_http's
-rate any FastCGI program behind mod_fcgid can reach here.
+rate any FastCGI program behind mod_fcgid can reach here. Then one more wrk
+per site with every process's CPU time read from /proc around it: CPU per
+request by kind of process, and the least a relay from mod_fcgid to node
+can cost (cfloor's Apache + the C responder + proxy's node) against
+mod_proxy_http's whole request.
 
 Standard library only:
   bench/node-vs-peers.py [--rounds 6] [--seconds 3] [--connections 4]
@@ -161,6 +165,9 @@ def main():
                     r + 1, name, res["rps"], res["p50"], res["p99"],
                     "  (non-2xx: %d, socket errors: %s)" % (res["bad"], res["socket_errors"])
                     if res["bad"] or res["socket_errors"] else ""))
+        # One more wrk per site, with the CPU time of every process read from
+        # /proc around it: where a request's time goes.
+        split = {name: cpu_split(urls[name], args.seconds, args.connections, tmp) for name in names}
         nodes = len([p for p in processes_under(app + "/hello-node.js")
                      if p != proxied.pid and p not in passenger_nodes(app)])
         rss = {
@@ -211,11 +218,78 @@ def main():
             ratios = sorted(a["rps"] / b["rps"] for a, b in zip(results[num], results[den]))
             print("ratio %s/%s req/s: %.2fx (median of the per-round ratios %s)" % (
                 num, den, statistics.median(ratios), ", ".join("%.2f" % x for x in ratios)))
+    kinds = ["Apache", "fcgi-shim", "node", "C responder", "Passenger's core", "other"]
+    print("CPU per request (µs, from /proc around one more wrk -d%ds per site; the load of anything "
+          "else on the machine counts as other):" % args.seconds)
+    print("%-10s %10s " % ("", "req/s") + " ".join("%16s" % k for k in kinds))
+    for name in names:
+        rps, us = split[name]
+        print("%-10s %10.0f " % (name, rps) + " ".join("%16.0f" % us.get(k, 0) for k in kinds))
+    if args.c_responder:
+        # Any program behind mod_fcgid that passes requests on to node pays
+        # at least Apache's mod_fcgid path and a FastCGI endpoint (what the C
+        # responder costs), and node its own time.
+        floor = split["cfloor"][1]
+        relay = floor.get("Apache", 0) + floor.get("C responder", 0) + split["proxy"][1].get("node", 0)
+        proxy = split["proxy"][1].get("Apache", 0) + split["proxy"][1].get("node", 0)
+        if relay > 0:
+            print("the least a relay from mod_fcgid to node costs here: %.0f µs (Apache's mod_fcgid path %.0f "
+                  "+ a FastCGI endpoint %.0f + node %.0f) against %.0f for mod_proxy_http's whole request: "
+                  "at most %.2fx its rate" % (
+                      relay, floor.get("Apache", 0), floor.get("C responder", 0),
+                      split["proxy"][1].get("node", 0), proxy, proxy / relay))
     bad = sum(x["bad"] for rows in results.values() for x in rows)
     if bad:
         print("WARNING: %d non-2xx responses" % bad)
     if errors:
         print("shim warnings/errors in Apache's log:\n" + "\n".join(errors[:10]))
+
+
+def cpu_split(url, seconds, connections, tmp):
+    """(req/s, {kind: CPU µs per request}) of one wrk run against `url`."""
+    def snapshot():
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    stat = f.read()
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[int(name)] = (comm, cmd, (int(fields[11]) + int(fields[12])) / tick)
+        return out
+
+    def kind(comm, cmd):
+        if comm == "apache2":
+            return "Apache"
+        if comm == "wrk":
+            return None
+        if tmp + "/www/" in cmd:
+            return "fcgi-shim"
+        if tmp + "/cwww/" in cmd:
+            return "C responder"
+        if comm == "node" or "hello-node.js" in cmd or "NodeApp" in cmd:
+            return "node"
+        if "Passenger" in comm or "Passenger" in cmd:
+            return "Passenger's core"
+        return "other"
+
+    before = snapshot()
+    res = wrk(url, seconds, connections)
+    after = snapshot()
+    total = {}
+    for pid, (comm, cmd, cpu) in after.items():
+        k = kind(comm, cmd)
+        if k:
+            total[k] = total.get(k, 0) + cpu - (before[pid][2] if pid in before else 0)
+    n = max(res["rps"] * seconds, 1)
+    return res["rps"], {k: v / n * 1e6 for k, v in total.items()}
 
 
 def lean_mapping(www):
