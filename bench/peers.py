@@ -645,6 +645,18 @@ def cell_table(runs, setups, shim_name="shim"):
     return lines, ratios_by_setup
 
 
+def ratio_table(title, ratios, cols):
+    """Markdown: a row per setup of `ratios[setup][(workload, c)]`, a column per entry of `cols`."""
+    lines = ["### " + title, "",
+             "| setup | " + " | ".join("%s c=%d" % col for col in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for name in KINDS:
+        if name in ratios:
+            lines.append("| %s | " % name + " | ".join(
+                "%.2fx" % ratios[name][col] if col in ratios[name] else "" for col in cols) + " |")
+    return lines + [""]
+
+
 def report(args, ctx, results, memory, touch_times, skipped, header):
     """The Markdown of the whole run."""
     out = header + [""]
@@ -668,28 +680,12 @@ def report(args, ctx, results, memory, touch_times, skipped, header):
             for name, ratio in ratios.items():
                 inmem.setdefault(name, {})[(workload, c)] = ratio
     if summary:
-        cols = list(results)
-        out.append("### Summary: shim/setup req/s (median of the per-round ratios)")
-        out.append("")
-        out.append("| setup | " + " | ".join("%s c=%d" % col for col in cols) + " |")
-        out.append("|---|" + "---:|" * len(cols))
-        for name in KINDS:
-            if name in summary:
-                out.append("| %s | " % name + " | ".join(
-                    "%.2fx" % summary[name][col] if col in summary[name] else "" for col in cols) + " |")
-        out.append("")
+        out += ratio_table("Summary: shim/setup req/s (median of the per-round ratios)",
+                           summary, list(results))
     if inmem:
-        cols = [col for col in results if "shim-inmem" in results[col]]
-        out.append("### shim-inmem/setup req/s (FcgidMaxRequestInMem %d for the shim; median of the "
-                   "per-round ratios)" % IN_MEM)
-        out.append("")
-        out.append("| setup | " + " | ".join("%s c=%d" % col for col in cols) + " |")
-        out.append("|---|" + "---:|" * len(cols))
-        for name in KINDS:
-            if name in inmem:
-                out.append("| %s | " % name + " | ".join(
-                    "%.2fx" % inmem[name][col] if col in inmem[name] else "" for col in cols) + " |")
-        out.append("")
+        out += ratio_table("shim-inmem/setup req/s (FcgidMaxRequestInMem %d for the shim; median of "
+                           "the per-round ratios)" % IN_MEM, inmem,
+                           [col for col in results if "shim-inmem" in results[col]])
     if memory:
         out.append("### Memory after the hello rounds (P = %d slots: a slot serves one request at a time)"
                    % args.procs)

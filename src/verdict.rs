@@ -69,13 +69,7 @@ impl Site {
     /// Take the site's lock without waiting; with it, the recorded verdict
     /// for `key` if there is one (the lock is then let go at once).
     pub fn claim(&self, key: &str) -> io::Result<Claim> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock)?;
+        let file = open_lock_file(&self.lock)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(Claim::Busy),
@@ -90,6 +84,18 @@ impl Site {
             key: key.to_string(),
         }))
     }
+}
+
+/// Open (creating it 0600) a file that is only ever locked (flock), never
+/// written: a site's validation lock, its shared server's spawn lock.
+pub fn open_lock_file(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
 }
 
 impl Validating {

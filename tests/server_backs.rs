@@ -560,6 +560,14 @@ fn http_processes_of_a_site_share_one_server() {
         )
     };
     let servers = || app_processes(site.path(), "http_app.py");
+    // Has the server `pid` gone within 5 s?
+    let gone_soon = |pid: &str| {
+        let pid: u32 = pid.parse().unwrap();
+        wait_until_gone(Duration::from_secs(5), || {
+            servers().into_iter().filter(|p| *p == pid).collect()
+        })
+        .is_empty()
+    };
     let keepers = || processes_matching("keep-server");
     let ppid = |pid: &str| {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -616,16 +624,7 @@ fn http_processes_of_a_site_share_one_server() {
         assert!(Instant::now() < deadline, "not reloaded: {}", b.log());
         thread::sleep(Duration::from_millis(100));
     };
-    let old: u32 = first.parse().unwrap();
-    assert!(
-        wait_until_gone(Duration::from_secs(5), || servers()
-            .into_iter()
-            .filter(|p| *p == old)
-            .collect())
-        .is_empty(),
-        "the old server is left: {}",
-        b.log()
-    );
+    assert!(gone_soon(&first), "the old server is left: {}", b.log());
 
     // kill -9 of the server: its keeper starts another, the next request
     // waits for it.
@@ -642,15 +641,7 @@ fn http_processes_of_a_site_share_one_server() {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &keeper])
         .status();
-    let gone: u32 = third.parse().unwrap();
-    assert!(
-        wait_until_gone(Duration::from_secs(5), || servers()
-            .into_iter()
-            .filter(|p| *p == gone)
-            .collect())
-        .is_empty(),
-        "its server outlived the keeper"
-    );
+    assert!(gone_soon(&third), "its server outlived the keeper");
     let fourth = field(&until_200(&b, Duration::from_secs(10)), "pid");
     assert_ne!(fourth, third);
     assert_eq!(servers().len(), 1, "{:?}", servers());

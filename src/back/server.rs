@@ -519,16 +519,7 @@ impl ServerBack {
                 None => Kept::Starting,
             },
             Startup::Waiting if started.elapsed() >= self.config.start_timeout => {
-                let output = self.output_summary();
-                let why = format!(
-                    "it did not accept connections{} within {:.1}s (start_timeout); killed; {output}",
-                    self.ready_path_note(),
-                    self.config.start_timeout.as_secs_f64(),
-                );
-                log::error!("{}: {why}", self.label);
-                self.start_failure = Some(why.clone());
-                self.sup.failed();
-                Kept::Failed(why)
+                Kept::Failed(self.start_timed_out(""))
             }
             Startup::Waiting => failed_or_starting(self),
             Startup::Failed(why) => {
@@ -865,19 +856,26 @@ impl ServerBack {
             let now = Instant::now();
             let started_at = self.sup.worker().map_or(now, |w| w.started);
             if now >= deadline || now >= started_at + self.config.start_timeout {
-                let output = self.output_summary();
-                let why = format!(
-                    "it did not accept connections{} within {:.1}s (start_timeout); killed; {output}",
-                    self.ready_path_note(),
-                    self.config.start_timeout.as_secs_f64(),
-                );
-                log::error!("{}: {why} (503)", self.label);
-                self.start_failure = Some(why);
-                self.sup.failed();
+                self.start_timed_out(" (503)");
                 return Err(self.unavailable(ex));
             }
             self.wait_a_tick(ctx);
         }
+    }
+
+    /// The process did not become ready within `start_timeout`: killed,
+    /// the backoff begins, and why (logged, with `suffix`) is remembered.
+    fn start_timed_out(&mut self, suffix: &str) -> String {
+        let output = self.output_summary();
+        let why = format!(
+            "it did not accept connections{} within {:.1}s (start_timeout); killed; {output}",
+            self.ready_path_note(),
+            self.config.start_timeout.as_secs_f64(),
+        );
+        log::error!("{}: {why}{suffix}", self.label);
+        self.start_failure = Some(why.clone());
+        self.sup.failed();
+        why
     }
 
     fn ready_path_note(&self) -> String {

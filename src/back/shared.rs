@@ -27,7 +27,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,13 +85,7 @@ impl Share {
     /// Take the site's spawn lock, waiting for it (another shim holds it
     /// only while its keeper comes up).
     fn lock(&self) -> io::Result<File> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock)?;
+        let file = crate::verdict::open_lock_file(&self.lock)?;
         file.lock()?;
         Ok(file)
     }
