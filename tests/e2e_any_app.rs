@@ -92,6 +92,19 @@ struct World {
     dir: TempDir,
     www: PathBuf,
     apps: PathBuf,
+    /// Socket directories in /tmp before this test (of processes before it
+    /// that had the pids its shims have now).
+    tmp_before: std::collections::BTreeSet<String>,
+}
+
+/// The names of the shims' socket directories in /tmp.
+fn socket_dirs_in_tmp() -> std::collections::BTreeSet<String> {
+    fs::read_dir("/tmp")
+        .expect("read /tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("fcgi-shim-"))
+        .collect()
 }
 
 impl World {
@@ -107,6 +120,7 @@ impl World {
             dir,
             www,
             apps,
+            tmp_before: socket_dirs_in_tmp(),
         })
     }
 
@@ -217,15 +231,14 @@ impl World {
             .skip(1)
             .filter_map(|rest| rest.split(']').next())
             .collect();
-        let left: Vec<String> = fs::read_dir("/tmp")
-            .expect("read /tmp")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let left: Vec<String> = socket_dirs_in_tmp()
+            .difference(&self.tmp_before)
             .filter(|name| {
                 shims
                     .iter()
                     .any(|pid| name.starts_with(&format!("fcgi-shim-{pid}-")))
             })
+            .cloned()
             .collect();
         assert!(
             left.is_empty(),

@@ -178,6 +178,55 @@ fn http_on_a_unix_socket() {
     stop_leaving_nothing(shim, "http_app.py");
 }
 
+/// A shim killed with SIGKILL cannot remove its socket directory
+/// (`/tmp/fcgi-shim-<pid>-<n>`); the next shim of the same user removes it,
+/// and never one of a process that runs.
+#[test]
+fn http_socket_directories_of_killed_shims_are_removed_by_the_next() {
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        child.id()
+    };
+    let stale = PathBuf::from(format!("/tmp/fcgi-shim-{dead}-0"));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("app-1.sock"), "").unwrap();
+    let running = PathBuf::from(format!("/tmp/fcgi-shim-{}-99", std::process::id()));
+    std::fs::create_dir_all(&running).unwrap();
+    let app = apps().join("http_app.py");
+    let on_socket = settings(
+        "http",
+        &["/usr/bin/python3", app.to_str().unwrap(), "{socket}"],
+        "shared = false\n",
+    );
+
+    let mut first = Shim::start(&on_socket);
+    assert_eq!(get(&first, "/env").status, 200, "{}", first.log());
+    let first_dir = PathBuf::from(format!("/tmp/fcgi-shim-{}-0", first.pid()));
+    assert!(first_dir.is_dir(), "{}", first.log());
+    assert!(!stale.exists(), "a dead shim's directory is left");
+    assert!(
+        running.is_dir(),
+        "a running process's directory was removed"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &first.pid().to_string()])
+        .status();
+    assert!(first.wait_exit(Duration::from_secs(5)).is_some());
+    assert!(first_dir.is_dir(), "SIGKILL leaves it");
+    let left = wait_until_gone(Duration::from_secs(5), || {
+        app_processes(first.dir().path(), "http_app.py")
+    });
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    let second = Shim::start(&on_socket);
+    assert_eq!(get(&second, "/env").status, 200, "{}", second.log());
+    assert!(!first_dir.exists(), "{}", second.log());
+    assert!(running.is_dir());
+    std::fs::remove_dir_all(&running).unwrap();
+    stop_leaving_nothing(second, "http_app.py");
+}
+
 #[test]
 fn http_streams_the_answer_as_it_comes() {
     let shim = http_app("");

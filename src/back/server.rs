@@ -237,11 +237,47 @@ impl PrivateDir {
         if base.as_os_str().len() > 60 {
             base = PathBuf::from("/tmp");
         }
+        if n == 0 {
+            sweep_stale_dirs(&base);
+        }
         let dir = base.join(format!("fcgi-shim-{}-{n}", crate::sys::pid()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         Ok(PrivateDir(dir))
     }
+}
+
+/// Remove the socket directories in `base` that no running process will
+/// remove: those of shims killed with SIGKILL (no process has their pid) and
+/// those named with our own pid (made by an earlier process that had it, as
+/// this one made none yet). Only directories owned by our user, named
+/// `fcgi-shim-<pid>-<n>`.
+fn sweep_stale_dirs(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (me, uid) = (crate::sys::pid(), nix::unistd::getuid().as_raw());
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(stale_dir_pid) else {
+            continue;
+        };
+        let ours = entry
+            .path()
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if ours && (pid == me || !crate::sys::process_exists(pid)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The pid in a socket directory's name `fcgi-shim-<pid>-<n>`.
+fn stale_dir_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("fcgi-shim-")?.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n)).then(|| pid.parse().ok())?
 }
 
 impl Drop for PrivateDir {
