@@ -514,6 +514,21 @@ pub trait Exchange {
     /// Queue response body bytes; written as the web server takes them.
     fn send_body(&mut self, data: &[u8]) -> io::Result<()>;
 
+    /// Can [`Exchange::splice_body`] move body bytes from a pipe?
+    fn can_splice(&self) -> bool {
+        false
+    }
+
+    /// Move up to `len` response body bytes, which are in `pipe` (the
+    /// application's output), straight to the web server without copying
+    /// them through us (splice(2)). Returns how many moved: 0 when the
+    /// web server's socket is full (then [`Exchange::output_backlog`] is
+    /// above 0 until it has room). Once some moved, the back must give the
+    /// rest of that body chunk this way too. Only if [`Exchange::can_splice`].
+    fn splice_body(&mut self, _pipe: BorrowedFd<'_>, _len: usize) -> io::Result<usize> {
+        Ok(0)
+    }
+
     /// Response bytes queued and not yet written.
     fn output_backlog(&self) -> usize;
 

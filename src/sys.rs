@@ -244,6 +244,42 @@ pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes waiting to be read in the pipe `fd` (FIONREAD).
+pub fn pipe_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Move up to `len` bytes from the pipe `from` to the socket `to` in the
+/// kernel (splice(2): the pages are handed on, not copied through us),
+/// without waiting: WouldBlock when the socket is full.
+pub fn splice_to_socket(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: two valid fds, no offsets (a pipe and a socket have none).
+        let n = unsafe {
+            libc::splice(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                to.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Give the memory malloc holds free back to the system (glibc keeps the
 /// heap's free pages otherwise: a 1 MiB upload would leave the shim a
 /// megabyte bigger for good). Called when idle, never per request.

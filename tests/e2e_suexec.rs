@@ -8,7 +8,10 @@
 //! - the shebang form at `~/public_html/mysite.fcgi`, kind wsgi, the shim
 //!   installed once as `~/bin/fcgi-shim`;
 //! - the two-file form in `~/public_html/cgi/`: a copy of the binary as
-//!   `mysite.fcgi` beside `mysite.toml` (mode 600), kind cgi.
+//!   `mysite.fcgi` beside `mysite.toml` (mode 600), kind cgi;
+//! - the same form in `~/public_html/http/`, kind http: under load mod_fcgid
+//!   runs several shims there, and they share one server (the default
+//!   `shared`), run as the user by the site's keeper, none of the shims.
 //!
 //! Each answers 200 as the test user, and `touch mysite.fcgi` makes the next
 //! responses show the edited application. At the end Apache stops and no
@@ -29,9 +32,10 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use apache_support::load::{spawn_wrk, wrk_result};
 use apache_support::{
     APACHE_MODULES, ApacheInstance, HttpResponse, TempDir, apache_available_or_fail, cmdline,
-    running_as_root,
+    parent_pid, running_as_root,
 };
 
 /// The test user. Created once with `useradd -m` and left in place for later
@@ -379,6 +383,25 @@ fn suexec_userdir_serves_shebang_wsgi_and_two_file_cgi_and_touch_reloads_them() 
     up.copy(shim, &cgi.join("mysite.fcgi"), 0o755);
     up.file(&cgi.join("mysite.toml"), cgi_settings("cgi-one"), 0o600);
     up.file(&cgi.join("run.cgi"), CGI_PROGRAM, 0o755);
+    // (c) the two-file form, kind http: a Python HTTP server on $PORT.
+    let http = public.join("http");
+    up.dir(&http);
+    let http_app = app.join("http_app.py");
+    up.copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server_apps/http_app.py"),
+        &http_app,
+        0o644,
+    );
+    up.file(&http.join(".htaccess"), &htaccess, 0o644);
+    up.copy(shim, &http.join("mysite.fcgi"), 0o755);
+    up.file(
+        &http.join("mysite.toml"),
+        format!(
+            "[app]\nkind = \"http\"\ncommand = [\"/usr/bin/python3\", \"{}\"]\n",
+            http_app.display()
+        ),
+        0o600,
+    );
 
     let www = TempDir::new("fcgi-shim-e2e-suexec");
     let extra = format!(
@@ -450,6 +473,53 @@ fn suexec_userdir_serves_shebang_wsgi_and_two_file_cgi_and_touch_reloads_them() 
             !environ.contains(INITIAL_ENV) && environ.contains("PATH=/usr/local/bin:/usr/bin:/bin"),
             "{cmd} (pid {pid}): environment {environ:?}"
         );
+    }
+
+    // (c) under load, several shims and one server, the keeper's child.
+    let r = apache.get(&format!("{base}/http/env"));
+    assert_ok(&r, "http", &apache);
+    let load = wrk_result(
+        spawn_wrk(&apache.url(&format!("{base}/http/env")), 3)
+            .wait_with_output()
+            .expect("wrk"),
+    );
+    assert!(
+        load.requests > 0 && load.non_2xx == 0,
+        "{load:?}\n{}",
+        apache.logs_for_humans()
+    );
+    let in_http = |pid: &u32| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d == http);
+    let (keepers, http_shims): (Vec<_>, Vec<_>) = processes_of(uid)
+        .into_iter()
+        .filter(|(pid, cmd)| cmd.contains("mysite.fcgi") && in_http(pid))
+        .partition(|(_, cmd)| cmd.contains("keep-server"));
+    let servers: Vec<(u32, String)> = processes_of(uid)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("http_app.py"))
+        .collect();
+    assert!(
+        http_shims.len() >= 2,
+        "mod_fcgid ran {http_shims:?}\n{}",
+        apache.logs_for_humans()
+    );
+    assert_eq!(servers.len(), 1, "{servers:?} for {http_shims:?}");
+    let parent = parent_pid(servers[0].0);
+    assert!(
+        keepers.iter().any(|(p, _)| Some(*p) == parent)
+            && !http_shims.iter().any(|(p, _)| Some(*p) == parent),
+        "the server's parent {parent:?}; keepers {keepers:?}, shims {http_shims:?}"
+    );
+    eprintln!(
+        "http under suEXEC: {} requests in 3 s, {} shims, keeper {parent:?}, server {}",
+        load.requests,
+        http_shims.len(),
+        servers[0].0
+    );
+    let server_pid = format!("pid={}\n", servers[0].0);
+    for _ in 0..4 {
+        let r = apache.get(&format!("{base}/http/env"));
+        assert_ok(&r, "http", &apache);
+        assert!(r.text().contains(&server_pid), "{}", r.text());
     }
 
     // touch mysite.fcgi: the edited code and settings take effect. Neither

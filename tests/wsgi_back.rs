@@ -1034,6 +1034,12 @@ def application(environ, start_response):
 
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return gen()
+    if path == "/dies-mid-chunk":
+        # The worker dies while it writes an 8 MiB chunk nobody reads yet.
+        import threading
+        threading.Thread(target=lambda: (time.sleep(0.5), os._exit(3))).start()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [PATTERN * (8 << 12)]
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"no such path"]
 "#;
@@ -1145,6 +1151,53 @@ fn a_huge_chunk_streams_in_parts_and_the_worker_waits_for_the_reader() {
     assert!(is_pattern(&body[..48 << 20]), "the huge chunk differs");
     assert_eq!(&body[48 << 20..], b"end");
     assert!(mark.exists());
+}
+
+/// A worker that dies in the middle of a big chunk, which goes from its
+/// pipe to the web server by splice: the response is cut short (the
+/// connection closes, or ends the request, before the chunk's end), the log
+/// says so, and the next request is served by a fresh worker.
+#[test]
+fn a_worker_dying_in_the_middle_of_a_spliced_chunk_cuts_the_response_short() {
+    let (_dir, shim) = big_bodies_shim();
+    let mut conn = shim.connect();
+    send_get(&mut conn, "/dies-mid-chunk", "");
+    // Read a little, then nothing until the worker is dead.
+    let first = expect_record(&mut conn, "the response");
+    assert_eq!(first.rtype, 6, "{first:?}");
+    assert!(
+        shim.wait_for_log("cut short", Duration::from_secs(10)),
+        "{}",
+        shim.log()
+    );
+    let mut got = first.content.len();
+    let mut ended = false;
+    loop {
+        match read_record(&mut conn) {
+            Ok(Some(rec)) if rec.rtype == 6 => got += rec.content.len(),
+            Ok(Some(rec)) if rec.rtype == 3 => {
+                ended = true;
+                break;
+            }
+            Ok(Some(rec)) => panic!("unexpected {rec:?}"),
+            // Closed (the record the splice had open could not be finished).
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(got < 8 << 20, "{got} bytes: the whole chunk arrived");
+    let log = shim.log();
+    assert!(
+        ended || log.contains("the response ended inside an FCGI_STDOUT record"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/dies-mid-chunk") && l.contains("(response cut short)")),
+        "{log}"
+    );
+    let r = get(&shim, "/out", "1000:100:list");
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(is_pattern(&r.body));
 }
 
 /// The worker's pipes grow to 1 MiB while a big body crosses (a POST that

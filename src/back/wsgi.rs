@@ -87,6 +87,12 @@ pub struct WsgiBack {
     /// Payload bytes of a body frame passed on in part: `from_worker`
     /// starts with its rest (no header), this long.
     body_left: usize,
+    /// The request's front can splice (FastCGI): the rest of a big body
+    /// frame goes from the worker's pipe to the web server in the kernel.
+    front_splices: bool,
+    /// Part of the current body frame went by splice: the rest must too
+    /// (the front has a record open for it).
+    splicing_frame: bool,
     /// The worker's pipes are at BIG_PIPE_SIZE (a big body is crossing).
     pipes_grown: bool,
     stderr_lines: StderrLines,
@@ -356,6 +362,8 @@ impl WsgiBack {
             from_worker: Vec::new(),
             from_worker_at: 0,
             body_left: 0,
+            front_splices: false,
+            splicing_frame: false,
             pipes_grown: false,
             stderr_lines,
             start_failure: None,
@@ -496,6 +504,7 @@ impl WsgiBack {
         self.from_worker.clear();
         self.from_worker_at = 0;
         self.body_left = 0;
+        self.splicing_frame = false;
         self.stderr_lines.clear();
         // A worker that cannot take its source is dying; its closed stdout
         // tells the handshake how.
@@ -660,7 +669,7 @@ impl WsgiBack {
     fn next_frame(&self) -> Result<Option<(Frame<'_>, usize)>, String> {
         let buf = &self.from_worker[self.from_worker_at..];
         if self.body_left > 0 {
-            let n = body_part(buf.len(), self.body_left);
+            let n = self.body_part(buf.len(), self.body_left);
             return Ok((n > 0).then(|| (Frame::Body(&buf[..n]), n)));
         }
         let Some(header) = buf.get(..FRAME_HEADER) else {
@@ -669,7 +678,7 @@ impl WsgiBack {
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
             if header[0] == b'B' {
-                let n = body_part(buf.len() - FRAME_HEADER, len);
+                let n = self.body_part(buf.len() - FRAME_HEADER, len);
                 return Ok(
                     (n > 0).then(|| (Frame::Body(&buf[FRAME_HEADER..][..n]), FRAME_HEADER + n))
                 );
@@ -693,10 +702,54 @@ impl WsgiBack {
         Ok(Some((frame, FRAME_HEADER + len)))
     }
 
+    /// How much of a body frame's `left` payload bytes to pass on when
+    /// `have` of them arrived: all once they are all there; all there is
+    /// when the rest is big enough to be spliced ([`WsgiBack::splice_body`]);
+    /// else whole FastCGI records' worth (no 1-byte record after each
+    /// 64 KiB), or none yet.
+    fn body_part(&self, have: usize, left: usize) -> usize {
+        if have >= left || (self.front_splices && left - have >= SPLICE_MIN) {
+            have.min(left)
+        } else {
+            have - have % MAX_RECORD
+        }
+    }
+
+    /// Will the worker's next output go by splice: the rest of a body frame
+    /// that is in its pipe, nothing of it buffered here?
+    fn will_splice(&self) -> bool {
+        self.splicing_frame
+            || (self.front_splices
+                && self.body_left >= SPLICE_MIN
+                && self.from_worker_at == self.from_worker.len())
+    }
+
+    /// Move what the worker's pipe holds of the current body frame to the
+    /// web server by splice(2). None: nothing is in the pipe (it may be
+    /// closed: read it to find out).
+    fn splice_body(&mut self, ex: &mut dyn Exchange) -> Option<io::Result<()>> {
+        let w = self.sup.worker()?;
+        let pipe = w.pipes.stdout.as_fd();
+        let there = match crate::sys::pipe_bytes(pipe) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        match ex.splice_body(pipe, there.min(self.body_left)) {
+            Ok(n) => {
+                self.body_left -= n;
+                self.splicing_frame = self.body_left > 0;
+                Some(Ok(()))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     /// Drop a frame (or part of one) [`WsgiBack::next_frame`] returned.
     fn take_frame(&mut self, used: usize) {
         if self.body_left > 0 {
             self.body_left -= used;
+            self.splicing_frame &= self.body_left > 0;
         } else if let [b'B', a, b, c, d, ..] = self.from_worker[self.from_worker_at..] {
             // What is left of a body frame passed on in part.
             self.body_left = FRAME_HEADER + u32::from_be_bytes([a, b, c, d]) as usize - used;
@@ -1149,6 +1202,7 @@ impl WsgiBack {
     /// new one may take the request).
     fn run(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Option<Outcome> {
         let started = Instant::now();
+        self.front_splices = ex.can_splice();
         let deadline = started + self.config.request_timeout;
         // Records the front already holds (typically the end of an empty
         // body): take them now, so the end marker goes out with the request.
@@ -1301,7 +1355,11 @@ impl WsgiBack {
                 let abandoned = gone.as_ref().map(|(i, _)| i.outcome());
                 return Some(self.give_up(ex, stopping, abandoned, started));
             }
-            let want_stdout = gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER;
+            let want_stdout = if gone.is_none() && self.will_splice() {
+                ex.output_backlog() == 0
+            } else {
+                gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER
+            };
             let front = if gone.is_some() { None } else { Some(&*ex) };
             // SIGCHLD wakes the poll; the cap covers a wake-up another
             // thread's poll took (threaded servers share the signal pipe).
@@ -1323,7 +1381,11 @@ impl WsgiBack {
             // frame the worker sends.
             if (ready.signal || ready.nothing()) && self.worker_exited() {
                 exited = true;
-                self.drain_stdout();
+                // (Not into a record the front has open for a splice: the
+                // response is cut short, the front closes the connection.)
+                if !self.splicing_frame {
+                    self.drain_stdout();
+                }
                 continue;
             }
             let front = if gone.is_some() {
@@ -1356,6 +1418,21 @@ impl WsgiBack {
                 if !body_done {
                     push_frame(&mut self.to_worker, b'E', &[]);
                     body_done = true;
+                }
+            }
+            if ready.stdout && gone.is_none() && self.will_splice() {
+                match self.splice_body(ex) {
+                    Some(Ok(())) => continue,
+                    Some(Err(e)) => {
+                        log::warn!(
+                            "wsgi: {}: {}: the web server stopped reading the response ({e})",
+                            self.label,
+                            ex.request().summary()
+                        );
+                        gone = Some((Interrupt::FrontGone, Instant::now()));
+                        continue;
+                    }
+                    None => {}
                 }
             }
             if ready.stdout {
@@ -1575,16 +1652,9 @@ fn quote_lines(body: &[u8]) -> String {
     quoted
 }
 
-/// How much of a body frame's `left` payload bytes to pass on when `have`
-/// of them arrived: all once they are all there, else whole FastCGI
-/// records' worth (no 1-byte record after each 64 KiB), else none yet.
-fn body_part(have: usize, left: usize) -> usize {
-    if have >= left {
-        left
-    } else {
-        have - have % MAX_RECORD
-    }
-}
+/// The rest of a body frame at least this long goes by splice when the
+/// front can (a read and a write are cheaper for less).
+const SPLICE_MIN: usize = 64 * 1024;
 
 /// Parts of a body frame come in multiples of this: the longest record of
 /// FastCGI, the usual front (any front takes any length; this only spares

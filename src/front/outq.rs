@@ -56,6 +56,15 @@ impl OutQueue {
         Ok(())
     }
 
+    /// Raise the connection's send buffer now (once), for output written
+    /// around the queue (splice).
+    pub fn raise_send_buffer(&mut self, conn: &Conn) {
+        if !self.raised {
+            self.raised = true;
+            let _ = crate::sys::set_send_buffer(conn.as_fd(), BIG_SEND_BUFFER);
+        }
+    }
+
     /// Write queued bytes until all are written or `w` would block.
     pub fn flush_to(&mut self, w: &mut impl Write) -> io::Result<()> {
         while self.start < self.buf.len() {

@@ -390,16 +390,36 @@ pub fn encode_record(out: &mut Vec<u8>, rtype: RecordType, request_id: u16, cont
     let content_len = u16::try_from(content.len()).unwrap_or(u16::MAX);
     // Bytes to the next multiple of 8: always 0..=7.
     let padding_len = content_len.wrapping_neg() % 8;
-    let [padding_len_byte] = (padding_len as u8).to_be_bytes();
     out.reserve(HEADER_LEN + content.len() + usize::from(padding_len));
-    out.push(VERSION_1);
-    out.push(rtype.as_u8());
-    out.extend_from_slice(&request_id.to_be_bytes());
-    out.extend_from_slice(&content_len.to_be_bytes());
-    out.push(padding_len_byte);
-    out.push(0); // reserved
+    out.extend_from_slice(&record_header(
+        rtype,
+        request_id,
+        content_len,
+        padding_len as u8,
+    ));
     out.extend_from_slice(content);
     out.resize(out.len() + usize::from(padding_len), 0);
+}
+
+/// A record's header: its content and padding follow it.
+pub fn record_header(
+    rtype: RecordType,
+    request_id: u16,
+    content_len: u16,
+    padding_len: u8,
+) -> [u8; HEADER_LEN] {
+    let [id1, id0] = request_id.to_be_bytes();
+    let [len1, len0] = content_len.to_be_bytes();
+    [
+        VERSION_1,
+        rtype.as_u8(),
+        id1,
+        id0,
+        len1,
+        len0,
+        padding_len,
+        0, // reserved
+    ]
 }
 
 /// Append `data` as as many records of `rtype` as needed (each at most MAX_CONTENT_LEN).

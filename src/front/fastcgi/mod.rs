@@ -11,7 +11,7 @@
 pub mod codec;
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,9 @@ pub enum ConnError {
     Spool(io::Error),
     /// The request head did not arrive in time (`request_read_timeout`).
     HeadTimeout(Duration),
+    /// The response ended inside a record whose content was being spliced
+    /// from the application (it died, or the request timed out).
+    CutShort,
     Io(io::Error),
 }
 
@@ -93,6 +96,10 @@ impl fmt::Display for ConnError {
                 f,
                 "no complete request within {}s (request_read_timeout)",
                 t.as_secs_f64()
+            ),
+            ConnError::CutShort => write!(
+                f,
+                "the response ended inside an FCGI_STDOUT record (the application's output stopped)"
             ),
             ConnError::Io(e) => write!(f, "{e}"),
         }
@@ -128,7 +135,24 @@ struct Connection {
     management_records: usize,
     /// Output not yet taken by the peer (the socket is non-blocking).
     out: OutQueue,
+    /// The FCGI_STDOUT record whose content is being spliced from the
+    /// application's pipe; nothing else is written until it is complete.
+    spliced: SplicedRecord,
 }
+
+/// A record being written by splice(2): its header, then content bytes
+/// that go from the application's pipe to the socket in the kernel.
+#[derive(Default)]
+struct SplicedRecord {
+    header: [u8; codec::HEADER_LEN],
+    /// Header bytes written.
+    header_written: usize,
+    /// Content bytes still to come (0: no record open).
+    left: usize,
+}
+
+/// The content of a spliced record: the longest that needs no padding.
+const SPLICED_RECORD_LEN: usize = codec::MAX_CONTENT_LEN / 8 * 8;
 
 /// What one read(2) produced.
 enum Filled {
@@ -158,6 +182,7 @@ impl Connection {
             values,
             management_records: 0,
             out: OutQueue::new(),
+            spliced: SplicedRecord::default(),
         }
     }
 
@@ -227,9 +252,60 @@ impl Connection {
         self.out.pending()
     }
 
-    /// Write queued output until it is all written or the socket is full.
+    /// Write queued output until it is all written or the socket is full
+    /// (after the record being spliced, if one is).
     fn try_flush(&mut self) -> io::Result<()> {
+        if self.record_open() {
+            return Ok(());
+        }
         self.out.flush_to_socket(&mut self.conn)
+    }
+
+    /// Is a spliced record not complete yet?
+    fn record_open(&self) -> bool {
+        self.spliced.left > 0
+    }
+
+    /// Up to `max` bytes from `pipe` (at least that many are in it) as
+    /// FCGI_STDOUT content of request `id`, moved by splice(2): a record's
+    /// header is written first, then its content as the socket takes it.
+    /// Ok(0): the socket is full.
+    fn splice_stdout(&mut self, id: u16, pipe: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        if !self.record_open() {
+            self.try_flush()?;
+            if self.pending_output() > 0 || max == 0 {
+                return Ok(0);
+            }
+            let len = max.min(SPLICED_RECORD_LEN);
+            let content_len = u16::try_from(len).unwrap_or(u16::MAX);
+            self.spliced = SplicedRecord {
+                header: codec::record_header(RecordType::Stdout, id, content_len, 0),
+                header_written: 0,
+                left: usize::from(content_len),
+            };
+            self.out.raise_send_buffer(&self.conn);
+        }
+        let s = &mut self.spliced;
+        while s.header_written < codec::HEADER_LEN {
+            match self.conn.write(&s.header[s.header_written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => s.header_written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+        let moved = match crate::sys::splice_to_socket(pipe, self.conn.as_fd(), s.left.min(max)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        s.left -= moved;
+        if s.left == 0 {
+            // What was queued meanwhile (a management record's answer).
+            self.try_flush()?;
+        }
+        Ok(moved)
     }
 
     /// Drop buffered STDIN/DATA records of the finished request `id`.
@@ -641,6 +717,7 @@ fn serve_request(
         head: Vec::new(),
         aborted: false,
         failure: None,
+        socket_full: false,
     };
     let outcome = back.serve(&mut exchange, ctx);
     let aborted = exchange.aborted;
@@ -665,6 +742,11 @@ fn serve_request(
     let body_eof = exchange.body_eof;
     if let Some(e) = failure {
         return Err(e);
+    }
+    if c.record_open() {
+        // Nothing can follow a record short of its content: the back said
+        // why in the log (the worker died, the request timed out, ...).
+        return Err(ConnError::CutShort);
     }
     if spool_failed {
         if !aborted {
@@ -733,6 +815,9 @@ struct FcgiExchange<'c> {
     aborted: bool,
     /// A protocol error found while the back was running; logged by the caller.
     failure: Option<ConnError>,
+    /// The last splice found the socket full: counted as output backlog
+    /// (the back waits) until the socket is ready again.
+    socket_full: bool,
 }
 
 impl FcgiExchange<'_> {
@@ -838,7 +923,7 @@ impl Exchange for FcgiExchange<'_> {
         }
         // A kept head counts as output: if no body follows before the back
         // waits, the next round sends it (on_ready).
-        let flags = if self.c.pending_output() > 0 || !self.head.is_empty() {
+        let flags = if self.c.pending_output() > 0 || !self.head.is_empty() || self.socket_full {
             PollFlags::POLLIN | PollFlags::POLLOUT
         } else {
             PollFlags::POLLIN
@@ -854,6 +939,7 @@ impl Exchange for FcgiExchange<'_> {
         if let Some(e) = &self.failure {
             return Err(failure_error(e));
         }
+        self.socket_full = false;
         self.encode_head();
         if let Err(e) = self.c.try_flush() {
             return Err(self.fail(e.into()));
@@ -933,8 +1019,22 @@ impl Exchange for FcgiExchange<'_> {
         }
     }
 
+    fn can_splice(&self) -> bool {
+        true
+    }
+
+    fn splice_body(&mut self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+        if self.failure.is_some() || (self.aborted && !self.c.record_open()) {
+            return Ok(0);
+        }
+        self.encode_head();
+        let moved = self.c.splice_stdout(self.id, pipe, len)?;
+        self.socket_full = moved == 0;
+        Ok(moved)
+    }
+
     fn output_backlog(&self) -> usize {
-        self.c.pending_output() + self.head.len()
+        self.c.pending_output() + self.head.len() + usize::from(self.socket_full)
     }
 
     fn head_sent(&self) -> bool {
