@@ -280,6 +280,28 @@ pub fn splice_to_socket(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) ->
     }
 }
 
+/// Can this kernel splice from a pipe to a socket? Tried once per process
+/// with one byte (a seccomp filter or an exotic kernel may refuse it; the
+/// fronts then copy as before).
+pub fn splice_works() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let probe = || -> io::Result<bool> {
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            let (ours, _peer) = std::os::unix::net::UnixStream::pair()?;
+            nix::unistd::write(&write, b"x")?;
+            Ok(splice_to_socket(read.as_fd(), ours.as_fd(), 1)? == 1)
+        };
+        match probe() {
+            Ok(true) => true,
+            other => {
+                log::debug!("splice(2) from a pipe to a socket does not work here: {other:?}");
+                false
+            }
+        }
+    })
+}
+
 /// Give the memory malloc holds free back to the system (glibc keeps the
 /// heap's free pages otherwise: a 1 MiB upload would leave the shim a
 /// megabyte bigger for good). Called when idle, never per request.
@@ -931,6 +953,22 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe finds splice on Linux (else big responses are copied
+    /// again, and nothing else would notice), and bytes arrive in order.
+    #[test]
+    fn splice_moves_pipe_bytes_to_a_socket() {
+        assert!(splice_works());
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        nix::unistd::write(&write, b"hello world").unwrap();
+        assert_eq!(pipe_bytes(read.as_fd()).unwrap(), 11);
+        assert_eq!(splice_to_socket(read.as_fd(), ours.as_fd(), 5).unwrap(), 5);
+        assert_eq!(pipe_bytes(read.as_fd()).unwrap(), 6);
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut peer, &mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
 
     #[test]
     fn stat_lines() {

@@ -1020,7 +1020,7 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn can_splice(&self) -> bool {
-        true
+        crate::sys::splice_works()
     }
 
     fn splice_body(&mut self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
