@@ -524,7 +524,9 @@ pub trait Exchange {
     /// them through us (splice(2)). Returns how many moved: 0 when the
     /// web server's socket is full (then [`Exchange::output_backlog`] is
     /// above 0 until it has room). Once some moved, the back must give the
-    /// rest of that body chunk this way too. Only if [`Exchange::can_splice`].
+    /// rest of that body chunk this way too, even after an abort, until this
+    /// fails (after an abort: once the record it had open is complete).
+    /// Only if [`Exchange::can_splice`].
     fn splice_body(&mut self, _pipe: BorrowedFd<'_>, _len: usize) -> io::Result<usize> {
         Ok(0)
     }

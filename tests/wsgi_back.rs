@@ -1200,6 +1200,62 @@ fn a_worker_dying_in_the_middle_of_a_spliced_chunk_cuts_the_response_short() {
     assert!(is_pattern(&r.body));
 }
 
+/// Issue 13 item 9 while a big chunk is being spliced: the abort is
+/// answered (the record the splice had open is completed first, so the
+/// stream stays whole), and the kept connection serves the next request.
+#[test]
+fn an_abort_in_the_middle_of_a_spliced_chunk_is_answered_and_the_connection_goes_on() {
+    let (dir, shim) = big_bodies_shim();
+    let mark = dir.join("written");
+    let mut conn = shim.connect();
+    send(
+        &mut conn,
+        &encode_request(
+            1,
+            &params("GET", "/huge", mark.to_str().unwrap(), 0),
+            b"",
+            true,
+        ),
+    );
+    let mut got = 0;
+    while got < 1 << 20 {
+        let rec = expect_record(&mut conn, "the response");
+        assert_eq!(rec.rtype, STDOUT, "{rec:?}");
+        got += rec.content.len();
+    }
+    let mut abort = Vec::new();
+    encode_record(&mut abort, ABORT_REQUEST, 1, &[]);
+    send(&mut conn, &abort);
+    let t0 = Instant::now();
+    let response = read_response(&mut conn, 1)
+        .unwrap_or_else(|e| panic!("no END_REQUEST after ABORT_REQUEST: {e}\n{}", shim.log()));
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(
+        (response.protocol_status, response.app_status),
+        (REQUEST_COMPLETE, 1),
+        "{}",
+        shim.log()
+    );
+    assert!(got + response.stdout.len() < (48 << 20) + 3);
+    let r = request_with_id(
+        &mut conn,
+        2,
+        &params("GET", "/out", "1000:100:list", 0),
+        b"",
+        false,
+    );
+    assert_eq!(
+        (r.protocol_status, r.app_status),
+        (REQUEST_COMPLETE, 0),
+        "{}",
+        shim.log()
+    );
+    let r = r.complete_cgi();
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert!(is_pattern(&r.body));
+    assert!(!shim.log().contains("closing connection"), "{}", shim.log());
+}
+
 /// The worker's pipes grow to 1 MiB while a big body crosses (a POST that
 /// says so, a response that fills a default pipe) and are given back their
 /// default 64 KiB after the request: the kernel counts every pipe's size

@@ -22,6 +22,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, poll};
+
 use super::stderr_lines::StderrLines;
 use super::{Back, Context, Outcome, Ready, Startup, finish_with_error};
 use crate::config::{Limits, WsgiConfig};
@@ -745,6 +747,34 @@ impl WsgiBack {
         }
     }
 
+    /// After an abort: the record the front has open for a splice is
+    /// completed (its content is in the worker's pipe), so that the abort's
+    /// answer can follow it and the connection goes on; the rest of the
+    /// chunk is then read and dropped. Waits only for the web server to
+    /// take it, until `limit` (then the front closes the connection).
+    fn finish_spliced_record(&mut self, ex: &mut dyn Exchange, limit: Instant) {
+        while self.splicing_frame {
+            match self.splice_body(ex) {
+                // The front takes no more: its record is complete.
+                Some(Err(_)) | None => break,
+                Some(Ok(())) if ex.output_backlog() == 0 => continue,
+                Some(Ok(())) => {}
+            }
+            let now = Instant::now();
+            let Some((fd, _)) = ex.poll_interest().filter(|_| now < limit) else {
+                break;
+            };
+            let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+            let wait = crate::sys::poll_timeout((limit - now).min(DEATH_CHECK));
+            if let Err(e) = poll(&mut fds, wait)
+                && e != nix::errno::Errno::EINTR
+            {
+                break;
+            }
+        }
+        self.splicing_frame = false;
+    }
+
     /// Drop a frame (or part of one) [`WsgiBack::next_frame`] returned.
     fn take_frame(&mut self, used: usize) {
         if self.body_left > 0 {
@@ -1355,7 +1385,8 @@ impl WsgiBack {
                 let abandoned = gone.as_ref().map(|(i, _)| i.outcome());
                 return Some(self.give_up(ex, stopping, abandoned, started));
             }
-            let want_stdout = if gone.is_none() && self.will_splice() {
+            let splicing = gone.is_none() && self.will_splice();
+            let want_stdout = if splicing {
                 ex.output_backlog() == 0
             } else {
                 gone.is_some() || ex.output_backlog() < OUTPUT_HIGH_WATER
@@ -1414,13 +1445,16 @@ impl WsgiBack {
                     self.greet();
                     return Some(Outcome::FrontGone);
                 }
+                if matches!(i, Interrupt::Aborted) && self.splicing_frame {
+                    self.finish_spliced_record(ex, Instant::now() + DRAIN_LIMIT);
+                }
                 gone = Some((i, Instant::now()));
                 if !body_done {
                     push_frame(&mut self.to_worker, b'E', &[]);
                     body_done = true;
                 }
             }
-            if ready.stdout && gone.is_none() && self.will_splice() {
+            if ready.stdout && splicing && gone.is_none() {
                 match self.splice_body(ex) {
                     Some(Ok(())) => continue,
                     Some(Err(e)) => {

@@ -1024,8 +1024,13 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn splice_body(&mut self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-        if self.failure.is_some() || (self.aborted && !self.c.record_open()) {
-            return Ok(0);
+        if let Some(e) = &self.failure {
+            return Err(failure_error(e));
+        }
+        // After an abort only the record already open is completed (its
+        // answer waits behind it); the rest is not wanted.
+        if self.aborted && !self.c.record_open() {
+            return Err(io::ErrorKind::ConnectionAborted.into());
         }
         self.encode_head();
         let moved = self.c.splice_stdout(self.id, pipe, len)?;
@@ -1034,6 +1039,11 @@ impl Exchange for FcgiExchange<'_> {
     }
 
     fn output_backlog(&self) -> usize {
+        // Behind a record being spliced, queued output waits for the back
+        // to complete it: only a full socket holds the back up then.
+        if self.c.record_open() {
+            return usize::from(self.socket_full);
+        }
         self.c.pending_output() + self.head.len() + usize::from(self.socket_full)
     }
 
