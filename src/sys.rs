@@ -888,6 +888,18 @@ pub fn process_exists(pid: u32) -> bool {
         )
 }
 
+/// Has the process `pid` ended: no such process, or a zombie not reaped
+/// yet (by its parent, which may be another process of ours)?
+pub fn process_gone(pid: u32) -> bool {
+    if !process_exists(pid) {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(pid, &stat))
+        .is_none_or(|(_, p)| p.zombie)
+}
+
 /// Send `signal` to the process `pid` (never to a group).
 pub fn signal_process(pid: u32, signal: Signal) {
     if let Ok(raw) = i32::try_from(pid)

@@ -779,6 +779,59 @@ fn scgi_front_serves_and_echoes_a_large_body() {
     assert!(out[split..] == body[..], "echoed bytes differ");
 }
 
+/// A WSGI application's big chunks over SCGI (whose response is the bytes
+/// themselves) go from the worker's pipe to the socket by splice: byte for
+/// byte, for a chunk of 3 MiB and for 300,000-byte ones.
+#[test]
+fn scgi_wsgi_big_chunks_arrive_whole() {
+    let site = Site::new();
+    let python = std::env::var("FCGI_SHIM_TEST_PYTHON").expect("FCGI_SHIM_TEST_PYTHON");
+    apache_support::write_file(
+        &site.path("big.py"),
+        "PATTERN = bytes(range(256))\n\
+         def application(environ, start_response):\n\
+         \x20   start_response('200 OK', [('Content-Type', 'application/octet-stream')])\n\
+         \x20   data = PATTERN * (3 << 12)\n\
+         \x20   if environ['PATH_INFO'] == '/one':\n\
+         \x20       return [data]\n\
+         \x20   return [data[i:i + 300000] for i in range(0, len(data), 300000)]\n",
+        0o644,
+    );
+    apache_support::write_file(
+        &site.settings,
+        format!(
+            "[app]\nkind = \"wsgi\"\nmodule = \"big:application\"\npython = \"{python}\"\n\
+             python_path = [\"{}\"]\n",
+            site.dir.path().display()
+        ),
+        0o644,
+    );
+    let port = free_loopback_port();
+    let _shim = site.serve(
+        &[
+            "protocol=scgi".into(),
+            format!("port={port}"),
+            "method=threaded".into(),
+        ],
+        Endpoint::Tcp(port),
+    );
+    for path in ["/one", "/parts"] {
+        let out = scgi_request(port, path, b"");
+        let split = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head")
+            + 4;
+        assert!(out.starts_with(b"Status: 200 OK\r\n"), "{path}");
+        let body = &out[split..];
+        assert_eq!(body.len(), 3 << 20, "{path}");
+        assert!(
+            body.iter().enumerate().all(|(i, &b)| b == i as u8),
+            "{path}: the body differs"
+        );
+    }
+}
+
 #[test]
 fn command_line_errors_name_the_word() {
     let site = Site::new();

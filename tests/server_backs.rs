@@ -589,6 +589,105 @@ fn settings_errors_name_only_the_kinds_keys() {
 /// server, run by the site's keeper outside both: it survives either shim,
 /// is replaced by a touch, a kill -9 and a killed keeper, and nothing of it
 /// is left once the last shim has gone.
+/// kill -9 of a site's shared server on a port that another program takes
+/// at once (it accepts and closes, as a port probe does): the next request
+/// waits for the server the keeper starts instead of getting a 502 from
+/// the stranger.
+#[test]
+fn http_shared_server_killed_and_its_port_taken_by_another_program() {
+    let site = TempDir::new("sharedport");
+    let app = apps().join("http_app.py");
+    let file = site.write(
+        "testsite.toml",
+        &settings("http", &["/usr/bin/python3", app.to_str().unwrap()], ""),
+    );
+    let shim = Shim::launch(
+        TempDir::new("sharedportshim"),
+        Launch {
+            args: Some(vec![file.clone().into_os_string()]),
+            env: vec![(
+                "XDG_STATE_HOME".into(),
+                site.join("state").display().to_string(),
+            )],
+            ..Launch::default()
+        },
+    );
+    let first = field(&until_200(&shim, Duration::from_secs(10)), "pid");
+    let log = shim.log();
+    let port: u16 = log
+        .split(&format!("(pid {first}, 127.0.0.1:"))
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port for pid {first} in {log}"));
+    // A connection the server closes (so that none of ours keeps its port
+    // busy and another program can bind it).
+    assert_eq!(get(&shim, "/garbage").status, 502, "{}", shim.log());
+    // Its keeper is held (SIGSTOP) so that the shim cannot have heard of
+    // a new server when the request comes.
+    let stat = std::fs::read_to_string(format!("/proc/{first}/stat")).unwrap();
+    let keeper = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let signal = |sig: &str, pid: &str| {
+        let _ = std::process::Command::new("kill").args([sig, pid]).status();
+    };
+    signal("-STOP", &keeper);
+    signal("-KILL", &first);
+    let gone = wait_until_gone(Duration::from_secs(5), || {
+        let stat = std::fs::read_to_string(format!("/proc/{first}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .to_string();
+        if stat.is_empty() || state.starts_with('Z') {
+            Vec::new()
+        } else {
+            vec![0]
+        }
+    });
+    assert!(gone.is_empty(), "pid {first} survived kill -9");
+    let stranger = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    stranger.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let taker = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut taken = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match stranger.accept() {
+                    Ok((conn, _)) => {
+                        drop(conn);
+                        taken += 1;
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            taken
+        })
+    };
+    let resume = {
+        let keeper = keeper.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(500));
+            signal("-CONT", &keeper);
+        })
+    };
+    let r = get(&shim, "/env");
+    resume.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let taken = taker.join().unwrap();
+    assert_eq!(r.status, 200, "{}", shim.log());
+    assert_ne!(field(&r, "pid"), first);
+    assert!(taken >= 1, "the request never met the stranger");
+    stop_leaving_nothing(shim, "http_app.py");
+}
+
 #[test]
 fn http_processes_of_a_site_share_one_server() {
     let site = TempDir::new("sharedsite");

@@ -1082,6 +1082,28 @@ impl ServerBack {
                 self.idle_conn = None;
                 None
             }
+            // The shared server was killed (kill -9, OOM) before it
+            // answered: its address may already be another program's (a
+            // port), so the request waits for the server its keeper starts.
+            Err(Failure::App(why))
+                if self.link.is_some()
+                    && body_empty
+                    && !relay.head_seen
+                    && self
+                        .current
+                        .as_ref()
+                        .is_some_and(|(pid, _)| crate::sys::process_gone(*pid)) =>
+            {
+                let pid = self.current.take().map_or(0, |(p, _)| p);
+                log::warn!(
+                    "{}: {}: {why}, and the shared server (pid {pid}) is gone; waiting for another",
+                    self.label,
+                    ex.request().summary()
+                );
+                self.idle_conn = None;
+                self.broken = Some((pid, Instant::now()));
+                None
+            }
             Err(Failure::App(why)) => {
                 let died = self
                     .sup

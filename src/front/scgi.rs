@@ -253,6 +253,7 @@ fn read_head(
                     out: OutQueue::new(),
                     head_sent: false,
                     spool_failed: None,
+                    socket_full: false,
                 }));
             }
             Ok(Decoded::Partial) => {}
@@ -298,6 +299,9 @@ struct ScgiExchange {
     /// The body could not be held (a full temporary directory): the back
     /// was told the connection failed; the rest of the body is dropped.
     spool_failed: Option<io::Error>,
+    /// The last splice found the socket full: counted as output backlog
+    /// until the socket is ready again.
+    socket_full: bool,
 }
 
 impl ScgiExchange {
@@ -357,7 +361,7 @@ impl Exchange for ScgiExchange {
         if self.remaining > 0 {
             flags |= PollFlags::POLLIN;
         }
-        if self.out.pending() > 0 {
+        if self.out.pending() > 0 || self.socket_full {
             flags |= PollFlags::POLLOUT;
         }
         (!flags.is_empty()).then(|| (self.conn.as_fd(), flags))
@@ -368,6 +372,7 @@ impl Exchange for ScgiExchange {
     }
 
     fn on_ready(&mut self) -> io::Result<InputEvent> {
+        self.socket_full = false;
         self.out.flush_to_socket(&mut self.conn)?;
         if self.read_body()? {
             Ok(InputEvent::Progress)
@@ -401,8 +406,29 @@ impl Exchange for ScgiExchange {
         self.out.flush_to_socket(&mut self.conn)
     }
 
+    fn can_splice(&self) -> bool {
+        crate::sys::splice_works()
+    }
+
+    /// The response is the bytes themselves (no records): spliced as they are.
+    fn splice_body(&mut self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+        self.out.flush_to_socket(&mut self.conn)?;
+        let moved = if self.out.pending() > 0 {
+            0
+        } else {
+            self.out.raise_send_buffer(&self.conn);
+            match crate::sys::splice_to_socket(pipe, self.conn.as_fd(), len) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            }
+        };
+        self.socket_full = moved == 0;
+        Ok(moved)
+    }
+
     fn output_backlog(&self) -> usize {
-        self.out.pending()
+        self.out.pending() + usize::from(self.socket_full)
     }
 
     fn head_sent(&self) -> bool {
