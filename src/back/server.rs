@@ -951,9 +951,16 @@ impl ServerBack {
         {
             return Ok((conn, true));
         }
-        let Some((_, addr)) = &self.current else {
+        let Some((pid, addr)) = &self.current else {
             return Err(io::ErrorKind::NotConnected.into());
         };
+        // A dead server's port may already be another program's: no request
+        // (with its cookies) goes there.
+        if matches!(addr, Address::Port(_)) && crate::sys::process_gone(*pid) {
+            return Err(io::Error::other(format!(
+                "the server (pid {pid}) has ended"
+            )));
+        }
         Stream::connect(addr).map(|c| (c, false))
     }
 
