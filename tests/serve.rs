@@ -749,11 +749,10 @@ fn scgi_request(port: u16, path_info: &str, body: &[u8]) -> Vec<u8> {
     })
 }
 
-#[test]
-fn scgi_front_serves_and_echoes_a_large_body() {
-    let site = Site::new();
+/// `fcgi-shim serve` of `site` over SCGI on a free port (threaded).
+fn serve_scgi(site: &Site) -> (ServeShim, u16) {
     let port = free_loopback_port();
-    let _shim = site.serve(
+    let shim = site.serve(
         &[
             "protocol=scgi".into(),
             format!("port={port}"),
@@ -761,6 +760,22 @@ fn scgi_front_serves_and_echoes_a_large_body() {
         ],
         Endpoint::Tcp(port),
     );
+    (shim, port)
+}
+
+/// What follows the CGI head of an SCGI response.
+fn response_body(out: &[u8]) -> &[u8] {
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of head");
+    &out[end + 4..]
+}
+
+#[test]
+fn scgi_front_serves_and_echoes_a_large_body() {
+    let site = Site::new();
+    let (_shim, port) = serve_scgi(&site);
     let out = scgi_request(port, "/hello/world", b"");
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("Status: 200 OK\r\n"), "{text}");
@@ -770,13 +785,9 @@ fn scgi_front_serves_and_echoes_a_large_body() {
     );
     let body = common::prng_bytes(3 * 1024 * 1024, 7);
     let out = scgi_request(port, "/echo", &body);
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of head")
-        + 4;
-    assert_eq!(out.len() - split, body.len(), "echoed length");
-    assert!(out[split..] == body[..], "echoed bytes differ");
+    let echoed = response_body(&out);
+    assert_eq!(echoed.len(), body.len(), "echoed length");
+    assert!(echoed == &body[..], "echoed bytes differ");
 }
 
 /// A WSGI application's big chunks over SCGI (whose response is the bytes
@@ -806,24 +817,11 @@ fn scgi_wsgi_big_chunks_arrive_whole() {
         ),
         0o644,
     );
-    let port = free_loopback_port();
-    let _shim = site.serve(
-        &[
-            "protocol=scgi".into(),
-            format!("port={port}"),
-            "method=threaded".into(),
-        ],
-        Endpoint::Tcp(port),
-    );
+    let (_shim, port) = serve_scgi(&site);
     for path in ["/one", "/parts"] {
         let out = scgi_request(port, path, b"");
-        let split = out
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("end of head")
-            + 4;
         assert!(out.starts_with(b"Status: 200 OK\r\n"), "{path}");
-        let body = &out[split..];
+        let body = response_body(&out);
         assert_eq!(body.len(), 3 << 20, "{path}");
         assert!(
             body.iter().enumerate().all(|(i, &b)| b == i as u8),

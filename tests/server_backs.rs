@@ -584,34 +584,40 @@ fn settings_errors_name_only_the_kinds_keys() {
     );
 }
 
-/// The processes of one site (mod_fcgid's, here two shims on their own
-/// listeners with the same settings file and state directory) share one
-/// server, run by the site's keeper outside both: it survives either shim,
-/// is replaced by a touch, a kill -9 and a killed keeper, and nothing of it
-/// is left once the last shim has gone.
+/// A site whose processes share one server (`shared`, the default for
+/// http): its directory, settings file (tests/server_apps/http_app.py on a
+/// port) and the state directory its shims share.
+fn shared_site(label: &str) -> (TempDir, PathBuf, PathBuf) {
+    let site = TempDir::new(label);
+    let app = apps().join("http_app.py");
+    let file = site.write(
+        "testsite.toml",
+        &settings("http", &["/usr/bin/python3", app.to_str().unwrap()], ""),
+    );
+    let state = site.join("state");
+    (site, file, state)
+}
+
+/// One more process of that site, as mod_fcgid starts one.
+fn shared_shim(file: &Path, state: &Path) -> Shim {
+    Shim::launch(
+        TempDir::new("sharedshim"),
+        Launch {
+            args: Some(vec![file.as_os_str().to_owned()]),
+            env: vec![("XDG_STATE_HOME".into(), state.display().to_string())],
+            ..Launch::default()
+        },
+    )
+}
+
 /// kill -9 of a site's shared server on a port that another program takes
 /// at once (it accepts and closes, as a port probe does): the next request
 /// waits for the server the keeper starts; nothing is sent to the stranger
 /// (it would get the visitor's cookies) and no 502 comes back.
 #[test]
 fn http_shared_server_killed_and_its_port_taken_by_another_program() {
-    let site = TempDir::new("sharedport");
-    let app = apps().join("http_app.py");
-    let file = site.write(
-        "testsite.toml",
-        &settings("http", &["/usr/bin/python3", app.to_str().unwrap()], ""),
-    );
-    let shim = Shim::launch(
-        TempDir::new("sharedportshim"),
-        Launch {
-            args: Some(vec![file.clone().into_os_string()]),
-            env: vec![(
-                "XDG_STATE_HOME".into(),
-                site.join("state").display().to_string(),
-            )],
-            ..Launch::default()
-        },
-    );
+    let (_site, file, state) = shared_site("sharedport");
+    let shim = shared_shim(&file, &state);
     let first = field(&until_200(&shim, Duration::from_secs(10)), "pid");
     let log = shim.log();
     let port: u16 = log
@@ -688,25 +694,15 @@ fn http_shared_server_killed_and_its_port_taken_by_another_program() {
     stop_leaving_nothing(shim, "http_app.py");
 }
 
+/// The processes of one site (mod_fcgid's, here two shims on their own
+/// listeners with the same settings file and state directory) share one
+/// server, run by the site's keeper outside both: it survives either shim,
+/// is replaced by a touch, a kill -9 and a killed keeper, and nothing of it
+/// is left once the last shim has gone.
 #[test]
 fn http_processes_of_a_site_share_one_server() {
-    let site = TempDir::new("sharedsite");
-    let app = apps().join("http_app.py");
-    let file = site.write(
-        "testsite.toml",
-        &settings("http", &["/usr/bin/python3", app.to_str().unwrap()], ""),
-    );
-    let state = site.join("state");
-    let start = || {
-        Shim::launch(
-            TempDir::new("sharedshim"),
-            Launch {
-                args: Some(vec![file.clone().into_os_string()]),
-                env: vec![("XDG_STATE_HOME".into(), state.display().to_string())],
-                ..Launch::default()
-            },
-        )
-    };
+    let (site, file, state) = shared_site("sharedsite");
+    let start = || shared_shim(&file, &state);
     let servers = || app_processes(site.path(), "http_app.py");
     // Has the server `pid` gone within 5 s?
     let gone_soon = |pid: &str| {

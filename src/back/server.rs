@@ -967,19 +967,28 @@ impl ServerBack {
     /// One request through a connection: `None` when nothing of it reached
     /// the application and it may go to a new process (the old one was
     /// found gone).
+    /// The shared server in use cannot serve: forget it (and our kept
+    /// connection to it) until its keeper names another (`ready_shared`
+    /// waits out BROKEN_WAIT for a keeper that still names it). Its pid.
+    fn drop_shared_server(&mut self) -> u32 {
+        let pid = self.current.take().map_or(0, |(p, _)| p);
+        self.idle_conn = None;
+        self.broken = Some((pid, Instant::now()));
+        pid
+    }
+
     fn relay(&mut self, ex: &mut dyn Exchange, ctx: &mut Context<'_>) -> Option<Outcome> {
         let (mut conn, reused) = match self.connection() {
             Ok(c) => c,
             Err(e) if self.link.is_some() => {
                 // Killed (kill -9, OOM): its keeper starts another; the
                 // request waits for it (`ready_shared`).
-                let pid = self.current.take().map_or(0, |(p, _)| p);
+                let pid = self.drop_shared_server();
                 log::warn!(
                     "{}: {}: cannot connect to the shared server (pid {pid}): {e}; waiting for another",
                     self.label,
                     ex.request().summary()
                 );
-                self.broken = Some((pid, Instant::now()));
                 return None;
             }
             Err(e) => {
@@ -1052,18 +1061,16 @@ impl ServerBack {
             Err(Failure::Timeout) if self.link.is_some() => {
                 // As with a server of our own: a fresh one, from its keeper
                 // (the other shims' requests to this one end with it).
-                let pid = self.current.take().map_or(0, |(p, _)| p);
+                let pid = self.drop_shared_server();
                 log::error!(
                     "{}: {}: no complete answer within {:.1}s (request_timeout); the shared server (pid {pid}) is replaced (504)",
                     self.label,
                     ex.request().summary(),
                     self.config.request_timeout.as_secs_f64()
                 );
-                self.idle_conn = None;
                 if let Some(link) = &mut self.link {
                     link.ask_replace(pid);
                 }
-                self.broken = Some((pid, Instant::now()));
                 Some(finish_with_error(ex, 504, ""))
             }
             Err(Failure::Timeout) => {
@@ -1101,14 +1108,12 @@ impl ServerBack {
                         .as_ref()
                         .is_some_and(|(pid, _)| crate::sys::process_gone(*pid)) =>
             {
-                let pid = self.current.take().map_or(0, |(p, _)| p);
+                let pid = self.drop_shared_server();
                 log::warn!(
                     "{}: {}: {why}, and the shared server (pid {pid}) is gone; waiting for another",
                     self.label,
                     ex.request().summary()
                 );
-                self.idle_conn = None;
-                self.broken = Some((pid, Instant::now()));
                 None
             }
             Err(Failure::App(why)) => {
